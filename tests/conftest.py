@@ -1,0 +1,92 @@
+"""Shared fixtures: the real bundled model, loaded once per session, and tiny random models of other architectures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.modules import Transformer
+from sentence_transformers.sentence_transformer.modules import Pooling
+
+from tempscale_rag import TempScaleEncoder
+from tempscale_rag.models import bundled_model_path
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+MIXED_TEXTS = [
+    "short query",
+    "What did the committee decide about the budget for the remote control design?",
+    "The grass is green. The sky is blue. " * 12,
+    "Project manager: so we should discuss the buttons. Industrial designer: I think rubber is cheaper. " * 9,
+    "a",
+    "emoji 🤖 and control \x07 characters \t\n are fine",
+    "Marketing: the trend watchers say fruit and vegetables are in this year. " * 30,
+]
+
+
+@pytest.fixture(scope="session")
+def encoder() -> TempScaleEncoder:
+    """The engine on the real bundled all-MiniLM-L6-v2, on the CPU, with default buckets."""
+    torch.manual_seed(0)
+    return TempScaleEncoder(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Build (once per architecture) a small random-weight model that uses the bundled tokenizer's vocabulary."""
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        BertModel,
+        DistilBertConfig,
+        DistilBertModel,
+        MPNetConfig,
+        MPNetModel,
+        RobertaConfig,
+        RobertaModel,
+        T5Config,
+        T5EncoderModel,
+        XLMRobertaConfig,
+        XLMRobertaModel,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(bundled_model_path())
+    common = {"vocab_size": tokenizer.vocab_size, "pad_token_id": tokenizer.pad_token_id}
+    sizes = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128}
+    bert_like = {**common, **sizes}
+    builders = {
+        "bert": lambda: BertModel(BertConfig(**bert_like, max_position_embeddings=128)),
+        "roberta": lambda: RobertaModel(RobertaConfig(**bert_like, max_position_embeddings=130)),
+        "xlm-roberta": lambda: XLMRobertaModel(XLMRobertaConfig(**bert_like, max_position_embeddings=130)),
+        "mpnet": lambda: MPNetModel(MPNetConfig(**bert_like, max_position_embeddings=130)),
+        "distilbert": lambda: DistilBertModel(
+            DistilBertConfig(**common, dim=64, n_layers=2, n_heads=4, hidden_dim=128, max_position_embeddings=128)
+        ),
+        "t5": lambda: T5EncoderModel(
+            T5Config(**common, d_model=64, d_kv=16, num_heads=4, num_layers=2, d_ff=128, decoder_start_token_id=0)
+        ),
+    }
+    built: dict[str, Path] = {}
+
+    def build(arch: str) -> Path:
+        if arch not in built:
+            torch.manual_seed(1234)
+            folder = tmp_path_factory.mktemp(f"tiny-{arch}")
+            builders[arch]().save_pretrained(folder)
+            tokenizer.save_pretrained(folder)
+            built[arch] = folder
+        return built[arch]
+
+    return build
+
+
+def load_tiny(folder: Path, **model_kwargs: object) -> SentenceTransformer:
+    """A SentenceTransformer (transformer + mean pooling, no normalisation) over a tiny model folder."""
+    transformer = Transformer(str(folder), model_kwargs=dict(model_kwargs) or None)
+    pooling = Pooling(transformer.get_embedding_dimension(), "mean")
+    st = SentenceTransformer(modules=[transformer, pooling], device="cpu")
+    st.max_seq_length = 120  # the tiny models have 128 positions; the tokenizer would allow 512
+    return st

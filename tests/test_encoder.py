@@ -1,0 +1,153 @@
+"""The engine on the real bundled model: congruence with sentence-transformers, bucketing, truncation, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from tempscale_rag import Bucket, TempScaleEncoder
+from tempscale_rag.encoder import padded_length
+from tempscale_rag.models import bundled_model_path
+
+from .conftest import MIXED_TEXTS
+
+LONG = "Industrial designer: the case could be made of titanium or rubber, and the buttons of plastic. " * 60
+
+
+def test_tau_one_matches_sentence_transformers(encoder: TempScaleEncoder) -> None:
+    st = SentenceTransformer(bundled_model_path(), device="cpu")
+    st.max_seq_length = 512
+    texts = [*MIXED_TEXTS, LONG]
+    ours = encoder.with_config(temperature=1.0).encode(texts)
+    theirs = st.encode(texts, normalize_embeddings=True, batch_size=3)
+    cosines = (ours * theirs).sum(axis=1)
+    assert cosines.min() >= 0.9999, cosines
+
+
+def test_default_window_is_the_full_position_window(encoder: TempScaleEncoder) -> None:
+    assert encoder.window == 512  # sentence-transformers caps all-MiniLM-L6-v2 at 256
+    assert encoder.dimension == 384
+
+
+def test_bucketed_equals_each_bucket_encoded_separately(encoder: TempScaleEncoder) -> None:
+    buckets = [Bucket(min_tokens=0, max_tokens=32, tau=1.0), Bucket(min_tokens=32, max_tokens=200, tau=0.7),
+               Bucket(min_tokens=200, max_tokens=None, tau=0.85)]
+    bucketed = encoder.with_config(buckets=buckets)
+    texts = [*MIXED_TEXTS, LONG, "another short one"]
+    together = bucketed.encode(texts)
+    lengths = [min(n, encoder.window) for n in encoder.count_tokens(texts)]
+    expected = np.zeros_like(together)
+    for bucket in buckets:
+        idx = [i for i, n in enumerate(lengths) if bucket.min_tokens <= n < (bucket.max_tokens or 10**9)]
+        assert idx, f"test texts must populate bucket {bucket.label()}"
+        expected[idx] = encoder.with_config(temperature=bucket.tau).encode([texts[i] for i in idx])
+    np.testing.assert_allclose(together, expected, atol=1e-6)
+    report = bucketed.last_report
+    assert [b.bucket for b in report.buckets.values()] == ["0-32", "32-200", "200+"]
+    assert report.buckets["32-200"].taus == [0.7]
+
+
+def test_vectors_do_not_depend_on_call_neighbours(encoder: TempScaleEncoder) -> None:
+    alone = encoder.encode([MIXED_TEXTS[2]])
+    crowd = encoder.encode([*MIXED_TEXTS, LONG], query=False)
+    np.testing.assert_allclose(alone[0], crowd[2], atol=1e-6)
+
+
+def test_truncation_is_reported_per_bucket(encoder: TempScaleEncoder, caplog: pytest.LogCaptureFixture) -> None:
+    n_tokens = encoder.count_tokens([LONG])[0]
+    assert n_tokens > 512
+    with caplog.at_level("WARNING", logger="tempscale_rag"):
+        encoder.encode([LONG, "short"])
+    report = encoder.last_report
+    assert report.truncated_inputs == 1
+    assert report.dropped_tokens == n_tokens - 512
+    assert report.buckets["256+"].truncated_inputs == 1
+    assert report.buckets["256+"].dropped_tokens == n_tokens - 512
+    assert sum("exceeded the 512-token window" in r.message for r in caplog.records) == 1
+
+
+def test_chunk_mean_covers_the_whole_text(encoder: TempScaleEncoder) -> None:
+    chunked = encoder.with_config(long_text="chunk_mean", chunk_overlap=16)
+    text = LONG + " Finally the remote will be shaped like a banana."
+    vec = chunked.encode([text])
+    report = chunked.last_report
+    assert report.truncated_inputs == 0 and report.dropped_tokens == 0
+    assert report.segments >= 2
+    assert np.isclose(np.linalg.norm(vec[0]), 1.0, atol=1e-5)
+    truncated = encoder.encode([text])
+    assert float(vec[0] @ truncated[0]) < 0.99999, "chunk_mean must see the text past the window"
+    # A text that fits the window gives the same vector under both policies.
+    np.testing.assert_allclose(chunked.encode(["fits easily"]), encoder.encode(["fits easily"]), atol=1e-6)
+
+
+def test_query_mode_prepends_prompt_and_uses_query_temperature(encoder: TempScaleEncoder) -> None:
+    prompted = encoder.with_config(query_prompt="query: ", temperature=0.7, query_temperature=1.0)
+    q = prompted.encode(["budget meeting"], query=True)
+    np.testing.assert_allclose(q, encoder.with_config(temperature=1.0).encode(["query: budget meeting"]), atol=1e-6)
+    with_prompt = encoder.count_tokens(["query: budget meeting"])[0]
+    assert prompted.count_tokens(["budget meeting"], query=True)[0] == with_prompt
+
+
+def test_empty_list_gives_empty_array(encoder: TempScaleEncoder) -> None:
+    out = encoder.encode([])
+    assert out.shape == (0, 384) and out.dtype == np.float32
+
+
+def test_bad_items_raise_type_error_naming_position(encoder: TempScaleEncoder) -> None:
+    with pytest.raises(TypeError, match="position 1"):
+        encoder.encode(["ok", None])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="position 0"):
+        encoder.encode([b"bytes"])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="list of strings"):
+        encoder.encode("a single string")
+    with pytest.raises(TypeError, match="None"):
+        encoder.encode(None)  # type: ignore[arg-type]
+
+
+def test_empty_whitespace_and_odd_characters_do_not_crash(encoder: TempScaleEncoder) -> None:
+    texts = ["", "   \n\t", "\x00\x07 control", "🤖🚀 emoji", "word " * 200_000]  # the last is 1 MB
+    out = encoder.encode(texts)
+    assert out.shape == (5, 384) and np.isfinite(out).all()
+    assert encoder.last_report.empty_inputs == 2
+    assert encoder.last_report.truncated_inputs == 1
+    # The documented rule: blank text is encoded as the model encodes an empty string.
+    np.testing.assert_allclose(out[0], out[1], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"temperature": 0.0}, "finite number > 0"),
+        ({"temperature": float("nan")}, "finite number > 0"),
+        ({"buckets": "0-100:1.0,50-:0.8"}, "overlap"),
+        ({"buckets": "0-100:1.0,200-:0.8"}, "gap"),
+        ({"buckets": "0-100:1.0,100-300:-1"}, "finite number > 0"),
+        ({"buckets": "0-100:1.0"}, "open-ended"),
+        ({"long_text": "summarise"}, "long_text"),
+        ({"max_seq_length": 4096}, "exceeds the model"),
+        ({"colour": "blue"}, "colour"),
+    ],
+)
+def test_invalid_configuration_is_rejected(encoder: TempScaleEncoder, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        encoder.with_config(**kwargs)
+
+
+def test_unknown_model_path_is_a_clear_error(tmp_path: object) -> None:
+    with pytest.raises(ValueError, match="cannot load sentence-transformers model"):
+        TempScaleEncoder(str(tmp_path) + "/no-such-model", device="cpu")
+
+
+def test_schedule_routes_long_inputs_to_lower_tau(encoder: TempScaleEncoder) -> None:
+    scheduled = encoder.with_config(schedule="longembed", schedule_n0=64)
+    scheduled.encode(["short", LONG])
+    taus = sorted({t for b in scheduled.last_report.buckets.values() for t in b.taus})
+    assert taus[0] == pytest.approx(round(1 / (np.log(512) / np.log(64)), 2))
+    assert taus[-1] == 1.0
+
+
+def test_padded_lengths_come_from_a_small_fixed_set() -> None:
+    shapes = {padded_length(n, 512) for n in range(1, 513)}
+    assert len(shapes) <= 24 and max(shapes) == 512
+    assert all(padded_length(n, 512) >= n for n in range(1, 513))
