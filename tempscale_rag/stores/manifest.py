@@ -1,0 +1,420 @@
+"""The index manifest: what produced an index's vectors, so an index is never searched or extended with another model.
+
+Every index folder holds `manifest.json`, an `IndexManifest` written atomically (temp file in the same folder,
+flush + fsync, `os.replace`, fsync of the folder). It records the model, the vector dimension, the full
+`TempScaleConfig`, the store backend and its settings, and timestamps.
+
+Compatibility policy:
+
+- model or dimension differ: always refused (`check_compatible`), vectors from two models are not comparable.
+- store backend or its identity differ (faiss vs qdrant, flat vs hnsw, another collection/url): refused.
+- settings that change *document* vectors differ (temperatures, buckets or schedule, long-text policy, window,
+  normalisation, document prompt): refused when writing, because adding such vectors to the index would silently mix
+  two embeddings; a warning (`IndexConfigWarning`) when only searching, because the stored vectors are what they are.
+- settings that only change *query* vectors (query temperature, query prompt): a warning when searching, ignored
+  when writing.
+- run-time settings (device, dtype, batch budget, calibration file path): ignored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tempscale_rag.config import TempScaleConfig
+from tempscale_rag.stores.base import IndexCorruptError, IndexMismatchError, IndexNotFoundError
+
+MANIFEST_NAME = "manifest.json"
+"""File name of the manifest inside an index folder."""
+
+FORMAT_VERSION = 1
+"""Version of the on-disk index format this package writes and reads."""
+
+TEMP_SUFFIX = ".tmp"
+"""Suffix of the temporary files written before an atomic rename; leftovers are stale and safe to delete."""
+
+StoreKind = Literal["faiss", "qdrant"]
+FaissIndexKind = Literal["flat", "hnsw"]
+QdrantDistance = Literal["cosine", "dot"]
+
+
+class IndexConfigWarning(UserWarning):
+    """Searching an index with settings that differ from those that built it."""
+
+
+def package_version() -> str:
+    """The installed tempscale-rag version, or `0+unknown` when running from a source tree."""
+    try:
+        return importlib.metadata.version("tempscale-rag")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class FaissSettings(BaseModel):
+    """How a FAISS index is built. Stored in the manifest; `FaissStore` keeps a copy in its database."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["faiss"] = "faiss"
+    index: FaissIndexKind = Field(
+        default="flat", description="'flat' is exact inner-product search; 'hnsw' is an approximate graph index."
+    )
+    hnsw_m: int = Field(default=32, ge=4, le=256, description="HNSW: neighbours per node (memory vs recall).")
+    hnsw_ef_construction: int = Field(default=200, ge=8, description="HNSW: candidate list size while building.")
+    hnsw_ef_search: int = Field(default=128, ge=1, description="HNSW: candidate list size while searching (>= k).")
+
+
+class QdrantSettings(BaseModel):
+    """Where a Qdrant index lives. The API key is never stored: pass it at open time or set `QDRANT_API_KEY`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["qdrant"] = "qdrant"
+    collection: str = Field(default="tempscale", min_length=1, description="Collection name.")
+    url: str | None = Field(default=None, description="Server URL such as 'http://localhost:6333'; None: local mode.")
+    path: str | None = Field(
+        default=None,
+        description="Local-mode storage folder, relative to the index folder unless absolute; "
+        "None with no url means 'qdrant' inside the index folder.",
+    )
+    distance: QdrantDistance = Field(
+        default="cosine", description="'cosine' (Qdrant normalises) or 'dot' (exactly FAISS's inner product)."
+    )
+
+    @model_validator(mode="after")
+    def _one_location(self) -> QdrantSettings:
+        if self.url is not None and self.path is not None:
+            raise ValueError("give either a Qdrant url (server) or a path (local mode), not both")
+        return self
+
+    def local_path(self, index_folder: Path) -> Path | None:
+        """The local-mode storage folder for an index in `index_folder`, or None for a server."""
+        if self.url is not None:
+            return None
+        if self.path == ":memory:":
+            return Path(self.path)
+        path = Path(self.path or "qdrant")
+        return path if path.is_absolute() else index_folder / path
+
+
+class IndexManifest(BaseModel):
+    """Everything needed to reuse an index safely: model, dimension, config, store and its settings."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format_version: int = Field(default=FORMAT_VERSION, description="On-disk format version.")
+    package_version: str = Field(default_factory=package_version, description="tempscale-rag version that wrote it.")
+    model: str = Field(min_length=1, description="Canonical name of the embedding model.")
+    dimension: int = Field(gt=0, description="Length of the stored vectors.")
+    config: TempScaleConfig = Field(description="The configuration that produced the document vectors.")
+    store: StoreKind = Field(description="Which backend holds the vectors.")
+    backend: FaissSettings | QdrantSettings = Field(discriminator="kind", description="Backend settings.")
+    created_at: datetime = Field(default_factory=_now)
+    updated_at: datetime = Field(default_factory=_now)
+
+    @model_validator(mode="after")
+    def _store_matches_backend(self) -> IndexManifest:
+        if self.store != self.backend.kind:
+            raise ValueError(f"store is {self.store!r} but the backend settings are for {self.backend.kind!r}")
+        return self
+
+    @classmethod
+    def new(
+        cls,
+        *,
+        model: str,
+        dimension: int,
+        config: TempScaleConfig,
+        backend: FaissSettings | QdrantSettings | None = None,
+    ) -> IndexManifest:
+        """A manifest for a new index.
+
+        Args:
+            model: Canonical model name.
+            dimension: Vector dimension.
+            config: The configuration that will produce the document vectors.
+            backend: Backend settings; None is an exact FAISS index.
+
+        Returns:
+            The manifest.
+        """
+        backend = backend or FaissSettings()
+        return cls(model=model, dimension=dimension, config=config, store=backend.kind, backend=backend)
+
+    def touched(self) -> IndexManifest:
+        """A copy with `updated_at` set to now and the running package version."""
+        return self.model_copy(update={"updated_at": _now(), "package_version": package_version()})
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[IO[bytes]]:
+    """Write `path` all-or-nothing: yield a temp file in the same folder, then fsync it and rename it over `path`.
+
+    A crash at any point leaves either the old file or the new one, plus at worst a stale `.*.tmp` file.
+
+    Args:
+        path: The destination.
+
+    Yields:
+        A binary file open for writing.
+    """
+    folder = path.parent
+    fd, temp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    temp = Path(temp_name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    fsync_dir(folder)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete leftovers of interrupted atomic writes (`.NAME.XXXX.tmp`) in `folder`; call only under the writer lock.
+
+    Returns:
+        The deleted paths.
+    """
+    removed = []
+    for path in folder.glob(f".*{TEMP_SUFFIX}"):
+        if path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def manifest_path(folder: str | Path) -> Path:
+    """The manifest file of the index in `folder`."""
+    return Path(folder) / MANIFEST_NAME
+
+
+def write_manifest(folder: str | Path, manifest: IndexManifest) -> Path:
+    """Write `manifest` to `folder/manifest.json` atomically.
+
+    Args:
+        folder: The index folder (must exist).
+        manifest: The manifest.
+
+    Returns:
+        The manifest path.
+    """
+    path = manifest_path(folder)
+    data = (manifest.model_dump_json(indent=2) + "\n").encode("utf-8")
+    with atomic_file(path) as handle:
+        handle.write(data)
+    return path
+
+
+def read_manifest(folder: str | Path) -> IndexManifest:
+    """Read and validate the manifest of the index in `folder`.
+
+    Args:
+        folder: The index folder.
+
+    Returns:
+        The manifest.
+
+    Raises:
+        IndexNotFoundError: If there is no manifest (the folder is not an index).
+        IndexCorruptError: If the manifest is empty, half-written, not JSON or has invalid fields.
+        IndexMismatchError: If it was written by a newer format version.
+    """
+    path = manifest_path(folder)
+    rebuild = f"delete {Path(folder)} (or pick another --out) and run `tempscale-rag index` again"
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise IndexNotFoundError(
+            f"{Path(folder)} is not a tempscale-rag index: {path} does not exist; "
+            f"build one with `tempscale-rag index DOCS --out {Path(folder)}`"
+        ) from None
+    except OSError as exc:
+        raise IndexCorruptError(f"cannot read index manifest {path}: {exc}") from None
+    if not raw.strip():
+        raise IndexCorruptError(f"index manifest {path} is empty (an interrupted write?); {rebuild}")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IndexCorruptError(
+            f"index manifest {path} is not valid JSON, it may be half-written or edited by hand ({exc}); {rebuild}"
+        ) from None
+    if not isinstance(data, dict):
+        raise IndexCorruptError(f"index manifest {path} must hold a JSON object; {rebuild}")
+    version = data.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        raise IndexMismatchError(
+            f"index at {Path(folder)} uses format {version}, written by tempscale-rag "
+            f"{data.get('package_version', '?')}; this is tempscale-rag {package_version()} (format {FORMAT_VERSION}): "
+            "upgrade tempscale-rag to use it"
+        )
+    try:
+        return IndexManifest.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['msg']}" for e in exc.errors())
+        raise IndexCorruptError(f"index manifest {path} is invalid ({problems}); {rebuild}") from None
+
+
+def check_compatible(manifest: IndexManifest, model: str, dimension: int, *, where: str | Path | None = None) -> None:
+    """Refuse to use an index with another model or dimension than the one that built it.
+
+    Args:
+        manifest: The index's manifest.
+        model: The canonical name of the model about to embed queries or documents.
+        dimension: That model's vector dimension.
+        where: The index location, for the message.
+
+    Raises:
+        IndexMismatchError: If the model or the dimension differ.
+    """
+    if manifest.model == model and manifest.dimension == dimension:
+        return
+    at = f"index at {where}" if where is not None else "this index"
+    raise IndexMismatchError(
+        f"{at} was built with model {manifest.model!r} (dim {manifest.dimension}); you asked for model {model!r} "
+        f"(dim {dimension}): use --out for a new index, or use model {manifest.model!r}"
+    )
+
+
+def document_settings(config: TempScaleConfig) -> dict[str, Any]:
+    """The settings of `config` that change document vectors, in their effective form.
+
+    Temperature precedence is resolved first (`temperature` overrides `schedule`, which overrides `buckets`), so two
+    configs that embed documents identically compare equal even if, say, their unused buckets differ.
+    """
+    settings: dict[str, Any]
+    if config.temperature is not None:
+        settings = {"temperature": config.temperature}
+    elif config.schedule is not None:
+        settings = {"schedule": config.schedule, "schedule_n0": config.schedule_n0}
+    else:
+        settings = {"buckets": ",".join(f"{b.label()}:{b.tau:g}" for b in config.buckets)}
+    settings["long_text"] = config.long_text
+    if config.long_text == "chunk_mean":
+        settings["chunk_overlap"] = config.chunk_overlap
+    settings["max_seq_length"] = config.max_seq_length
+    settings["normalize"] = config.normalize
+    settings["document_prompt"] = config.document_prompt
+    return settings
+
+
+def query_settings(config: TempScaleConfig) -> dict[str, Any]:
+    """The settings of `config` that change only query vectors."""
+    return {"query_temperature": config.query_temperature, "query_prompt": config.query_prompt}
+
+
+def _differences(stored: dict[str, Any], requested: dict[str, Any]) -> list[str]:
+    return [
+        f"{key}: index has {stored.get(key)!r}, you asked for {requested.get(key)!r}"
+        for key in sorted(stored.keys() | requested.keys())
+        if stored.get(key) != requested.get(key)
+    ]
+
+
+def check_config_compatible(
+    manifest: IndexManifest, config: TempScaleConfig, *, writing: bool, where: str | Path | None = None
+) -> list[str]:
+    """Apply the module's compatibility policy to the vector-relevant settings of `config`.
+
+    Args:
+        manifest: The index's manifest.
+        config: The configuration about to be used.
+        writing: True when vectors made with `config` will be added to the index; False when only searching.
+        where: The index location, for messages.
+
+    Returns:
+        The differences that were tolerated (empty when the settings agree).
+
+    Raises:
+        IndexMismatchError: When writing and a setting that changes document vectors differs.
+    """
+    at = f"index at {where}" if where is not None else "this index"
+    document = _differences(document_settings(manifest.config), document_settings(config))
+    if writing:
+        if document:
+            raise IndexMismatchError(
+                f"{at} was built with other embedding settings ({'; '.join(document)}); adding vectors made with "
+                "different settings would mix two embeddings in one index: use --out for a new index, or the "
+                "index's settings (they are in its manifest.json)"
+            )
+        return []
+    tolerated = document + _differences(query_settings(manifest.config), query_settings(config))
+    if tolerated:
+        warnings.warn(
+            f"searching {at} with settings that differ from those that built it ({'; '.join(tolerated)}); "
+            "results may be worse than with the index's own settings",
+            IndexConfigWarning,
+            stacklevel=2,
+        )
+    return tolerated
+
+
+def check_manifest_matches(
+    stored: IndexManifest, requested: IndexManifest, *, writing: bool, where: str | Path | None = None
+) -> None:
+    """Check that an existing index (`stored`) can serve a request described by `requested`.
+
+    Model and dimension via `check_compatible`, then the store and its identity, then the config policy.
+
+    Args:
+        stored: The manifest found in the index folder.
+        requested: The manifest the caller would have written for a new index.
+        writing: Whether vectors will be added.
+        where: The index location, for messages.
+
+    Raises:
+        IndexMismatchError: On any refused difference.
+    """
+    check_compatible(stored, requested.model, requested.dimension, where=where)
+    at = f"index at {where}" if where is not None else "this index"
+    if stored.store != requested.store:
+        raise IndexMismatchError(
+            f"{at} is a {stored.store} index; you asked for {requested.store}: "
+            f"use --out for a new index or --store {stored.store}"
+        )
+    if isinstance(stored.backend, FaissSettings) and isinstance(requested.backend, FaissSettings):
+        if stored.backend.index != requested.backend.index:
+            raise IndexMismatchError(
+                f"{at} is a FAISS {stored.backend.index!r} index; you asked for {requested.backend.index!r}: "
+                f"use --out for a new index or --faiss-index {stored.backend.index}"
+            )
+    elif isinstance(stored.backend, QdrantSettings) and isinstance(requested.backend, QdrantSettings):
+        for name in ("url", "path", "collection", "distance"):
+            have, want = getattr(stored.backend, name), getattr(requested.backend, name)
+            if have != want:
+                raise IndexMismatchError(
+                    f"{at} uses Qdrant {name} {have!r}; you asked for {want!r}: use --out for a new index, "
+                    "or the index's own Qdrant settings"
+                )
+    check_config_compatible(stored, requested.config, writing=writing, where=where)
