@@ -71,10 +71,14 @@ class EncodeReport:
     long_text: str = "truncate"
     seconds: float = 0.0
     buckets: dict[str, BucketReport] = field(default_factory=dict)
+    input_tokens: list[int] = field(default_factory=list, repr=False)
+    """Per input: tokens the model saw for its first (or only) window."""
+    input_buckets: list[str] = field(default_factory=list, repr=False)
+    """Per input: the bucket label of its first (or only) window."""
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON types, for `--json` output and index summaries."""
-        out = {k: v for k, v in self.__dict__.items() if k != "buckets"}
+        """Plain JSON types, for `--json` output and index summaries (per-input lists left out)."""
+        out = {k: v for k, v in self.__dict__.items() if k not in ("buckets", "input_tokens", "input_buckets")}
         out["buckets"] = {k: dict(v.__dict__) for k, v in self.buckets.items()}
         return out
 
@@ -184,6 +188,9 @@ class TempScaleEncoder:
             source: str | SentenceTransformer = model if isinstance(model, SentenceTransformer) else self.config.model
             _loaded = _LoadedModel(source, self.config.device, self.config.dtype)
         self._m = _loaded
+        if isinstance(model, SentenceTransformer):
+            # The config must name the model actually in use (manifests and with_config() rely on it).
+            self.config = self.config.model_copy(update={"model": self._m.name})
         window = self.config.max_seq_length or self._m.window
         if window > self._m.window:
             raise ValueError(
@@ -240,7 +247,7 @@ class TempScaleEncoder:
         normalize: bool | None = None,
         show_progress: bool = False,
     ) -> np.ndarray:
-        """Embed texts; rows follow the input order.
+        """Embed texts; rows follow the input order. The call's report is then in `last_report`.
 
         Args:
             texts: The texts. Empty and whitespace-only strings are encoded as the model encodes an empty text (only
@@ -255,11 +262,30 @@ class TempScaleEncoder:
         Raises:
             TypeError: If `texts` is a single string, or an item is not a string (the message names its position).
         """
+        vectors, self.last_report = self.encode_with_report(
+            texts, query=query, normalize=normalize, show_progress=show_progress
+        )
+        return vectors
+
+    def encode_with_report(
+        self,
+        texts: Sequence[str],
+        *,
+        query: bool = False,
+        normalize: bool | None = None,
+        show_progress: bool = False,
+    ) -> tuple[np.ndarray, EncodeReport]:
+        """Like `encode`, but return this call's report instead of storing it (safe when threads share the engine).
+
+        Returns:
+            The vectors and the routing/truncation report of this call.
+        """
         start = time.perf_counter()
         texts = _check_texts(texts)
         if not texts:
-            self.last_report = EncodeReport(window=self.window, long_text=self.config.long_text)
-            return np.zeros((0, self.dimension), dtype=np.float32)
+            return np.zeros((0, self.dimension), dtype=np.float32), EncodeReport(
+                window=self.window, long_text=self.config.long_text
+            )
         plan = self._plan(texts, query=query)
         segment_vectors = self._run(plan, show_progress=show_progress)
         vectors = self._pool(segment_vectors, plan.owner, len(texts))
@@ -267,9 +293,8 @@ class TempScaleEncoder:
             vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
         out = vectors.float().cpu().numpy()
         plan.report.seconds = time.perf_counter() - start
-        self.last_report = plan.report
         _log_truncation(plan.report)
-        return out
+        return out, plan.report
 
     # -- stages -----------------------------------------------------------------------------------------------
 
@@ -306,7 +331,10 @@ class TempScaleEncoder:
             for piece in pieces:
                 seg = prefix + piece + suffix
                 route = self.router.route(len(seg), query=query)
-                first_bucket = first_bucket or route.bucket
+                if not first_bucket:
+                    first_bucket = route.bucket
+                    report.input_tokens.append(len(seg))
+                    report.input_buckets.append(route.bucket)
                 segments.append(seg)
                 owners.append(index)
                 taus.append(route.tau)
