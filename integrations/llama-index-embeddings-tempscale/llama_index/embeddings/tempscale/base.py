@@ -1,0 +1,218 @@
+"""`TempScaleEmbedding`: a LlamaIndex embedding model backed by the tempscale-rag engine.
+
+The engine (`tempscale_rag.TempScaleEncoder`) tokenises, routes each text to an attention temperature by its token
+length, batches by a padded-token budget and reports truncation. This class only maps LlamaIndex's calls onto it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal
+
+from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, field_validator
+
+from tempscale_rag import BUNDLED_MODEL, Bucket, EncodeReport, TempScaleConfig, TempScaleEncoder
+from tempscale_rag.adapters import ENGINE_FIELDS, config_from_fields, engine_for, fields_from_engine
+
+DEFAULT_TEMPSCALE_BATCH_SIZE = 256
+"""Texts per engine call. High because the engine forms its own batches by tokens, whatever this slice is."""
+
+
+class TempScaleEmbedding(BaseEmbedding):
+    """LlamaIndex embeddings with length-routed attention temperature (TempScale) on a sentence-transformers model.
+
+    Every call goes to one `TempScaleEncoder`: it batches by tokens (so `embed_batch_size` only sets how many texts
+    LlamaIndex hands over per call), gives each text the temperature of its token-length bucket, and reports what it
+    truncated (`last_report`). The engine fields are frozen, because the engine is built from them once; for other
+    settings build a new object, e.g. `TempScaleEmbedding.from_encoder(embedding.encoder, temperature=0.8)`, which
+    shares the loaded model.
+
+    Args:
+        model_name: A sentence-transformers model name or local path; None for the bundled all-MiniLM-L6-v2.
+        encoder: An already built engine whose loaded model should be shared instead of loading the model again. Used
+            as is when the fields describe its configuration, else a variant of it with the fields' settings (sharing
+            the model when `model_name`, `device` and `dtype` agree).
+        **kwargs: The fields below, and `BaseEmbedding`'s (`embed_batch_size`, `callback_manager`, `num_workers`,
+            `embeddings_cache`).
+
+    Raises:
+        ValueError: For an unknown field, an invalid configuration (tau <= 0 or NaN, overlapping or unsorted buckets,
+            an unreadable calibration file) or a model that cannot be loaded.
+
+    Examples:
+        ```python
+        from llama_index.core import Settings, VectorStoreIndex
+        from llama_index.embeddings.tempscale import TempScaleEmbedding
+
+        Settings.embed_model = TempScaleEmbedding(buckets="0-128:1.0,128-256:0.9,256-:0.8", device="cpu")
+        index = VectorStoreIndex.from_documents(documents)
+        ```
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str = Field(
+        default=BUNDLED_MODEL,
+        frozen=True,
+        description="sentence-transformers model name or path; the default is the bundled all-MiniLM-L6-v2.",
+    )
+    embed_batch_size: int = Field(
+        default=DEFAULT_TEMPSCALE_BATCH_SIZE,
+        gt=0,
+        le=2048,
+        description="Texts per engine call; the engine batches them by tokens, so a high value costs nothing.",
+    )
+    temperature: float | None = Field(
+        default=None, frozen=True, description="One attention temperature for every input (overrides buckets)."
+    )
+    buckets: str | list[dict[str, Any]] | None = Field(
+        default=None,
+        frozen=True,
+        description="Token-length buckets with a tau each, as '0-128:1.0,128-256:0.9,256-:0.8' or a list of "
+        "{'min_tokens', 'max_tokens', 'tau'}; None uses the engine's default buckets or the calibration file.",
+    )
+    calibration_file: str | None = Field(
+        default=None,
+        frozen=True,
+        description="Calibration JSON from `tempscale-rag calibrate`; its buckets are used when `buckets` is None "
+        "(with `buckets` given it is only recorded as their origin).",
+    )
+    schedule: Literal["longembed"] | None = Field(
+        default=None, frozen=True, description="Continuous temperature schedule instead of buckets."
+    )
+    schedule_n0: int | None = Field(
+        default=None, frozen=True, description="n0 of the 'longembed' schedule in tokens; None: the engine default."
+    )
+    query_temperature: float | None = Field(
+        default=None, frozen=True, description="Temperature for every query whatever its length; None routes by length."
+    )
+    long_text: Literal["truncate", "chunk_mean"] | None = Field(
+        default=None,
+        frozen=True,
+        description="Texts longer than the window: 'truncate' (engine default) or 'chunk_mean' (average of windows).",
+    )
+    chunk_overlap: int | None = Field(
+        default=None, frozen=True, description="Token overlap between windows under 'chunk_mean'; None: the default."
+    )
+    max_seq_length: int | None = Field(
+        default=None, frozen=True, description="Model window in tokens; None uses the model's full position window."
+    )
+    device: str | None = Field(
+        default=None, frozen=True, description="torch device such as 'cpu' or 'cuda:0'; None picks CUDA if present."
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] | None = Field(
+        default=None, frozen=True, description="Compute dtype; None is 'auto' (half precision on GPU, float32 on CPU)."
+    )
+    max_batch_tokens: int | None = Field(
+        default=None, frozen=True, description="Padded tokens per forward pass; None picks a budget for the device."
+    )
+    normalize: bool = Field(default=True, frozen=True, description="L2-normalise the vectors.")
+    query_instruction: str | None = Field(
+        default=None, frozen=True, description="Text prepended to every query (the engine's `query_prompt`)."
+    )
+    text_instruction: str | None = Field(
+        default=None, frozen=True, description="Text prepended to every document (the engine's `document_prompt`)."
+    )
+    show_progress_bar: bool = Field(
+        default=False, description="Show the engine's progress bar over forward batches on stderr."
+    )
+
+    _encoder: TempScaleEncoder = PrivateAttr()
+    _last_report: EncodeReport = PrivateAttr()
+
+    def __init__(
+        self, model_name: str | None = None, *, encoder: TempScaleEncoder | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(model_name=BUNDLED_MODEL if model_name is None else model_name, **kwargs)
+        self._encoder = engine_for(self._engine_config(), encoder)
+        self._last_report = EncodeReport(window=self._encoder.window, long_text=self._encoder.config.long_text)
+
+    @field_validator("buckets", mode="before")
+    @classmethod
+    def _buckets_as_plain_data(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [b.model_dump() if isinstance(b, Bucket) else b for b in value]
+        return value
+
+    @classmethod
+    def class_name(cls) -> str:
+        """The name LlamaIndex stores with serialised components."""
+        return "TempScaleEmbedding"
+
+    @classmethod
+    def from_encoder(cls, encoder: TempScaleEncoder, **kwargs: Any) -> TempScaleEmbedding:
+        """Wrap an already built engine, sharing its loaded model.
+
+        The engine's configuration becomes this object's fields, so `to_dict()` records exactly what it does.
+
+        Args:
+            encoder: The engine to use.
+            **kwargs: Other fields. Engine fields given here (e.g. `temperature=0.8`) make a variant of the engine
+                that still shares its loaded model.
+
+        Returns:
+            The embedding model.
+        """
+        fields = fields_from_engine(encoder)
+        # A new bucket source replaces the engine's: new buckets are not from its calibration file, and a new
+        # calibration file must not be overridden by the engine's explicit buckets.
+        if "buckets" in kwargs and "calibration_file" not in kwargs:
+            fields["calibration_file"] = None
+        if "calibration_file" in kwargs and "buckets" not in kwargs:
+            fields["buckets"] = None
+        fields.update(kwargs)
+        return cls(encoder=encoder, **fields)
+
+    @property
+    def encoder(self) -> TempScaleEncoder:
+        """The engine that computes the vectors (share it with `from_encoder`)."""
+        return self._encoder
+
+    @property
+    def config(self) -> TempScaleConfig:
+        """The resolved engine configuration (buckets from the calibration file included)."""
+        return self._encoder.config
+
+    @property
+    def dimension(self) -> int:
+        """Length of every vector, e.g. for `faiss.IndexFlatIP(dimension)`."""
+        return self._encoder.dimension
+
+    @property
+    def last_report(self) -> EncodeReport:
+        """Routing and truncation report of this object's last engine call (`.to_dict()` for JSON).
+
+        LlamaIndex hands over `embed_batch_size` texts per call, so after `get_text_embedding_batch` this covers the
+        last slice of at most that many texts.
+        """
+        return self._last_report
+
+    def _get_query_embedding(self, query: str) -> Embedding:
+        return self._embed([query], query=True)[0]
+
+    async def _aget_query_embedding(self, query: str) -> Embedding:
+        return await asyncio.to_thread(self._get_query_embedding, query)
+
+    def _get_text_embedding(self, text: str) -> Embedding:
+        return self._embed([text], query=False)[0]
+
+    async def _aget_text_embedding(self, text: str) -> Embedding:
+        return await asyncio.to_thread(self._get_text_embedding, text)
+
+    def _get_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return self._embed(texts, query=False)
+
+    async def _aget_text_embeddings(self, texts: list[str]) -> list[Embedding]:
+        return await asyncio.to_thread(self._get_text_embeddings, texts)
+
+    def _embed(self, texts: list[str], *, query: bool) -> list[Embedding]:
+        # encode_with_report returns this call's report, so concurrent async calls cannot swap reports.
+        vectors, self._last_report = self._encoder.encode_with_report(
+            texts, query=query, show_progress=self.show_progress_bar
+        )
+        result: list[Embedding] = vectors.tolist()
+        return result
+
+    def _engine_config(self) -> TempScaleConfig:
+        return config_from_fields({name: getattr(self, name) for name in ENGINE_FIELDS}, what=type(self).__name__)
