@@ -7,9 +7,11 @@ the two adapters stay thin and cannot drift apart.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from tempscale_rag.config import TempScaleConfig
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tempscale_rag.config import BUNDLED_MODEL, Bucket, TempScaleConfig
 from tempscale_rag.encoder import TempScaleEncoder
 from tempscale_rag.models import canonical_model_name
 
@@ -81,3 +83,85 @@ ENGINE_FIELDS: tuple[str, ...] = (
     "text_instruction",
 )
 """The adapter fields that configure the engine (both adapters declare exactly these)."""
+
+
+class EngineFields(BaseModel):
+    """The engine configuration as flat, serialisable adapter fields (`None` means "the engine's default").
+
+    Both `TempScaleEmbedding` (LlamaIndex) and `TempScaleEmbeddings` (LangChain) inherit these, so their settings
+    and their documentation cannot drift apart. They are frozen: the engine is built from them once.
+    """
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_name: str = Field(
+        default=BUNDLED_MODEL,
+        frozen=True,
+        description="sentence-transformers model name or path; the default is the bundled all-MiniLM-L6-v2.",
+    )
+    temperature: float | None = Field(
+        default=None, frozen=True, description="One attention temperature for every input (overrides buckets)."
+    )
+    buckets: str | list[dict[str, Any]] | None = Field(
+        default=None,
+        frozen=True,
+        description="Token-length buckets with a tau each, as '0-128:1.0,128-256:0.9,256-:0.8' or a list of "
+        "{'min_tokens', 'max_tokens', 'tau'}; None uses the engine's default buckets or the calibration file.",
+    )
+    calibration_file: str | None = Field(
+        default=None,
+        frozen=True,
+        description="Calibration JSON from `tempscale-rag calibrate`; its buckets are used when `buckets` is None "
+        "(with `buckets` given it is only recorded as their origin).",
+    )
+    schedule: Literal["longembed"] | None = Field(
+        default=None, frozen=True, description="Continuous temperature schedule instead of buckets."
+    )
+    schedule_n0: int | None = Field(
+        default=None, frozen=True, description="n0 of the 'longembed' schedule in tokens; None: the engine default."
+    )
+    query_temperature: float | None = Field(
+        default=None, frozen=True, description="Temperature for every query whatever its length; None routes by length."
+    )
+    long_text: Literal["truncate", "chunk_mean"] | None = Field(
+        default=None,
+        frozen=True,
+        description="Texts longer than the window: 'truncate' (engine default) or 'chunk_mean' (average of windows).",
+    )
+    chunk_overlap: int | None = Field(
+        default=None, frozen=True, description="Token overlap between windows under 'chunk_mean'; None: the default."
+    )
+    max_seq_length: int | None = Field(
+        default=None, frozen=True, description="Model window in tokens; None uses the model's full position window."
+    )
+    device: str | None = Field(
+        default=None, frozen=True, description="torch device such as 'cpu' or 'cuda:0'; None picks CUDA if present."
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] | None = Field(
+        default=None, frozen=True, description="Compute dtype; None is 'auto' (half precision on GPU, float32 on CPU)."
+    )
+    max_batch_tokens: int | None = Field(
+        default=None, frozen=True, description="Padded tokens per forward pass; None picks a budget for the device."
+    )
+    normalize: bool = Field(default=True, frozen=True, description="L2-normalise the vectors.")
+    query_instruction: str | None = Field(
+        default=None, frozen=True, description="Text prepended to every query (the engine's `query_prompt`)."
+    )
+    text_instruction: str | None = Field(
+        default=None, frozen=True, description="Text prepended to every document (the engine's `document_prompt`)."
+    )
+
+    @field_validator("buckets", mode="before")
+    @classmethod
+    def _buckets_as_plain_data(cls, value: Any) -> Any:
+        if isinstance(value, (list, tuple)):
+            return [b.model_dump() if isinstance(b, Bucket) else b for b in value]
+        return value
+
+    def engine_config(self) -> TempScaleConfig:
+        """The `TempScaleConfig` these fields describe (calibration file resolved).
+
+        Raises:
+            ValueError: For an invalid configuration, naming the adapter class.
+        """
+        return config_from_fields({name: getattr(self, name) for name in ENGINE_FIELDS}, what=type(self).__name__)

@@ -7,16 +7,16 @@ length, batches by a padded-token budget and reports truncation. This class only
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal
+from typing import Any
 
 from langchain_core.embeddings import Embeddings
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import ConfigDict, Field, PrivateAttr
 
-from tempscale_rag import BUNDLED_MODEL, Bucket, EncodeReport, TempScaleConfig, TempScaleEncoder
-from tempscale_rag.adapters import ENGINE_FIELDS, config_from_fields, engine_for, fields_from_engine
+from tempscale_rag import BUNDLED_MODEL, EncodeReport, TempScaleConfig, TempScaleEncoder
+from tempscale_rag.adapters import EngineFields, engine_for, fields_from_engine
 
 
-class TempScaleEmbeddings(BaseModel, Embeddings):
+class TempScaleEmbeddings(EngineFields, Embeddings):
     """LangChain embeddings with length-routed attention temperature (TempScale) on a sentence-transformers model.
 
     Every call goes to one `TempScaleEncoder`, loaded once when this object is built: it batches by tokens, gives each
@@ -47,62 +47,6 @@ class TempScaleEmbeddings(BaseModel, Embeddings):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    model_name: str = Field(
-        default=BUNDLED_MODEL,
-        frozen=True,
-        description="sentence-transformers model name or path; the default is the bundled all-MiniLM-L6-v2.",
-    )
-    temperature: float | None = Field(
-        default=None, frozen=True, description="One attention temperature for every input (overrides buckets)."
-    )
-    buckets: str | list[dict[str, Any]] | None = Field(
-        default=None,
-        frozen=True,
-        description="Token-length buckets with a tau each, as '0-128:1.0,128-256:0.9,256-:0.8' or a list of "
-        "{'min_tokens', 'max_tokens', 'tau'}; None uses the engine's default buckets or the calibration file.",
-    )
-    calibration_file: str | None = Field(
-        default=None,
-        frozen=True,
-        description="Calibration JSON from `tempscale-rag calibrate`; its buckets are used when `buckets` is None "
-        "(with `buckets` given it is only recorded as their origin).",
-    )
-    schedule: Literal["longembed"] | None = Field(
-        default=None, frozen=True, description="Continuous temperature schedule instead of buckets."
-    )
-    schedule_n0: int | None = Field(
-        default=None, frozen=True, description="n0 of the 'longembed' schedule in tokens; None: the engine default."
-    )
-    query_temperature: float | None = Field(
-        default=None, frozen=True, description="Temperature for every query whatever its length; None routes by length."
-    )
-    long_text: Literal["truncate", "chunk_mean"] | None = Field(
-        default=None,
-        frozen=True,
-        description="Texts longer than the window: 'truncate' (engine default) or 'chunk_mean' (average of windows).",
-    )
-    chunk_overlap: int | None = Field(
-        default=None, frozen=True, description="Token overlap between windows under 'chunk_mean'; None: the default."
-    )
-    max_seq_length: int | None = Field(
-        default=None, frozen=True, description="Model window in tokens; None uses the model's full position window."
-    )
-    device: str | None = Field(
-        default=None, frozen=True, description="torch device such as 'cpu' or 'cuda:0'; None picks CUDA if present."
-    )
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] | None = Field(
-        default=None, frozen=True, description="Compute dtype; None is 'auto' (half precision on GPU, float32 on CPU)."
-    )
-    max_batch_tokens: int | None = Field(
-        default=None, frozen=True, description="Padded tokens per forward pass; None picks a budget for the device."
-    )
-    normalize: bool = Field(default=True, frozen=True, description="L2-normalise the vectors.")
-    query_instruction: str | None = Field(
-        default=None, frozen=True, description="Text prepended to every query (the engine's `query_prompt`)."
-    )
-    text_instruction: str | None = Field(
-        default=None, frozen=True, description="Text prepended to every document (the engine's `document_prompt`)."
-    )
     show_progress: bool = Field(default=False, description="Show the engine's progress bar over forward batches.")
 
     _encoder: TempScaleEncoder = PrivateAttr()
@@ -112,15 +56,8 @@ class TempScaleEmbeddings(BaseModel, Embeddings):
         if kwargs.get("model_name", "") is None:
             kwargs["model_name"] = BUNDLED_MODEL
         super().__init__(**kwargs)
-        self._encoder = engine_for(self._engine_config(), encoder)
+        self._encoder = engine_for(self.engine_config(), encoder)
         self._last_report = EncodeReport(window=self._encoder.window, long_text=self._encoder.config.long_text)
-
-    @field_validator("buckets", mode="before")
-    @classmethod
-    def _buckets_as_plain_data(cls, value: Any) -> Any:
-        if isinstance(value, (list, tuple)):
-            return [b.model_dump() if isinstance(b, Bucket) else b for b in value]
-        return value
 
     @classmethod
     def from_encoder(cls, encoder: TempScaleEncoder, **kwargs: Any) -> TempScaleEmbeddings:
@@ -218,5 +155,3 @@ class TempScaleEmbeddings(BaseModel, Embeddings):
         result: list[list[float]] = vectors.tolist()
         return result
 
-    def _engine_config(self) -> TempScaleConfig:
-        return config_from_fields({name: getattr(self, name) for name in ENGINE_FIELDS}, what=type(self).__name__)

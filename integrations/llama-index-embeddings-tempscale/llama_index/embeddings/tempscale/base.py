@@ -7,19 +7,19 @@ length, batches by a padded-token budget and reports truncation. This class only
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Literal
+from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
-from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, field_validator
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 
-from tempscale_rag import BUNDLED_MODEL, Bucket, EncodeReport, TempScaleConfig, TempScaleEncoder
-from tempscale_rag.adapters import ENGINE_FIELDS, config_from_fields, engine_for, fields_from_engine
+from tempscale_rag import BUNDLED_MODEL, EncodeReport, TempScaleConfig, TempScaleEncoder
+from tempscale_rag.adapters import EngineFields, engine_for, fields_from_engine
 
 DEFAULT_TEMPSCALE_BATCH_SIZE = 256
 """Texts per engine call. High because the engine forms its own batches by tokens, whatever this slice is."""
 
 
-class TempScaleEmbedding(BaseEmbedding):
+class TempScaleEmbedding(EngineFields, BaseEmbedding):
     """LlamaIndex embeddings with length-routed attention temperature (TempScale) on a sentence-transformers model.
 
     Every call goes to one `TempScaleEncoder`: it batches by tokens (so `embed_batch_size` only sets how many texts
@@ -52,68 +52,13 @@ class TempScaleEmbedding(BaseEmbedding):
 
     model_config = ConfigDict(extra="forbid")
 
-    model_name: str = Field(
-        default=BUNDLED_MODEL,
-        frozen=True,
-        description="sentence-transformers model name or path; the default is the bundled all-MiniLM-L6-v2.",
-    )
     embed_batch_size: int = Field(
         default=DEFAULT_TEMPSCALE_BATCH_SIZE,
         gt=0,
         le=2048,
         description="Texts per engine call; the engine batches them by tokens, so a high value costs nothing.",
     )
-    temperature: float | None = Field(
-        default=None, frozen=True, description="One attention temperature for every input (overrides buckets)."
-    )
-    buckets: str | list[dict[str, Any]] | None = Field(
-        default=None,
-        frozen=True,
-        description="Token-length buckets with a tau each, as '0-128:1.0,128-256:0.9,256-:0.8' or a list of "
-        "{'min_tokens', 'max_tokens', 'tau'}; None uses the engine's default buckets or the calibration file.",
-    )
-    calibration_file: str | None = Field(
-        default=None,
-        frozen=True,
-        description="Calibration JSON from `tempscale-rag calibrate`; its buckets are used when `buckets` is None "
-        "(with `buckets` given it is only recorded as their origin).",
-    )
-    schedule: Literal["longembed"] | None = Field(
-        default=None, frozen=True, description="Continuous temperature schedule instead of buckets."
-    )
-    schedule_n0: int | None = Field(
-        default=None, frozen=True, description="n0 of the 'longembed' schedule in tokens; None: the engine default."
-    )
-    query_temperature: float | None = Field(
-        default=None, frozen=True, description="Temperature for every query whatever its length; None routes by length."
-    )
-    long_text: Literal["truncate", "chunk_mean"] | None = Field(
-        default=None,
-        frozen=True,
-        description="Texts longer than the window: 'truncate' (engine default) or 'chunk_mean' (average of windows).",
-    )
-    chunk_overlap: int | None = Field(
-        default=None, frozen=True, description="Token overlap between windows under 'chunk_mean'; None: the default."
-    )
-    max_seq_length: int | None = Field(
-        default=None, frozen=True, description="Model window in tokens; None uses the model's full position window."
-    )
-    device: str | None = Field(
-        default=None, frozen=True, description="torch device such as 'cpu' or 'cuda:0'; None picks CUDA if present."
-    )
-    dtype: Literal["auto", "float32", "float16", "bfloat16"] | None = Field(
-        default=None, frozen=True, description="Compute dtype; None is 'auto' (half precision on GPU, float32 on CPU)."
-    )
-    max_batch_tokens: int | None = Field(
-        default=None, frozen=True, description="Padded tokens per forward pass; None picks a budget for the device."
-    )
-    normalize: bool = Field(default=True, frozen=True, description="L2-normalise the vectors.")
-    query_instruction: str | None = Field(
-        default=None, frozen=True, description="Text prepended to every query (the engine's `query_prompt`)."
-    )
-    text_instruction: str | None = Field(
-        default=None, frozen=True, description="Text prepended to every document (the engine's `document_prompt`)."
-    )
+
     show_progress_bar: bool = Field(
         default=False, description="Show the engine's progress bar over forward batches on stderr."
     )
@@ -125,15 +70,8 @@ class TempScaleEmbedding(BaseEmbedding):
         self, model_name: str | None = None, *, encoder: TempScaleEncoder | None = None, **kwargs: Any
     ) -> None:
         super().__init__(model_name=BUNDLED_MODEL if model_name is None else model_name, **kwargs)
-        self._encoder = engine_for(self._engine_config(), encoder)
+        self._encoder = engine_for(self.engine_config(), encoder)
         self._last_report = EncodeReport(window=self._encoder.window, long_text=self._encoder.config.long_text)
-
-    @field_validator("buckets", mode="before")
-    @classmethod
-    def _buckets_as_plain_data(cls, value: Any) -> Any:
-        if isinstance(value, (list, tuple)):
-            return [b.model_dump() if isinstance(b, Bucket) else b for b in value]
-        return value
 
     @classmethod
     def class_name(cls) -> str:
@@ -214,5 +152,3 @@ class TempScaleEmbedding(BaseEmbedding):
         result: list[Embedding] = vectors.tolist()
         return result
 
-    def _engine_config(self) -> TempScaleConfig:
-        return config_from_fields({name: getattr(self, name) for name in ENGINE_FIELDS}, what=type(self).__name__)
