@@ -30,6 +30,8 @@ QUESTIONS = [
 
 def main() -> None:
     documents = SimpleDirectoryReader(str(DOCS)).load_data()
+    for doc in documents:  # embed the text, not the absolute path LlamaIndex would prepend to it
+        doc.excluded_embed_metadata_keys = [*doc.excluded_embed_metadata_keys, "file_path"]
     # Short texts (queries) keep tau = 1; longer ones get a lower temperature by token-length bucket.
     embed_model = TempScaleEmbedding(buckets="0-128:1.0,128-256:0.9,256-:0.8")
     print(f"model {embed_model.model_name}, {embed_model.dimension} dims, on {embed_model.encoder.device}")

@@ -52,9 +52,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quiet:
         level = logging.ERROR
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("tempscale_rag").setLevel(level)
-    for noisy in ("transformers", "sentence_transformers", "httpx"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # Restored on exit, so calling main() in-process (tests, notebooks) leaves the caller's logging as it was.
+    names = ("tempscale_rag", "transformers", "sentence_transformers", "httpx")
+    loggers = {name: logging.getLogger(name) for name in names}
+    saved = {name: logger.level for name, logger in loggers.items()}
+    loggers["tempscale_rag"].setLevel(level)
+    for name in ("transformers", "sentence_transformers", "httpx"):
+        loggers[name].setLevel(max(level, logging.WARNING))
     # transformers draws a "Loading weights" bar on every model load; ours are the progress bars that matter.
     from transformers.utils import logging as hf_logging
 
@@ -69,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"tempscale-rag: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        for name, logger in loggers.items():
+            logger.setLevel(saved[name])
 
 
 def entrypoint() -> None:
