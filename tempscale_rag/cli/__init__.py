@@ -7,16 +7,12 @@ together, sets up logging, and turns the errors a user can fix into one line on 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from collections.abc import Sequence
 
+from tempscale_rag.cli import evaluation, indexing
 from tempscale_rag.cli.options import add_argument
-
-SUBCOMMANDS = ("index", "search", "info", "eval", "collapse", "calibrate")
-_MODULES = {"index": "indexing", "search": "indexing", "info": "indexing", "eval": "evaluation",
-            "collapse": "evaluation", "calibrate": "evaluation"}
 
 EXIT_USAGE = 2
 EXIT_ERROR = 1
@@ -31,16 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_argument(parser, "-v", "--verbose", action="count", default=0, help="More logging (-v info, -vv debug).")
     add_argument(parser, "-q", "--quiet", action="store_true", help="No progress bars or info messages.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    registered = set()
-    for module_name in dict.fromkeys(_MODULES.values()):
-        try:
-            module = importlib.import_module(f"tempscale_rag.cli.{module_name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"tempscale_rag.cli.{module_name}":
-                raise
-            continue
-        module.register(subparsers)
-        registered.update(name for name, mod in _MODULES.items() if mod == module_name)
+    indexing.register(subparsers)
+    evaluation.register(subparsers)
     return parser
 
 

@@ -38,16 +38,17 @@ def env_name(dest: str) -> str:
 def add_argument(parser: argparse.ArgumentParser | Any, *flags: str, **kwargs: Any) -> argparse.Action:
     """`parser.add_argument` whose default comes from the flag's `TEMPSCALE_*` variable when that is set."""
     action = parser.add_argument(*flags, **kwargs)
+    convert: Any = action.type or str
     variable = env_name(action.dest)
     if action.option_strings and variable in os.environ:
         raw = os.environ[variable]
         if isinstance(action, argparse._StoreTrueAction):
             action.default = raw.strip().lower() in {"1", "true", "yes", "on"}
         elif action.nargs in ("*", "+"):
-            action.default = [action.type(v) if action.type else v for v in raw.split()]
+            action.default = [convert(v) for v in raw.split()]
         else:
             try:
-                action.default = action.type(raw) if action.type else raw
+                action.default = convert(raw)
             except ValueError:
                 raise SystemExit(
                     f"tempscale-rag: error: {variable}={raw!r} is not a valid value for {flags[0]}"
