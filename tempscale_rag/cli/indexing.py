@@ -210,7 +210,12 @@ def run_info(args: argparse.Namespace) -> int:
     else:
         temps = ", ".join(f"{b.label()}: {b.tau:g}" for b in config.buckets)
     print(f"index      {info['index']}")
-    print(f"holds      {info['files']} files, {info['chunks']} chunks ({manifest.store}, {info['backend']})")
+    backend = manifest.backend
+    where = (
+        f"FAISS {backend.index}" if manifest.store == "faiss"
+        else f"Qdrant collection {backend.collection!r} at {backend.url or backend.path or 'local folder'}"
+    )
+    print(f"holds      {info['files']} files, {info['chunks']} chunks ({where})")
     print(f"model      {manifest.model} (dim {manifest.dimension}), window {config.max_seq_length or 'full'}")
     print(f"temps      {temps}; long text: {config.long_text}")
     if config.calibration_file:
