@@ -25,6 +25,7 @@ Real tokens count the tokens each text has (special tokens included), not paddin
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -236,8 +238,9 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(fn: Callable[[], np.ndarray], device: str) -> tuple[float, np.ndarray, float]:
+def timed(fn: Callable[[], Any], device: str) -> tuple[float, Any, float]:
     """Seconds, output, peak GPU memory in GB (allocated by torch) of one call."""
+    gc.collect()  # every method starts from the same collector state
     sync(device)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -327,17 +330,15 @@ def run_model(shape: str, dtype_name: str, folder: Path, texts: list[str], args:
     }
     if "ceiling" in methods:
         result["methods"]["ceiling"] = dense_ceiling(st, device, len(st.tokenizer), tuple(args.ceiling_batches))
-    # Warm-up on a subset that touches every padded shape (kernel selection, allocator growth, cuBLAS handles).
-    warm = texts[: min(len(texts), 4000)]
+    # Warm-up: each engine variant once on the whole corpus (every shape, full-size batches: kernel selection, caching
+    # allocator and pinned-memory growth), the ST-driven baselines on a subset.
     for m in timed_methods:
-        fn = calls[m]
         if m.startswith("engine"):
-            (engine if m == "engine" else engine_tau1).encode(warm)
+            calls[m]()
         else:
             model = st_eager if m == "eager" else st
             assert model is not None
-            model.encode(warm[:1000], batch_size=256 if m == "st_b256" else ST_BATCH, convert_to_numpy=True)
-        del fn
+            model.encode(texts[:1000], batch_size=256 if m == "st_b256" else ST_BATCH, convert_to_numpy=True)
     times: dict[str, list[float]] = {m: [] for m in timed_methods}
     peaks: dict[str, float] = {}
     outputs: dict[str, np.ndarray] = {}
@@ -352,19 +353,29 @@ def run_model(shape: str, dtype_name: str, folder: Path, texts: list[str], args:
                 f"  {shape} {dtype_name} {m:12s} run {r + 1}: {seconds:7.2f} s  {real_tokens / seconds:11,.0f} tok/s",
                 flush=True,
             )
-    # Engine stages of one call: tokenise + route (plan) vs forward passes + scatter (run).
-    stages = {}
-    if "engine" in times:
-        start = time.perf_counter()
-        plan = engine._plan(texts, query=False)
-        stages["plan_s"] = time.perf_counter() - start
-        sync(device)
-        start = time.perf_counter()
-        engine._run(plan, show_progress=False)
-        sync(device)
-        stages["run_s"] = time.perf_counter() - start
-        stages["batches"] = len(list(engine._batches(plan)))
-        stages["shapes"] = len({length for _tau, length, _m in engine._batches(plan)})
+    # Engine stages of one call, each variant: tokenise + route (plan) and forward passes + scatter (run), interleaved
+    # medians. The run stage is where TempScale could cost anything; end to end adds CPU noise.
+    stages: dict[str, Any] = {}
+    if "engine" in times and "engine_tau1" in times:
+        variants = {"engine": engine, "engine_tau1": engine_tau1}
+        plan_s: dict[str, list[float]] = {v: [] for v in variants}
+        run_s: dict[str, list[float]] = {v: [] for v in variants}
+        plans: dict[str, Any] = {}
+        for _ in range(args.repeats):
+            for v, enc in variants.items():
+                seconds, plans[v], _peak = timed(partial(enc._plan, texts, query=False), device)
+                plan_s[v].append(seconds)
+                seconds, _out, _peak = timed(partial(enc._run, plans[v], show_progress=False), device)
+                run_s[v].append(seconds)
+        batches = list(engine._batches(plans["engine"]))
+        stages = {
+            "plan_s": {v: statistics.median(t) for v, t in plan_s.items()},
+            "run_s": {v: statistics.median(t) for v, t in run_s.items()},
+            "runs": {"plan": plan_s, "run": run_s},
+            "batches": len(batches),
+            "shapes": len({length for _tau, length, _m in batches}),
+            "padded_tokens": int(sum(length * len(members) for _tau, length, members in batches)),
+        }
     result["engine_stages"] = stages
     for m in timed_methods:
         med = statistics.median(times[m])
@@ -416,15 +427,21 @@ def print_table(results: list[dict[str, Any]]) -> list[str]:
                 f"{LABELS[m]:44s} {res['model']:9s} {res['dtype']:5s} {tps:11,.0f} {vs_st:>6s} "
                 f"{vs_eager:>8s} {share:>6s} {r['peak_gb']:7.2f} {cos:>12s}  {r.get('cos_ref', '')}"
             )
-        if "engine" in ms and "engine_tau1" in ms:
+        stages = res.get("engine_stages", {})
+        if "engine" in ms and "engine_tau1" in ms and stages:
             overhead = ms["engine_tau1"]["tokens_per_s"] / ms["engine"]["tokens_per_s"] - 1
-            stages = res.get("engine_stages", {})
+            run_overhead = stages["run_s"]["engine"] / stages["run_s"]["engine_tau1"] - 1
+            plan, run = stages["plan_s"]["engine"], stages["run_s"]["engine"]
+            padding = stages["padded_tokens"] / res["real_tokens"] - 1
             lines.append(
-                f"  -> {res['model']} {res['dtype']}: {res['texts']} texts, {res['real_tokens']:,} real tokens; "
-                f"TempScale overhead {100 * overhead:+.1f}%; engine budget {res['engine_budget_tokens']:,} "
-                f"padded tokens/batch; one call = plan (tokenise+route) {stages.get('plan_s', 0):.2f} s + "
-                f"run {stages.get('run_s', 0):.2f} s over {stages.get('batches', 0)} batches, "
-                f"{stages.get('shapes', 0)} shapes"
+                f"  -> {res['model']} {res['dtype']}: {res['texts']} texts, {res['real_tokens']:,} real tokens "
+                f"(+{100 * padding:.1f}% padding in {stages['shapes']} shapes, {stages['batches']} batches of <= "
+                f"{res['engine_budget_tokens']:,} padded tokens); TempScale overhead {100 * overhead:+.1f}% end to "
+                f"end, {100 * run_overhead:+.1f}% in the forward stage; one engine call = plan (tokenise + route, "
+                f"CPU) {plan:.2f} s + run (model) {run:.2f} s = {res['real_tokens'] / run / 1e6:.2f}M real tok/s in "
+                f"the run stage ({100 * res['real_tokens'] / run / ceil_tps:.0f}% of the ceiling)"
+                if ceil_tps
+                else ""
             )
     print("\n".join(lines))
     return lines

