@@ -40,8 +40,10 @@ from tempscale_rag.routing import LengthRouter
 
 logger = logging.getLogger(__name__)
 
-CPU_BATCH_TOKENS = 16_384
-"""Default padded-token budget per forward pass on the CPU (about 100 MB of activations for MiniLM)."""
+CPU_BATCH_TOKENS = 2_048
+"""Default padded-token budget per forward pass on the CPU. Measured on 2 cores with MiniLM: 2048 beat 4096, 8192
+and 16384 by 4% (mixed lengths) to 15% (512-token chunks); CPU attention materialises the score matrices, so
+smaller batches stay in cache."""
 
 
 @dataclass
