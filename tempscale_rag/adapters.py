@@ -7,12 +7,12 @@ the two adapters stay thin and cannot drift apart.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 from tempscale_rag.config import BUNDLED_MODEL, Bucket, TempScaleConfig
-from tempscale_rag.encoder import TempScaleEncoder
+from tempscale_rag.encoder import EncodeReport, TempScaleEncoder
 from tempscale_rag.models import canonical_model_name
 
 # Adapter field name -> TempScaleConfig field name, where they differ.
@@ -94,6 +94,9 @@ class EngineFields(BaseModel):
 
     model_config = ConfigDict(protected_namespaces=())
 
+    _encoder: TempScaleEncoder = PrivateAttr()
+    _last_report: EncodeReport = PrivateAttr()
+
     model_name: str = Field(
         default=BUNDLED_MODEL,
         frozen=True,
@@ -165,3 +168,52 @@ class EngineFields(BaseModel):
             ValueError: For an invalid configuration, naming the adapter class.
         """
         return config_from_fields({name: getattr(self, name) for name in ENGINE_FIELDS}, what=type(self).__name__)
+
+    def _attach_engine(self, shared: TempScaleEncoder | None) -> None:
+        """Build (or share) the engine these fields describe; call once from the adapter's `__init__`."""
+        self._encoder = engine_for(self.engine_config(), shared)
+        self._last_report = EncodeReport(window=self._encoder.window, long_text=self._encoder.config.long_text)
+
+    @classmethod
+    def from_encoder(cls, encoder: TempScaleEncoder, **kwargs: Any) -> Self:
+        """Wrap an already built engine, sharing its loaded model.
+
+        The engine's configuration becomes this object's fields, so `model_dump()` records exactly what it does.
+
+        Args:
+            encoder: The engine to use.
+            **kwargs: Other fields. Engine fields given here (e.g. `temperature=0.8`) make a variant of the engine
+                that still shares its loaded model.
+
+        Returns:
+            The adapter.
+        """
+        fields = fields_from_engine(encoder)
+        # A new bucket source replaces the engine's: new buckets are not from its calibration file, and a new
+        # calibration file must not be overridden by the engine's explicit buckets.
+        if "buckets" in kwargs and "calibration_file" not in kwargs:
+            fields["calibration_file"] = None
+        if "calibration_file" in kwargs and "buckets" not in kwargs:
+            fields["buckets"] = None
+        fields.update(kwargs)
+        return cls(encoder=encoder, **fields)
+
+    @property
+    def encoder(self) -> TempScaleEncoder:
+        """The engine that computes the vectors (share it with `from_encoder`)."""
+        return self._encoder
+
+    @property
+    def config(self) -> TempScaleConfig:
+        """The resolved engine configuration (buckets from the calibration file included)."""
+        return self._encoder.config
+
+    @property
+    def dimension(self) -> int:
+        """Length of every vector."""
+        return self._encoder.dimension
+
+    @property
+    def last_report(self) -> EncodeReport:
+        """Routing and truncation report of this object's last call (`.to_dict()` for JSON)."""
+        return self._last_report

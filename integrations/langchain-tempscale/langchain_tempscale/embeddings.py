@@ -10,10 +10,10 @@ import asyncio
 from typing import Any
 
 from langchain_core.embeddings import Embeddings
-from pydantic import ConfigDict, Field, PrivateAttr
+from pydantic import ConfigDict, Field
 
-from tempscale_rag import BUNDLED_MODEL, EncodeReport, TempScaleConfig, TempScaleEncoder
-from tempscale_rag.adapters import EngineFields, engine_for, fields_from_engine
+from tempscale_rag import BUNDLED_MODEL, TempScaleEncoder
+from tempscale_rag.adapters import EngineFields
 
 
 class TempScaleEmbeddings(EngineFields, Embeddings):
@@ -49,59 +49,13 @@ class TempScaleEmbeddings(EngineFields, Embeddings):
 
     show_progress: bool = Field(default=False, description="Show the engine's progress bar over forward batches.")
 
-    _encoder: TempScaleEncoder = PrivateAttr()
-    _last_report: EncodeReport = PrivateAttr()
 
     def __init__(self, *, encoder: TempScaleEncoder | None = None, **kwargs: Any) -> None:
         if kwargs.get("model_name", "") is None:
             kwargs["model_name"] = BUNDLED_MODEL
         super().__init__(**kwargs)
-        self._encoder = engine_for(self.engine_config(), encoder)
-        self._last_report = EncodeReport(window=self._encoder.window, long_text=self._encoder.config.long_text)
+        self._attach_engine(encoder)
 
-    @classmethod
-    def from_encoder(cls, encoder: TempScaleEncoder, **kwargs: Any) -> TempScaleEmbeddings:
-        """Wrap an already built engine, sharing its loaded model.
-
-        The engine's configuration becomes this object's fields, so `model_dump()` records exactly what it does.
-
-        Args:
-            encoder: The engine to use.
-            **kwargs: Other fields. Engine fields given here (e.g. `temperature=0.8`) make a variant of the engine
-                that still shares its loaded model.
-
-        Returns:
-            The embeddings object.
-        """
-        fields = fields_from_engine(encoder)
-        # A new bucket source replaces the engine's: new buckets are not from its calibration file, and a new
-        # calibration file must not be overridden by the engine's explicit buckets.
-        if "buckets" in kwargs and "calibration_file" not in kwargs:
-            fields["calibration_file"] = None
-        if "calibration_file" in kwargs and "buckets" not in kwargs:
-            fields["buckets"] = None
-        fields.update(kwargs)
-        return cls(encoder=encoder, **fields)
-
-    @property
-    def encoder(self) -> TempScaleEncoder:
-        """The engine that computes the vectors (share it with `from_encoder`)."""
-        return self._encoder
-
-    @property
-    def config(self) -> TempScaleConfig:
-        """The resolved engine configuration (buckets from the calibration file included)."""
-        return self._encoder.config
-
-    @property
-    def dimension(self) -> int:
-        """Length of every vector."""
-        return self._encoder.dimension
-
-    @property
-    def last_report(self) -> EncodeReport:
-        """Routing and truncation report of this object's last call (`.to_dict()` for JSON)."""
-        return self._last_report
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed documents (`text_instruction` prepended), in input order.

@@ -10,10 +10,10 @@ import asyncio
 from typing import Any
 
 from llama_index.core.base.embeddings.base import BaseEmbedding, Embedding
-from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
+from llama_index.core.bridge.pydantic import ConfigDict, Field
 
-from tempscale_rag import BUNDLED_MODEL, EncodeReport, TempScaleConfig, TempScaleEncoder
-from tempscale_rag.adapters import EngineFields, engine_for, fields_from_engine
+from tempscale_rag import BUNDLED_MODEL, TempScaleEncoder
+from tempscale_rag.adapters import EngineFields
 
 DEFAULT_TEMPSCALE_BATCH_SIZE = 256
 """Texts per engine call. High because the engine forms its own batches by tokens, whatever this slice is."""
@@ -63,68 +63,18 @@ class TempScaleEmbedding(EngineFields, BaseEmbedding):
         default=False, description="Show the engine's progress bar over forward batches on stderr."
     )
 
-    _encoder: TempScaleEncoder = PrivateAttr()
-    _last_report: EncodeReport = PrivateAttr()
 
     def __init__(
         self, model_name: str | None = None, *, encoder: TempScaleEncoder | None = None, **kwargs: Any
     ) -> None:
         super().__init__(model_name=BUNDLED_MODEL if model_name is None else model_name, **kwargs)
-        self._encoder = engine_for(self.engine_config(), encoder)
-        self._last_report = EncodeReport(window=self._encoder.window, long_text=self._encoder.config.long_text)
+        self._attach_engine(encoder)
 
     @classmethod
     def class_name(cls) -> str:
         """The name LlamaIndex stores with serialised components."""
         return "TempScaleEmbedding"
 
-    @classmethod
-    def from_encoder(cls, encoder: TempScaleEncoder, **kwargs: Any) -> TempScaleEmbedding:
-        """Wrap an already built engine, sharing its loaded model.
-
-        The engine's configuration becomes this object's fields, so `to_dict()` records exactly what it does.
-
-        Args:
-            encoder: The engine to use.
-            **kwargs: Other fields. Engine fields given here (e.g. `temperature=0.8`) make a variant of the engine
-                that still shares its loaded model.
-
-        Returns:
-            The embedding model.
-        """
-        fields = fields_from_engine(encoder)
-        # A new bucket source replaces the engine's: new buckets are not from its calibration file, and a new
-        # calibration file must not be overridden by the engine's explicit buckets.
-        if "buckets" in kwargs and "calibration_file" not in kwargs:
-            fields["calibration_file"] = None
-        if "calibration_file" in kwargs and "buckets" not in kwargs:
-            fields["buckets"] = None
-        fields.update(kwargs)
-        return cls(encoder=encoder, **fields)
-
-    @property
-    def encoder(self) -> TempScaleEncoder:
-        """The engine that computes the vectors (share it with `from_encoder`)."""
-        return self._encoder
-
-    @property
-    def config(self) -> TempScaleConfig:
-        """The resolved engine configuration (buckets from the calibration file included)."""
-        return self._encoder.config
-
-    @property
-    def dimension(self) -> int:
-        """Length of every vector, e.g. for `faiss.IndexFlatIP(dimension)`."""
-        return self._encoder.dimension
-
-    @property
-    def last_report(self) -> EncodeReport:
-        """Routing and truncation report of this object's last engine call (`.to_dict()` for JSON).
-
-        LlamaIndex hands over `embed_batch_size` texts per call, so after `get_text_embedding_batch` this covers the
-        last slice of at most that many texts.
-        """
-        return self._last_report
 
     def _get_query_embedding(self, query: str) -> Embedding:
         return self._embed([query], query=True)[0]
