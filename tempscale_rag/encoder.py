@@ -218,6 +218,11 @@ class TempScaleEncoder:
         return self._m.name
 
     @property
+    def rust_tokenizer(self) -> Any:
+        """The fast tokenizer's Rust backend (truncation and padding off), or None for a slow tokenizer."""
+        return self._m.rust_tokenizer
+
+    @property
     def dimension(self) -> int:
         """Embedding dimension."""
         return self._m.dimension

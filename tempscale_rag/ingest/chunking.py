@@ -48,8 +48,13 @@ class WindowChunker:
         if not 0 <= overlap_tokens < size:
             raise ValueError(f"chunk overlap must be between 0 and the chunk size ({size}), got {overlap_tokens}")
         tokenizer: Any = encoder.model.tokenizer
+        rust: Any = encoder.rust_tokenizer
 
         def count(text: str) -> list[int]:
+            # SentenceSplitter calls this once per split: the Rust tokenizer directly is ~30% faster than the
+            # transformers wrapper, with the same ids (so the same chunks).
+            if rust is not None:
+                return list(rust.encode(text, add_special_tokens=False).ids)
             return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
         self.chunk_tokens = size
