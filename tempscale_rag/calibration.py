@@ -21,9 +21,7 @@ loads it (and refuses a file made for another model); an index built from that c
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +32,7 @@ from tempscale_rag.config import Bucket, read_calibration
 from tempscale_rag.diagnostics.collapse import collapse_stats, sample_windows
 from tempscale_rag.encoder import TempScaleEncoder
 from tempscale_rag.evaluation.datasets import RetrievalDataset
+from tempscale_rag.stores.manifest import atomic_file, package_version
 
 DEFAULT_TAU_GRID: tuple[float, ...] = (1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6)
 """Candidate temperatures of every criterion."""
@@ -67,12 +66,6 @@ class Calibration:
 
     def to_json_dict(self) -> dict[str, Any]:
         """The file's content."""
-        try:
-            from importlib.metadata import version
-
-            package_version = version("tempscale-rag")
-        except Exception:
-            package_version = "0+unknown"
         return {
             "format": CALIBRATION_FORMAT,
             "model": self.model,
@@ -80,7 +73,7 @@ class Calibration:
             "buckets": [b.model_dump() for b in self.buckets],
             "settings": self.settings,
             "measurements": self.measurements,
-            "package_version": package_version,
+            "package_version": package_version(),
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
 
@@ -88,17 +81,8 @@ class Calibration:
         """Write the calibration file atomically (a crash leaves the old file or the new one)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".calibration-", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(self.to_json_dict(), handle, indent=2)
-                handle.write("\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_file(path) as handle:
+            handle.write((json.dumps(self.to_json_dict(), indent=2) + "\n").encode("utf-8"))
         return path
 
     @classmethod
