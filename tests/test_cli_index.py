@@ -248,3 +248,15 @@ def test_interrupted_index_finishes_on_rerun(tmp_path: Path, sig: signal.Signals
         return info["chunks"], info["files"], sorted(h["source"] + str(h["position"]) for h in hits)
 
     assert state(crashed) == state(clean)
+
+
+@pytest.mark.parametrize(
+    "flags", [["--temperature", "0"], ["--buckets", "0-100:1,50-:0.8"], ["--dtype", "float8"], ["--temperature", "nan"]]
+)
+def test_invalid_configuration_is_one_line_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str]
+) -> None:
+    docs = write_docs(tmp_path / "docs")
+    code, _, err = run_cli(capsys, "index", str(docs), "--out", str(tmp_path / "i"), *flags)
+    assert code == 1 and err.startswith("tempscale-rag: error:") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "i").exists()

@@ -59,11 +59,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, OSError, RuntimeError) as exc:
         if args.verbose >= 2:
             raise
-        print(f"tempscale-rag: error: {exc}", file=sys.stderr)
+        print(f"tempscale-rag: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
     finally:
         for name, logger in loggers.items():
             logger.setLevel(saved[name])
+
+
+def _one_line(exc: BaseException) -> str:
+    """The error as one line; pydantic's multi-line validation report becomes `field: message; ...`."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors) and type(exc).__name__ == "ValidationError":
+        return "invalid configuration: " + "; ".join(
+            f"{'.'.join(str(part) for part in e['loc']) or 'value'}: {e['msg']}" for e in errors()
+        )
+    return " ".join(str(exc).split())
 
 
 def entrypoint() -> None:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tempscale_rag.cli.options import add_argument, add_config_flags, config_from_args
+from tempscale_rag.cli.options import add_argument, add_config_flags, config_flags_given, config_from_args
 from tempscale_rag.config import TempScaleConfig
 
 DEFAULT_INDEX = "tempscale-index"
@@ -78,14 +78,6 @@ def _stored_manifest(folder: Path) -> Any:
     return read_manifest(folder) if manifest_path(folder).exists() else None
 
 
-def _config_flags_given(args: argparse.Namespace) -> bool:
-    from tempscale_rag.cli.options import _CONFIG_FLAGS
-
-    return any(getattr(args, name, None) is not None for name in _CONFIG_FLAGS if name != "device") or bool(
-        getattr(args, "calibration", None)
-    )
-
-
 def run_index(args: argparse.Namespace) -> int:
     """Index PATHs into the store at --out."""
     from tempscale_rag.encoder import TempScaleEncoder
@@ -95,9 +87,10 @@ def run_index(args: argparse.Namespace) -> int:
 
     folder = Path(args.out)
     stored = _stored_manifest(folder)  # a corrupt manifest fails here, before any model is loaded
-    if stored is not None and not _config_flags_given(args):
+    if stored is not None and not config_flags_given(args):
         # Re-indexing an existing index: keep the settings it was built with unless flags say otherwise.
-        config = stored.config.model_copy(update={"device": args.device}) if args.device else stored.config
+        runtime = {k: getattr(args, k) for k in ("device", "dtype", "max_batch_tokens") if getattr(args, k) is not None}
+        config = TempScaleConfig(**{**stored.config.model_dump(), **runtime})  # validated, unlike model_copy
     else:
         config = config_from_args(args)
     encoder = TempScaleEncoder(config=config)

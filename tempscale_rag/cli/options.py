@@ -81,6 +81,13 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def config_flags_given(args: argparse.Namespace) -> bool:
+    """Whether any flag that changes the vectors was given (device, dtype and batch size do not)."""
+    vector_neutral = {"device", "dtype", "max_batch_tokens"}
+    given = any(getattr(args, n, None) is not None for n in _CONFIG_FLAGS if n not in vector_neutral)
+    return given or bool(getattr(args, "calibration", None))
+
+
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> TempScaleConfig:
     """Build the `TempScaleConfig` a subcommand asked for (flags and environment), validated.
 
