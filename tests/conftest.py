@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -90,3 +93,34 @@ def load_tiny(folder: Path, **model_kwargs: object) -> SentenceTransformer:
     st = SentenceTransformer(modules=[transformer, pooling], device="cpu")
     st.max_seq_length = 120  # the tiny models have 128 positions; the tokenizer would allow 512
     return st
+
+
+async def loop_ticks_while_encoding(
+    encoder: TempScaleEncoder, monkeypatch: pytest.MonkeyPatch, work: Callable[[], Awaitable[Any]]
+) -> int:
+    """How often the event loop ticks while `work` runs with an engine slowed by a blocking 0.15 s pause per call.
+
+    The pause makes the check independent of how fast this machine embeds: an adapter that blocks the loop gets
+    (almost) no ticks.
+    """
+    real = encoder.encode_with_report
+
+    def slow(texts: list[str], **kwargs: Any) -> Any:
+        time.sleep(0.15)
+        return real(texts, **kwargs)
+
+    monkeypatch.setattr(encoder, "encode_with_report", slow)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.005)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    try:
+        await work()
+    finally:
+        task.cancel()
+    return ticks

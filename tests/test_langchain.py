@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from sentence_transformers import SentenceTransformer
 
 from tempscale_rag import EncodeReport, TempScaleEncoder
 
-from .conftest import MIXED_TEXTS
+from .conftest import MIXED_TEXTS, loop_ticks_while_encoding
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # langchain-community announces its sunset on import
@@ -164,26 +163,10 @@ async def test_async_matches_sync(embeddings: TempScaleEmbeddings) -> None:
 async def test_async_does_not_block_the_event_loop(
     embeddings: TempScaleEmbeddings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_encode = embeddings.encoder.encode_with_report
+    def both() -> Any:
+        return asyncio.gather(embeddings.aembed_documents(FEW[:2]), embeddings.aembed_query("budget"))
 
-    def slow_encode(texts: list[str], **kwargs: Any) -> tuple[np.ndarray, EncodeReport]:
-        # The real engine, plus a blocking pause so the check does not depend on how fast this machine embeds.
-        time.sleep(0.15)
-        return real_encode(texts, **kwargs)
-
-    monkeypatch.setattr(embeddings.encoder, "encode_with_report", slow_encode)
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.005)
-            ticks += 1
-
-    task = asyncio.create_task(ticker())
-    texts = FEW[:2]
-    await asyncio.gather(embeddings.aembed_documents(texts), embeddings.aembed_query("budget"))
-    task.cancel()
+    ticks = await loop_ticks_while_encoding(embeddings.encoder, monkeypatch, both)
     assert ticks >= 10, f"the event loop ticked only {ticks} times while the engine ran"
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from qdrant_client import QdrantClient
 
 from tempscale_rag import EncodeReport, TempScaleConfig, TempScaleEncoder
 
-from .conftest import MIXED_TEXTS
+from .conftest import MIXED_TEXTS, loop_ticks_while_encoding
 
 DOCS = Path(__file__).resolve().parents[1] / "examples" / "docs"
 FEW = MIXED_TEXTS[:4]  # 4, 16, 122 and 173 tokens: enough to cross bucket edges, cheap to encode
@@ -150,26 +148,9 @@ async def test_async_matches_sync(embed_model: TempScaleEmbedding) -> None:
 async def test_async_does_not_block_the_event_loop(
     embed_model: TempScaleEmbedding, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_encode = embed_model.encoder.encode_with_report
-
-    def slow_encode(texts: list[str], **kwargs: Any) -> tuple[np.ndarray, EncodeReport]:
-        # The real engine, plus a blocking pause so the check does not depend on how fast this machine embeds.
-        time.sleep(0.15)
-        return real_encode(texts, **kwargs)
-
-    monkeypatch.setattr(embed_model.encoder, "encode_with_report", slow_encode)
-    ticks = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.005)
-            ticks += 1
-
-    task = asyncio.create_task(ticker())
-    texts = FEW[:2]
-    await embed_model.aget_text_embedding_batch(texts)
-    task.cancel()
+    ticks = await loop_ticks_while_encoding(
+        embed_model.encoder, monkeypatch, lambda: embed_model.aget_text_embedding_batch(FEW[:2])
+    )
     assert ticks >= 10, f"the event loop ticked only {ticks} times while the engine ran"
 
 
