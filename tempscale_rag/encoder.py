@@ -1,12 +1,17 @@
 """The one encoder every adapter calls: tokenise once, route by length, batch by tokens, encode at each tau.
 
-Pipeline of `TempScaleEncoder.encode`:
-1. tokenise every text once (prompt prepended, no truncation) to know its true length;
-2. apply the long-text policy: keep the first window (`truncate`) or cut overlapping windows (`chunk_mean`);
-3. route each segment to a temperature by the number of tokens the model sees;
-4. group segments by (tau, padded shape) and form batches under a padded-token budget, so a text's vector does not
-   depend on which other texts share the call (sentence-transformers#2312);
-5. run the model at each group's tau, scatter results back to input order, mean-pool windows, L2-normalise.
+Pipeline of `TempScaleEncoder.encode`, over parts of `PART_TEXTS` inputs:
+1. plan a part: tokenise every text once (prompt prepended, no truncation) to know its true length; apply the
+   long-text policy (keep the first window, `truncate`, or cut overlapping windows, `chunk_mean`); route each segment
+   to a temperature by the number of tokens the model sees. Token ids stay in one flat numpy array per part;
+2. add the part's segments to groups of equal (tau, padded shape) and run every batch a group can fill under the
+   padded-token budget, so a text's vector does not depend on which other texts share the call
+   (sentence-transformers#2312); the last, partial batch of each group runs once every part is in;
+3. scatter results back to input order, mean-pool windows, L2-normalise.
+
+On a GPU the parts are planned in background threads (the Rust tokenizer runs outside the GIL) while the GPU runs
+the batches already full, so tokenisation is off the GPU's critical path. Batches are the same either way: a group's
+segments in input order, cut every `budget // shape` segments.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +51,16 @@ CPU_BATCH_TOKENS = 2_048
 """Default padded-token budget per forward pass on the CPU. Measured on 2 cores with MiniLM: 2048 beat 4096, 8192
 and 16384 by 4% (mixed lengths) to 15% (512-token chunks); CPU attention materialises the score matrices, so
 smaller batches stay in cache."""
+
+GPU_MAX_BATCH_TOKENS = 1 << 18
+"""Cap of the GPU's padded-token budget. Batches of 256k tokens keep an H200 as busy as 1M-token ones, and smaller
+batches start sooner, so more of the GPU's work overlaps tokenisation."""
+
+PART_TEXTS = 2_048
+"""Inputs planned (tokenised and routed) together; on a GPU, parts are planned ahead in background threads."""
+
+_PLAN_AHEAD = 4
+"""Parts planned ahead of the GPU at most: bounds the host memory a large call holds in token ids."""
 
 
 @dataclass
@@ -98,13 +115,58 @@ class EncodeReport:
 
 
 @dataclass
-class _Plan:
-    """Tokenised, segmented and routed inputs of one call."""
+class _Part:
+    """Tokenised, segmented and routed inputs `offset .. offset + inputs` of one call, as flat arrays.
 
-    segments: list[list[int]]  # token ids with special tokens, <= window
-    owner: np.ndarray  # input index of each segment
-    taus: list[float]
-    report: EncodeReport
+    A segment is one window of one input: `flat[start : start + body]` plus the model's special tokens.
+    """
+
+    offset: int  # index of the part's first input in the call
+    first_segment: int  # index of the part's first segment in the call
+    flat: np.ndarray  # int32 token ids of every input's text, concatenated (no special tokens)
+    start: np.ndarray  # per segment: where its body starts in `flat`
+    body: np.ndarray  # per segment: text tokens (the model sees `body + specials.count`)
+    owner: np.ndarray  # per segment: input index in the call
+    tau: np.ndarray  # per segment: attention temperature
+    bucket: np.ndarray  # per segment: index of its bucket label in the route table
+    first: np.ndarray  # per input: index of its first segment within the part
+    dropped: np.ndarray  # per input: tokens cut off by `truncate`
+    empty: int  # inputs that are empty or whitespace-only
+
+
+@dataclass(frozen=True)
+class _RouteTable:
+    """`LengthRouter.route` for every length up to the window, as arrays: routing a part is one lookup."""
+
+    tau: np.ndarray
+    bucket: np.ndarray
+    labels: list[str]
+
+
+class _Group:
+    """Segments waiting for a batch: one (tau, padded shape), in input order, as (part, local indices) runs."""
+
+    def __init__(self, per_batch: int) -> None:
+        self.per_batch = per_batch
+        self.size = 0
+        self._runs: deque[tuple[_Part, np.ndarray]] = deque()
+
+    def add(self, part: _Part, local: np.ndarray) -> None:
+        self._runs.append((part, local))
+        self.size += len(local)
+
+    def take(self, n: int) -> list[tuple[_Part, np.ndarray]]:
+        """The next `n` segments (or all that wait, if fewer)."""
+        out: list[tuple[_Part, np.ndarray]] = []
+        while n and self._runs:
+            part, local = self._runs.popleft()
+            if len(local) > n:
+                self._runs.appendleft((part, local[n:]))
+                local = local[:n]
+            out.append((part, local))
+            n -= len(local)
+            self.size -= len(local)
+        return out
 
 
 class _LoadedModel:
@@ -203,6 +265,7 @@ class TempScaleEncoder:
             raise ValueError(f"max_seq_length={window} leaves no room for text after the special tokens")
         self.window = window
         self.router = LengthRouter(self.config)
+        self._route_tables: dict[bool, _RouteTable] = {}
         self.last_report = EncodeReport(window=window, long_text=self.config.long_text)
 
     # -- public API -------------------------------------------------------------------------------------------
@@ -294,15 +357,16 @@ class TempScaleEncoder:
             return np.zeros((0, self.dimension), dtype=np.float32), EncodeReport(
                 window=self.window, long_text=self.config.long_text
             )
-        plan = self._plan(texts, query=query)
-        segment_vectors = self._run(plan, show_progress=show_progress)
-        vectors = self._pool(segment_vectors, plan.owner, len(texts))
+        segment_vectors, parts = self._run(self._stream_plan(texts, query=query), show_progress=show_progress)
+        owner = np.concatenate([part.owner for part in parts])
+        vectors = self._pool(segment_vectors, owner, len(texts))
         if self.config.normalize if normalize is None else normalize:
             vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
         out = vectors.float().cpu().numpy()
-        plan.report.seconds = time.perf_counter() - start
-        _log_truncation(plan.report)
-        return out, plan.report
+        report = self._report(parts, len(texts), query=query)
+        report.seconds = time.perf_counter() - start
+        _log_truncation(report)
+        return out, report
 
     # -- stages -----------------------------------------------------------------------------------------------
 
@@ -321,54 +385,127 @@ class TempScaleEncoder:
         )
         return list(encoded["input_ids"])
 
-    def _plan(self, texts: list[str], *, query: bool) -> _Plan:
-        specials = self._m.specials
-        capacity = self.window - specials.count
+    def _plan(self, texts: list[str], *, query: bool) -> list[_Part]:
+        """Every part of a call, planned in this thread (for tests and the benchmark's stage timing)."""
+        return [self._plan_part(texts, s, query=query) for s in range(0, len(texts), PART_TEXTS)]
+
+    def _stream_plan(self, texts: list[str], *, query: bool) -> Iterator[_Part]:
+        """The parts of a call in order; on a GPU, planned up to `_PLAN_AHEAD` parts ahead in two threads.
+
+        Two threads, so that one converts a finished part's token ids to arrays (Python, under the GIL) while the
+        other's Rust tokenisation runs on every core. On the CPU the forward pass needs the cores itself, so parts
+        are planned inline, just before they are run.
+        """
+        starts = range(0, len(texts), PART_TEXTS)
+        if not self._plan_ahead() or len(starts) == 1:
+            for s in starts:
+                yield self._plan_part(texts, s, query=query)
+            return
+        pending: deque[Future[_Part]] = deque()
+        upcoming = iter(starts)
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="tempscale-plan") as pool:
+            try:
+                for s in upcoming:
+                    pending.append(pool.submit(self._plan_part, texts, s, query=query))
+                    if len(pending) == _PLAN_AHEAD:
+                        break
+                while pending:
+                    part = pending.popleft().result()
+                    following = next(upcoming, None)
+                    if following is not None:
+                        pending.append(pool.submit(self._plan_part, texts, following, query=query))
+                    yield part
+            finally:  # the consumer failed or stopped early: planning the rest would be wasted
+                for future in pending:
+                    future.cancel()
+
+    def _plan_ahead(self) -> bool:
+        return self.device.type == "cuda"
+
+    def _plan_part(self, texts: list[str], offset: int, *, query: bool) -> _Part:
+        """Tokenise, segment and route inputs `offset .. offset + PART_TEXTS` (vectorised over segments)."""
+        chunk = texts[offset : offset + PART_TEXTS]
+        ids = self._tokenize(chunk, query=query)
+        n_tokens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(n_tokens.sum()))
+        del ids
+        text_start = np.concatenate(([0], np.cumsum(n_tokens)[:-1])).astype(np.int64)
+        capacity = self.window - self._m.specials.count
         stride = max(1, capacity - min(self.config.chunk_overlap, capacity - 1))
-        report = EncodeReport(inputs=len(texts), window=self.window, long_text=self.config.long_text)
-        segments: list[list[int]] = []
-        owners: list[int] = []
-        taus: list[float] = []
-        prefix, suffix = list(specials.prefix), list(specials.suffix)
-        for index, (text, ids) in enumerate(zip(texts, self._tokenize(texts, query=query), strict=True)):
-            if not text.strip():
-                report.empty_inputs += 1
-            if len(ids) <= capacity:
-                pieces = [ids]
-            elif self.config.long_text == "truncate":
-                pieces = [ids[:capacity]]
-            else:
-                pieces = [ids[s : s + capacity] for s in range(0, len(ids) - capacity + stride, stride)]
-            dropped = len(ids) - len(pieces[0]) if self.config.long_text == "truncate" else 0
-            first_bucket = ""
-            for piece in pieces:
-                seg = prefix + piece + suffix
-                route = self.router.route(len(seg), query=query)
-                if not first_bucket:
-                    first_bucket = route.bucket
-                    report.input_tokens.append(len(seg))
-                    report.input_buckets.append(route.bucket)
-                segments.append(seg)
-                owners.append(index)
-                taus.append(route.tau)
-                rep = report.buckets.setdefault(route.bucket, BucketReport(bucket=route.bucket))
-                rep.segments += 1
-                rep.tokens += len(seg)
-                if route.tau not in rep.taus:
-                    rep.taus.append(route.tau)
-            rep = report.buckets[first_bucket]
-            rep.inputs += 1
-            if dropped:
-                rep.truncated_inputs += 1
-                rep.dropped_tokens += dropped
-                report.truncated_inputs += 1
-                report.dropped_tokens += dropped
-        report.segments = len(segments)
-        report.tokens = sum(len(s) for s in segments)
+        if self.config.long_text == "truncate":
+            pieces = np.ones(len(chunk), dtype=np.int64)
+            dropped = np.maximum(n_tokens - capacity, 0)
+        else:  # windows at 0, stride, 2*stride, ... until one reaches the end of the text
+            pieces = np.maximum(1, -(-(n_tokens - capacity + stride) // stride))
+            dropped = np.zeros(len(chunk), dtype=np.int64)
+        first = np.concatenate(([0], np.cumsum(pieces)[:-1])).astype(np.int64)
+        owner_local = np.repeat(np.arange(len(chunk)), pieces)
+        skip = (np.arange(len(owner_local)) - first[owner_local]) * stride  # window index x stride (0 if truncated)
+        body = np.minimum(n_tokens[owner_local] - skip, capacity)
+        table = self._route_table(query)
+        seen = body + self._m.specials.count
+        return _Part(
+            offset=offset,
+            first_segment=0,  # set by `_run`, which numbers segments as parts arrive
+            flat=flat,
+            start=text_start[owner_local] + skip,
+            body=body,
+            owner=owner_local + offset,
+            tau=table.tau[seen],
+            bucket=table.bucket[seen],
+            first=first,
+            dropped=dropped,
+            empty=sum(1 for text in chunk if not text.strip()),
+        )
+
+    def _route_table(self, query: bool) -> _RouteTable:
+        cached = self._route_tables.get(query)
+        if cached is None:
+            routes = [self.router.route(n, query=query) for n in range(self.window + 1)]
+            labels = list(dict.fromkeys(r.bucket for r in routes))
+            cached = _RouteTable(
+                tau=np.array([r.tau for r in routes], dtype=np.float64),
+                bucket=np.array([labels.index(r.bucket) for r in routes], dtype=np.int64),
+                labels=labels,
+            )
+            self._route_tables[query] = cached
+        return cached
+
+    def _report(self, parts: list[_Part], n_inputs: int, *, query: bool) -> EncodeReport:
+        """The call's routing and truncation report, from all its parts' arrays."""
+        table = self._route_table(query)
+        specials = self._m.specials.count
+        report = EncodeReport(inputs=n_inputs, window=self.window, long_text=self.config.long_text)
+        if not parts:
+            return report
+        body = np.concatenate([p.body for p in parts])
+        tau = np.concatenate([p.tau for p in parts])
+        bucket = np.concatenate([p.bucket for p in parts])
+        first = np.concatenate([p.first + p.first_segment for p in parts])
+        dropped = np.concatenate([p.dropped for p in parts])
+        seen = body + specials
+        report.empty_inputs = sum(p.empty for p in parts)
+        report.segments = len(body)
+        report.tokens = int(seen.sum())
+        report.truncated_inputs = int((dropped > 0).sum())
+        report.dropped_tokens = int(dropped.sum())
+        first_bucket = bucket[first]
+        report.input_tokens = seen[first].tolist()
+        report.input_buckets = [table.labels[b] for b in first_bucket.tolist()]
+        for b in sorted(set(bucket.tolist()) | set(first_bucket.tolist())):
+            label = table.labels[b]
+            mine, firsts = bucket == b, first_bucket == b
+            report.buckets[label] = BucketReport(
+                bucket=label,
+                taus=sorted(set(tau[mine].tolist())),
+                inputs=int(firsts.sum()),
+                segments=int(mine.sum()),
+                tokens=int(seen[mine].sum()),
+                truncated_inputs=int((dropped[firsts] > 0).sum()),
+                dropped_tokens=int(dropped[firsts].sum()),
+            )
         report.buckets = dict(sorted(report.buckets.items(), key=lambda kv: int(kv[0].split("-")[0].rstrip("+"))))
-        for rep in report.buckets.values():
-            rep.taus.sort()
-        return _Plan(segments, np.asarray(owners, dtype=np.int64), taus, report)
+        return report
 
     def _batch_tokens(self) -> int:
         if self.config.max_batch_tokens is not None:
@@ -377,62 +514,95 @@ class TempScaleEncoder:
             return CPU_BATCH_TOKENS
         return _gpu_batch_tokens(self.device, self.model)
 
-    def _batches(self, plan: _Plan) -> Iterator[tuple[float, int, np.ndarray]]:
-        """Yield (tau, padded length, segment indices) batches under the padded-token budget."""
-        budget = self._batch_tokens()
-        n = len(plan.segments)
-        if not n:
-            return
-        padded = _padded_lengths(np.fromiter(map(len, plan.segments), dtype=np.int64, count=n), self.window)
-        taus = np.asarray(plan.taus, dtype=np.float64)
-        # Longest shapes first (the largest allocation happens at once, so an over-large budget fails fast), then by
-        # tau; inside a group, input order. One stable sort instead of a Python loop over every segment.
-        order = np.lexsort((taus, -padded))
-        edges = np.flatnonzero((np.diff(padded[order]) != 0) | (np.diff(taus[order]) != 0)) + 1
-        for members in np.split(order, edges):
-            tau, length = float(taus[members[0]]), int(padded[members[0]])
-            per_batch = max(1, budget // length)
-            for s in range(0, len(members), per_batch):
-                yield tau, length, members[s : s + per_batch]
-
     @torch.inference_mode()
-    def _run(self, plan: _Plan, *, show_progress: bool) -> torch.Tensor:
+    def _run(self, parts: Iterable[_Part], *, show_progress: bool) -> tuple[torch.Tensor, list[_Part]]:
+        """Run every batch as soon as its group fills it; return segment vectors in segment order and the parts."""
         m = self._m
-        batches = list(self._batches(plan))
-        # Rows land in batch order in `staged`; one permutation at the end puts them in segment order, so no index
-        # tensor is copied per batch.
-        staged = torch.empty((len(plan.segments), m.dimension), dtype=torch.float32, device=m.device)
-        start = 0
+        budget = self._batch_tokens()
+        groups: dict[tuple[float, int], _Group] = {}
+        done: list[_Part] = []
+        rows: list[torch.Tensor] = []  # each batch's vectors, in the order batches ran
+        order: list[np.ndarray] = []  # each batch's segment numbers
+        progress = tqdm(desc="Embedding", unit="batch", disable=not show_progress, leave=False)
+
+        cuda = m.device.type == "cuda"
+        previous: list[torch.cuda.Event] = []
+
+        def run_batch(tau: float, length: int, members: list[tuple[_Part, np.ndarray]]) -> None:
+            features = self._features(members, length, cuda)
+            if previous:
+                # transformers checks each batch's padding mask on the host (`mask.all()`), a device sync that
+                # holds the GIL and so stalls the threads planning the next parts. Waiting for the previous batch
+                # here first releases the GIL while the GPU works, and leaves that check nothing to wait for.
+                previous.pop().synchronize()
+            m.patch.set(tau)
+            rows.append(m.st(features)["sentence_embedding"].float())
+            if cuda:
+                previous.append(torch.cuda.Event())
+                previous[0].record()
+            order.append(np.concatenate([part.first_segment + local for part, local in members]))
+            progress.update()
+
         with m.lock:
             try:
-                for tau, length, members in tqdm(
-                    batches, desc="Embedding", unit="batch", disable=not show_progress, leave=False
-                ):
-                    m.patch.set(tau)
-                    features = self._features([plan.segments[i] for i in members], length, m.device.type == "cuda")
-                    embeddings = m.st(features)["sentence_embedding"]
-                    staged[start : start + len(members)] = embeddings
-                    start += len(members)
+                segments = 0
+                for part in parts:
+                    part.first_segment = segments
+                    segments += len(part.body)
+                    done.append(part)
+                    padded = _padded_lengths(part.body + m.specials.count, self.window)
+                    keys = np.lexsort((part.tau, -padded))  # longest shapes first, input order inside a group
+                    edges = np.flatnonzero((np.diff(padded[keys]) != 0) | (np.diff(part.tau[keys]) != 0)) + 1
+                    for local in np.split(keys, edges):
+                        key = (float(part.tau[local[0]]), int(padded[local[0]]))
+                        group = groups.setdefault(key, _Group(per_batch=max(1, budget // key[1])))
+                        group.add(part, np.sort(local))
+                        while group.size >= group.per_batch:
+                            run_batch(*key, group.take(group.per_batch))
+                for key, group in sorted(groups.items(), key=lambda kv: -kv[0][1]):
+                    while group.size:
+                        run_batch(*key, group.take(group.per_batch))
             finally:
                 m.patch.set(1.0)
-        if not batches:
-            return staged
-        order = torch.from_numpy(np.concatenate([members for _tau, _length, members in batches]))
-        return torch.empty_like(staged).index_copy_(0, order.to(m.device), staged)
+                progress.close()
+        if not rows:
+            return torch.empty((0, m.dimension), dtype=torch.float32, device=m.device), done
+        staged = torch.cat(rows)
+        index = torch.from_numpy(np.concatenate(order)).to(m.device)
+        return torch.empty_like(staged).index_copy_(0, index, staged), done
 
-    def _features(self, segments: list[list[int]], length: int, pin: bool) -> dict[str, torch.Tensor]:
+    def _features(self, members: list[tuple[_Part, np.ndarray]], length: int, pin: bool) -> dict[str, torch.Tensor]:
         """Padded model inputs of one batch; only the token ids and lengths cross to the device.
 
-        Token ids are written straight into (pinned, on GPU) host memory and copied without blocking; the attention
-        mask and token type ids are built on the device.
+        Token ids are gathered from the parts' flat arrays straight into (pinned, on GPU) host memory and copied
+        without blocking; the attention mask and token type ids are built on the device.
         """
         device = self._m.device
-        lengths = np.fromiter(map(len, segments), dtype=np.int64, count=len(segments))
-        valid = np.arange(length) < lengths[:, None]
-        ids = torch.empty((len(segments), length), dtype=torch.int64, pin_memory=pin)
-        ids_np = ids.numpy()
-        ids_np.fill(self._m.pad_id)
-        ids_np[valid] = np.fromiter(itertools.chain.from_iterable(segments), dtype=np.int64, count=int(lengths.sum()))
+        specials = self._m.specials
+        prefix, suffix = len(specials.prefix), len(specials.suffix)
+        n_rows = sum(len(local) for _part, local in members)
+        ids = torch.empty((n_rows, length), dtype=torch.int64, pin_memory=pin)
+        out = ids.numpy()
+        out.fill(self._m.pad_id)
+        out[:, :prefix] = specials.prefix
+        lengths = np.empty(n_rows, dtype=np.int64)
+        row = 0
+        for part, local in members:
+            body = part.body[local]
+            rows = np.arange(row, row + len(local))
+            width = int(body.max())
+            if width:
+                columns = np.arange(width)
+                gather = np.minimum(part.start[local][:, None] + columns, len(part.flat) - 1)
+                np.copyto(
+                    out[row : row + len(local), prefix : prefix + width],
+                    part.flat[gather],
+                    where=columns < body[:, None],
+                )
+            for j, token in enumerate(specials.suffix):
+                out[rows, prefix + body + j] = token
+            lengths[row : row + len(local)] = body + prefix + suffix
+            row += len(local)
         lengths_t = torch.from_numpy(lengths)
         if pin:
             lengths_t = lengths_t.pin_memory()
@@ -443,7 +613,7 @@ class TempScaleEncoder:
             "attention_mask": (positions < lengths_d[:, None]).to(torch.int64),
         }
         if self._m.needs_token_type_ids:
-            tensors["token_type_ids"] = torch.zeros((len(segments), length), dtype=torch.int64, device=device)
+            tensors["token_type_ids"] = torch.zeros((n_rows, length), dtype=torch.int64, device=device)
         return tensors
 
     def _pool(self, segment_vectors: torch.Tensor, owner: np.ndarray, n_inputs: int) -> torch.Tensor:
@@ -499,7 +669,7 @@ def _gpu_batch_tokens(device: torch.device, st: SentenceTransformer) -> int:
     # an H200 (bf16, 1M-token batches): 17 KB per token for bge-base against the 74 KB assumed here.
     bytes_per_token = (intermediate + 8 * hidden) * 2 * 4
     budget = int(free * 0.5 // bytes_per_token)
-    return int(min(max(budget, 4096), 1 << 20))
+    return int(min(max(budget, 4096), GPU_MAX_BATCH_TOKENS))
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:

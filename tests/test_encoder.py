@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
+import tempscale_rag.encoder as encoder_module
 from tempscale_rag import Bucket, TempScaleEncoder
 from tempscale_rag.encoder import padded_length
 from tempscale_rag.models import bundled_model_path
@@ -31,8 +32,11 @@ def test_default_window_is_the_full_position_window(encoder: TempScaleEncoder) -
 
 
 def test_bucketed_equals_each_bucket_encoded_separately(encoder: TempScaleEncoder) -> None:
-    buckets = [Bucket(min_tokens=0, max_tokens=32, tau=1.0), Bucket(min_tokens=32, max_tokens=200, tau=0.7),
-               Bucket(min_tokens=200, max_tokens=None, tau=0.85)]
+    buckets = [
+        Bucket(min_tokens=0, max_tokens=32, tau=1.0),
+        Bucket(min_tokens=32, max_tokens=200, tau=0.7),
+        Bucket(min_tokens=200, max_tokens=None, tau=0.85),
+    ]
     bucketed = encoder.with_config(buckets=buckets)
     texts = [*MIXED_TEXTS, LONG, "another short one"]
     together = bucketed.encode(texts)
@@ -52,6 +56,24 @@ def test_vectors_do_not_depend_on_call_neighbours(encoder: TempScaleEncoder) -> 
     alone = encoder.encode([MIXED_TEXTS[2]])
     crowd = encoder.encode([*MIXED_TEXTS, LONG], query=False)
     np.testing.assert_allclose(alone[0], crowd[2], atol=1e-6)
+
+
+@pytest.mark.parametrize("ahead", [False, True])
+def test_parts_and_planning_ahead_change_nothing(
+    encoder: TempScaleEncoder, monkeypatch: pytest.MonkeyPatch, ahead: bool
+) -> None:
+    """Cutting a call into parts (planned inline, or ahead in threads as on a GPU) gives the same batches, so the
+    same vectors to the bit and the same report."""
+    chunked = encoder.with_config(long_text="chunk_mean", chunk_overlap=64)
+    texts = [*MIXED_TEXTS, LONG, "", *MIXED_TEXTS[::-1], LONG[: len(LONG) // 2]] * 2
+    whole, whole_report = chunked.encode_with_report(texts)
+    monkeypatch.setattr(encoder_module, "PART_TEXTS", 3)
+    monkeypatch.setattr(TempScaleEncoder, "_plan_ahead", lambda self: ahead)
+    parts, parts_report = chunked.encode_with_report(texts)
+    np.testing.assert_array_equal(parts, whole)
+    whole_report.seconds = parts_report.seconds = 0.0
+    assert parts_report == whole_report
+    assert parts_report.segments > len(texts) and parts_report.empty_inputs == 2
 
 
 def test_truncation_is_reported_per_bucket(encoder: TempScaleEncoder, caplog: pytest.LogCaptureFixture) -> None:
