@@ -53,8 +53,9 @@ and 16384 by 4% (mixed lengths) to 15% (512-token chunks); CPU attention materia
 smaller batches stay in cache."""
 
 GPU_MAX_BATCH_TOKENS = 1 << 18
-"""Cap of the GPU's padded-token budget. Batches of 256k tokens keep an H200 as busy as 1M-token ones, and smaller
-batches start sooner, so more of the GPU's work overlaps tokenisation."""
+"""Cap of the GPU's padded-token budget. Measured on an H200 (bf16, 7.3M mixed-length tokens), end to end: 256k-token
+batches beat 1M-token ones (MiniLM-L6 4.2M vs 3.8M tokens/s, bge-base 1.67M vs 1.55M), because smaller batches fill
+sooner and so more of the GPU's work overlaps tokenisation; 128k was no faster."""
 
 PART_TEXTS = 2_048
 """Inputs planned (tokenised and routed) together; on a GPU, parts are planned ahead in background threads."""
