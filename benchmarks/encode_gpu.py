@@ -12,6 +12,7 @@ Pooling, run in bf16 and/or fp16. Methods, side by side on the same model and te
 - `engine`: `TempScaleEncoder(model).encode(texts)` with the default length buckets (TempScale on);
 - `engine tau=1`: the same engine at temperature 1 (TempScale off): the equal-outputs check against ST;
 - `engine 1M`: the engine with 1M-token batches instead of its default cap (the cap's justification);
+- `engine tokenize_workers=0`: the engine tokenising in its own process (threads) instead of worker processes;
 - `ST.encode`: `SentenceTransformer.encode(texts)` with its default batch size (32), and with 256;
 - `eager TempScale`: the authors' approach: attention computed eagerly as an explicit softmax(QK^T/sqrt(d)/tau + mask)
   (transformers' eager attention with the scale divided by tau) at one global tau, run through `ST.encode`;
@@ -63,12 +64,13 @@ CHUNK_SIZES = (128, 256, 384, 512)
 EAGER_TAU = 0.8
 ST_BATCH = 32
 ENGINE_1M = 1 << 20
-METHODS = ("ceiling", "engine", "engine_tau1", "engine_1m", "st", "st_b256", "eager")
+METHODS = ("ceiling", "engine", "engine_tau1", "engine_1m", "engine_inproc", "st", "st_b256", "eager")
 LABELS = {
     "ceiling": "dense ceiling (512-token batches)",
     "engine": "tempscale engine (buckets)",
     "engine_tau1": "tempscale engine (tau=1)",
     "engine_1m": "tempscale engine (buckets, 1M-token batches)",
+    "engine_inproc": "engine (buckets), tokenize_workers=0",
     "st": f"ST.encode (batch {ST_BATCH}, tau=1)",
     "st_b256": "ST.encode (batch 256, tau=1)",
     "eager": f"eager TempScale via ST.encode (tau={EAGER_TAU})",
@@ -319,6 +321,7 @@ def run_model(shape: str, dtype_name: str, folder: Path, texts: list[str], args:
     engine_tau1 = TempScaleEncoder(st, temperature=1.0, device=device)
     engine = engine_tau1.with_config(temperature=None)  # default buckets, same loaded (patched) model
     engine_1m = engine.with_config(max_batch_tokens=ENGINE_1M)
+    engine_inproc = engine.with_config(tokenize_workers=0)
     window = engine_tau1.window
     real_tokens = int(sum(min(n, window) for n in engine_tau1.count_tokens(texts)))
     budget = engine_tau1._batch_tokens()
@@ -334,6 +337,7 @@ def run_model(shape: str, dtype_name: str, folder: Path, texts: list[str], args:
         "engine": lambda: engine.encode(texts),
         "engine_tau1": lambda: engine_tau1.encode(texts),
         "engine_1m": lambda: engine_1m.encode(texts),
+        "engine_inproc": lambda: engine_inproc.encode(texts),
         "st": st_encode(st, ST_BATCH),
         "st_b256": st_encode(st, 256),
     }
@@ -347,6 +351,7 @@ def run_model(shape: str, dtype_name: str, folder: Path, texts: list[str], args:
         "texts": len(texts),
         "real_tokens": real_tokens,
         "engine_budget_tokens": budget,
+        "tokenize_workers": pool.workers if (pool := engine._tokenizer_pool(2)) is not None else 0,
         "methods": {},
     }
     if "ceiling" in methods:
@@ -408,9 +413,10 @@ def run_model(shape: str, dtype_name: str, folder: Path, texts: list[str], args:
     if "engine_tau1" in outputs and "st" in outputs:
         result["methods"]["engine_tau1"]["cos_ref"] = "ST.encode"
         result["methods"]["engine_tau1"]["max_cos_diff"] = 1 - min_cosine(outputs["engine_tau1"], outputs["st"])
-    if "engine_1m" in outputs and "engine" in outputs:
-        result["methods"]["engine_1m"]["cos_ref"] = "engine"
-        result["methods"]["engine_1m"]["max_cos_diff"] = 1 - min_cosine(outputs["engine_1m"], outputs["engine"])
+    for variant in ("engine_1m", "engine_inproc"):
+        if variant in outputs and "engine" in outputs:
+            result["methods"][variant]["cos_ref"] = "engine"
+            result["methods"][variant]["max_cos_diff"] = 1 - min_cosine(outputs[variant], outputs["engine"])
     if "st_b256" in outputs and "st" in outputs:
         result["methods"]["st_b256"]["cos_ref"] = "ST.encode"
         result["methods"]["st_b256"]["max_cos_diff"] = 1 - min_cosine(outputs["st_b256"], outputs["st"])
@@ -458,7 +464,8 @@ def print_table(results: list[dict[str, Any]]) -> list[str]:
             lines.append(
                 f"  -> {res['model']} {res['dtype']}: {res['texts']} texts, {res['real_tokens']:,} real tokens "
                 f"(+{100 * padding:.1f}% padding in {stages['shapes']} shapes, {stages['batches']} batches of <= "
-                f"{res['engine_budget_tokens']:,} padded tokens); TempScale overhead {100 * overhead:+.1f}% end to "
+                f"{res['engine_budget_tokens']:,} padded tokens, {res['tokenize_workers']} tokenizer processes); "
+                f"TempScale overhead {100 * overhead:+.1f}% end to "
                 f"end, {100 * run_overhead:+.1f}% in the forward stage; one engine call = plan (tokenise + route, "
                 f"CPU) {plan:.2f} s + run (model) {run:.2f} s = {res['real_tokens'] / run / 1e6:.2f}M real tok/s in "
                 f"the run stage ({100 * res['real_tokens'] / run / ceil_tps:.0f}% of the ceiling)"

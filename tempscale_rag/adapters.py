@@ -78,6 +78,7 @@ ENGINE_FIELDS: tuple[str, ...] = (
     "device",
     "dtype",
     "max_batch_tokens",
+    "tokenize_workers",
     "normalize",
     "query_instruction",
     "text_instruction",
@@ -145,6 +146,11 @@ class EngineFields(BaseModel):
     )
     max_batch_tokens: int | None = Field(
         default=None, frozen=True, description="Padded tokens per forward pass; None picks a budget for the device."
+    )
+    tokenize_workers: int | None = Field(
+        default=None,
+        frozen=True,
+        description="Worker processes that tokenise ahead of a GPU; None: one per CPU core; 0: none.",
     )
     normalize: bool = Field(default=True, frozen=True, description="L2-normalise the vectors.")
     query_instruction: str | None = Field(

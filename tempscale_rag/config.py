@@ -169,6 +169,12 @@ class TempScaleConfig(BaseModel):
     max_batch_tokens: int | None = Field(
         default=None, gt=0, description="Padded tokens per forward batch; None picks a budget for the device."
     )
+    tokenize_workers: int | None = Field(
+        default=None,
+        ge=0,
+        description="Worker processes that tokenise ahead of a GPU; None: one per CPU core (none on hosts under 6 "
+        "cores); 0: tokenise in this process. Unused on the CPU, where the forward pass needs the cores.",
+    )
     normalize: bool = Field(default=True, description="L2-normalise the output vectors.")
     query_prompt: str = Field(default="", description="Text prepended to every query (an instruction).")
     document_prompt: str = Field(default="", description="Text prepended to every document.")

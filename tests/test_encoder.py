@@ -10,6 +10,7 @@ import tempscale_rag.encoder as encoder_module
 from tempscale_rag import Bucket, TempScaleEncoder
 from tempscale_rag.encoder import padded_length
 from tempscale_rag.models import bundled_model_path
+from tempscale_rag.tokenizing import TokenizerPool
 
 from .conftest import MIXED_TEXTS
 
@@ -58,18 +59,24 @@ def test_vectors_do_not_depend_on_call_neighbours(encoder: TempScaleEncoder) -> 
     np.testing.assert_allclose(alone[0], crowd[2], atol=1e-6)
 
 
-@pytest.mark.parametrize("ahead", [False, True])
+@pytest.mark.parametrize(
+    ("ahead", "workers"), [(False, 0), (True, 0), (True, 2)], ids=["inline", "threads", "processes"]
+)
 def test_parts_and_planning_ahead_change_nothing(
-    encoder: TempScaleEncoder, monkeypatch: pytest.MonkeyPatch, ahead: bool
+    encoder: TempScaleEncoder, monkeypatch: pytest.MonkeyPatch, ahead: bool, workers: int
 ) -> None:
-    """Cutting a call into parts (planned inline, or ahead in threads as on a GPU) gives the same batches, so the
-    same vectors to the bit and the same report."""
-    chunked = encoder.with_config(long_text="chunk_mean", chunk_overlap=64)
-    texts = [*MIXED_TEXTS, LONG, "", *MIXED_TEXTS[::-1], LONG[: len(LONG) // 2]] * 2
+    """Cutting a call into parts (planned inline, or ahead in threads or tokenizer processes as on a GPU) gives the
+    same batches, so the same vectors to the bit and the same report."""
+    chunked = encoder.with_config(long_text="chunk_mean", chunk_overlap=64, document_prompt="passage: ")
+    texts = [*MIXED_TEXTS, LONG, "", *MIXED_TEXTS[::-1], LONG[: len(LONG) // 2], "naïve café 日本語 🚀"] * 2
     whole, whole_report = chunked.encode_with_report(texts)
     monkeypatch.setattr(encoder_module, "PART_TEXTS", 3)
     monkeypatch.setattr(TempScaleEncoder, "_plan_ahead", lambda self: ahead)
-    parts, parts_report = chunked.encode_with_report(texts)
+    pooled: list[int] = []
+    tokenize = TokenizerPool.tokenize
+    monkeypatch.setattr(TokenizerPool, "tokenize", lambda pool, part: pooled.append(len(part)) or tokenize(pool, part))
+    parts, parts_report = chunked.with_config(tokenize_workers=workers).encode_with_report(texts)
+    assert sum(pooled) == (len(texts) if workers else 0)  # the processes really did all the tokenising
     np.testing.assert_array_equal(parts, whole)
     whole_report.seconds = parts_report.seconds = 0.0
     assert parts_report == whole_report

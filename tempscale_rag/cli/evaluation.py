@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tempscale_rag.cli.options import add_argument
+from tempscale_rag.cli.options import RUNTIME_FIELDS, add_argument
 from tempscale_rag.config import TempScaleConfig
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ def _add_model_flags(parser: argparse.ArgumentParser) -> None:
         help=fields["dtype"].description,
     )
     add_argument(group, "--max-batch-tokens", type=int, default=None, help=fields["max_batch_tokens"].description)
+    add_argument(group, "--tokenize-workers", type=int, default=None, help=fields["tokenize_workers"].description)
     add_argument(group, "--chunk-overlap", type=int, default=None, help=fields["chunk_overlap"].description)
 
 
@@ -85,7 +86,7 @@ def _add_temperature_flags(parser: argparse.ArgumentParser, *, schedules: bool =
 
 
 def _base_config(args: argparse.Namespace, **fields: Any) -> TempScaleConfig:
-    for name in ("model", "device", "dtype", "max_batch_tokens", "chunk_overlap"):
+    for name in ("model", "chunk_overlap", *RUNTIME_FIELDS):
         value = getattr(args, name, None)
         if value is not None:
             fields[name] = value

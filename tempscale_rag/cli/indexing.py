@@ -7,7 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tempscale_rag.cli.options import add_argument, add_config_flags, config_flags_given, config_from_args
+from tempscale_rag.cli.options import (
+    RUNTIME_FIELDS,
+    add_argument,
+    add_config_flags,
+    config_flags_given,
+    config_from_args,
+)
 from tempscale_rag.config import TempScaleConfig
 
 DEFAULT_INDEX = "tempscale-index"
@@ -89,7 +95,7 @@ def run_index(args: argparse.Namespace) -> int:
     stored = _stored_manifest(folder)  # a corrupt manifest fails here, before any model is loaded
     if stored is not None and not config_flags_given(args):
         # Re-indexing an existing index: keep the settings it was built with unless flags say otherwise.
-        runtime = {k: getattr(args, k) for k in ("device", "dtype", "max_batch_tokens") if getattr(args, k) is not None}
+        runtime = {k: getattr(args, k) for k in RUNTIME_FIELDS if getattr(args, k) is not None}
         config = TempScaleConfig(**{**stored.config.model_dump(), **runtime})  # validated, unlike model_copy
     else:
         config = config_from_args(args)

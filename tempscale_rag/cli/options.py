@@ -14,6 +14,9 @@ from tempscale_rag.config import TempScaleConfig
 
 ENV_PREFIX = "TEMPSCALE_"
 
+RUNTIME_FIELDS = ("device", "dtype", "max_batch_tokens", "tokenize_workers")
+"""Config fields that change where and how fast vectors are made, never the vectors themselves."""
+
 # Config fields exposed as flags, with the argparse type used to read them from text.
 _CONFIG_FLAGS: dict[str, Any] = {
     "model": str,
@@ -27,6 +30,7 @@ _CONFIG_FLAGS: dict[str, Any] = {
     "device": str,
     "dtype": str,
     "max_batch_tokens": int,
+    "tokenize_workers": int,
 }
 
 
@@ -82,9 +86,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def config_flags_given(args: argparse.Namespace) -> bool:
-    """Whether any flag that changes the vectors was given (device, dtype and batch size do not)."""
-    vector_neutral = {"device", "dtype", "max_batch_tokens"}
-    given = any(getattr(args, n, None) is not None for n in _CONFIG_FLAGS if n not in vector_neutral)
+    """Whether any flag that changes the vectors was given (device, dtype, batching and tokenizing do not)."""
+    given = any(getattr(args, n, None) is not None for n in _CONFIG_FLAGS if n not in RUNTIME_FIELDS)
     return given or bool(getattr(args, "calibration", None))
 
 
