@@ -359,6 +359,7 @@ class TempScaleEncoder:
 
         Raises:
             TypeError: If `texts` is a single string, or an item is not a string (the message names its position).
+            ValueError: If a text is not valid Unicode (a lone surrogate; the message names its position).
         """
         vectors, self.last_report = self.encode_with_report(
             texts, query=query, normalize=normalize, show_progress=show_progress
@@ -438,9 +439,9 @@ class TempScaleEncoder:
     def _stream_plan(self, texts: list[str], *, query: bool) -> Iterator[_Part]:
         """The parts of a call in order; on a GPU, planned up to `_PLAN_AHEAD` parts ahead in two threads.
 
-        Two threads, so that one converts a finished part's token ids to arrays (Python, under the GIL) while the
-        other's Rust tokenisation runs on every core. On the CPU the forward pass needs the cores itself, so parts
-        are planned inline, just before they are run.
+        The threads hand each part's texts to the tokenizer processes (or, without them, to the Rust tokenizer,
+        which runs on every core outside the GIL) and route the ids that come back. On the CPU the forward pass
+        needs the cores itself, so parts are planned inline, just before they are run.
         """
         starts = range(0, len(texts), PART_TEXTS)
         if not self._plan_ahead() or len(starts) == 1:

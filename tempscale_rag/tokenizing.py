@@ -7,8 +7,9 @@ BERT encodes 9M tokens/s on that GPU. So on a GPU the engine sends each part's t
 which send back flat int32 arrays, and the engine's own process never touches a token as a Python object.
 
 Workers are plain subprocesses (`python -m tempscale_rag.tokenizing`) that speak a small binary protocol over their
-stdin and stdout; each takes about 0.2 s to start and 40 MB of memory. multiprocessing is not used: a spawned child re-imports the user's main script, which re-runs any
-unguarded top-level code (a whole indexing job) in every worker, and a forked child inherits CUDA and thread state.
+stdin and stdout; each takes about 0.2 s to start and 40 MB of memory. multiprocessing is not used: a spawned child
+re-imports the user's main script, which re-runs any unguarded top-level code (a whole indexing job) in every worker,
+and a forked child inherits CUDA and thread state.
 
 Protocol, little-endian:
 - parent to worker, once: u64 n, then n bytes of tokenizer JSON;
