@@ -24,6 +24,7 @@ from tempscale_rag.cli.options import (
     EXIT_PARTIAL,
     EXIT_USAGE,
     add_argument,
+    quiet_model_loading,
 )
 
 __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "build_parser", "entrypoint", "main"]
@@ -81,9 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if getattr(args, "loads_model", True):
             # transformers draws a "Loading weights" bar on every model load; ours are the bars that matter.
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()
+            # Commands that check their arguments first (`loads_model=False`) do this right before loading.
+            quiet_model_loading()
         code = int(args.run(args) or 0)
         sys.stdout.flush()  # inside the try: a reader that went away is reported here, not at interpreter exit
         return code

@@ -25,6 +25,7 @@ from tempscale_rag.cli.options import (
     add_config_flags,
     config_from_args,
     given_config_fields,
+    quiet_model_loading,
     temperature_flags_given,
 )
 from tempscale_rag.config import (
@@ -98,7 +99,7 @@ def register(subparsers: Any) -> None:
     )
     add_argument(index, "--json", action="store_true", help="Print the summary as JSON on stdout.")
     add_config_flags(index)
-    index.set_defaults(run=run_index)
+    index.set_defaults(run=run_index, loads_model=False)
 
     search = subparsers.add_parser(
         "search",
@@ -133,7 +134,7 @@ def register(subparsers: Any) -> None:
         shown_default="the index's model",
     )
     _add_store_flags(search)
-    search.set_defaults(run=run_search)
+    search.set_defaults(run=run_search, loads_model=False)
 
     info = subparsers.add_parser("info", help="Describe an index.", description="What an index holds, how built.")
     add_argument(info, "--json", action="store_true", help="Print as JSON.")
@@ -370,6 +371,7 @@ def run_index(args: argparse.Namespace) -> int:
     from tempscale_rag.stores import open_store
     from tempscale_rag.stores.manifest import IndexManifest, model_digest
 
+    quiet_model_loading()
     encoder = TempScaleEncoder(config=config)
     chunker: WindowChunker | MultiSizeChunker
     if chunking is None:
@@ -474,6 +476,7 @@ def run_search(args: argparse.Namespace) -> int:
         changes: dict[str, Any] = {"model": model}
         if args.device:
             changes["device"] = args.device
+        quiet_model_loading()
         encoder = TempScaleEncoder(config=manifest.config.model_copy(update=changes))
         # The name may differ after a moved model folder (same_model checked the files); the dimension may not.
         check_compatible(manifest, manifest.model, encoder.dimension, where=args.out)

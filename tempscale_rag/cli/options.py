@@ -50,6 +50,13 @@ _CONFIG_FLAGS: dict[str, Any] = {
 }
 
 
+def quiet_model_loading() -> None:
+    """Hide transformers' "Loading weights" bar; call right before loading a model (it imports transformers)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def env_name(dest: str) -> str:
     """The environment variable that mirrors a flag: `max_seq_length` -> `TEMPSCALE_MAX_SEQ_LENGTH`."""
     return ENV_PREFIX + dest.upper()
