@@ -42,13 +42,22 @@ def _add_output_flags(parser: argparse.ArgumentParser, *, top_level: bool) -> No
     )
 
 
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps one-paragraph descriptions to the terminal; keeps multi-line text (the exit-code table) as written."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every available subcommand registered."""
     parser = argparse.ArgumentParser(
         prog="tempscale-rag",
         description="Long-document embeddings with length-routed attention temperature (TempScale).",
         epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     _add_output_flags(parser, top_level=True)
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -59,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
             _add_output_flags(sub, top_level=False)
         if sub.epilog is None:
             sub.epilog = EXIT_CODES_HELP
-            sub.formatter_class = argparse.RawDescriptionHelpFormatter
+            sub.formatter_class = _HelpFormatter
     return parser
 
 
