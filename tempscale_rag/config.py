@@ -246,3 +246,210 @@ def read_calibration(path: str | Path) -> dict[str, Any]:
     except (ValueError, TypeError) as exc:
         raise ValueError(f"calibration file {path} has invalid buckets: {exc}") from None
     return data
+
+
+# --- Chunking: every document is chunked at several sizes, each size its own length bucket and temperature. ---------
+
+DEFAULT_CHUNK_SIZES: tuple[int, ...] = (64, 128, 256)
+"""Chunk sizes, in model content tokens, that `tempscale-rag index` uses when `--chunk-tokens` is not given."""
+
+DEFAULT_SIZE_TEMPERATURES: tuple[float, ...] = (1.0, 1.0, 0.8)
+"""Attention temperature of each default chunk size (same order as `DEFAULT_CHUNK_SIZES`)."""
+
+DEFAULT_DOC_SCORE = "max"
+"""How a document's score is aggregated from its chunks' scores by default (see `tempscale_rag.documents`)."""
+
+_FALLBACK_DOC_SCORES: tuple[str, ...] = ("max", "mean", "hybrid", "topm", "softmax")
+
+# SentenceSplitter counts each piece's tokens separately; a joined chunk can tokenise a few tokens longer than its
+# nominal size. Bucket edges leave this much room so a full chunk never spills into the next size's bucket.
+_CHUNK_OVERSHOOT = 0.02
+
+
+def default_overlap(size: int) -> int:
+    """Tokens shared by consecutive chunks of `size` tokens when `ChunkingConfig.overlap_tokens` is None."""
+    return min(32, size // 8)
+
+
+def default_temperature(size: int) -> float:
+    """The temperature a chunk size gets when `ChunkingConfig.temperatures` is None.
+
+    The temperature of the largest default size not above `size` (1.0 below the smallest default size), so the
+    default sizes get exactly `DEFAULT_SIZE_TEMPERATURES` and other sizes the temperature of their neighbour.
+    """
+    tau = 1.0
+    for default_size, default_tau in zip(DEFAULT_CHUNK_SIZES, DEFAULT_SIZE_TEMPERATURES, strict=True):
+        if default_size <= size:
+            tau = default_tau
+    return tau
+
+
+def doc_score_names() -> tuple[str, ...]:
+    """The document aggregation names that `ChunkingConfig.doc_score` accepts."""
+    try:
+        from tempscale_rag import documents
+    except ImportError:
+        return _FALLBACK_DOC_SCORES
+    names = getattr(documents, "DOC_SCORES", _FALLBACK_DOC_SCORES)
+    return tuple(names)
+
+
+def chunk_overshoot(size: int) -> int:
+    """Tokens a full chunk of `size` content tokens may exceed its size by (sentence pieces joined)."""
+    return math.ceil(size * _CHUNK_OVERSHOOT)
+
+
+class ChunkingConfig(BaseModel):
+    """How documents are chunked for an index, and how a document is scored from its chunks.
+
+    Every document is chunked once per size in `sizes`; each size is a token-length bucket with its own attention
+    temperature (`buckets()`), so a full chunk of size `sizes[i]` is embedded at `temperatures[i]` and a document's
+    short last chunk falls into the bucket of a smaller size. Recorded in the index manifest: an index never mixes
+    chunk settings.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sizes: tuple[int, ...] = Field(
+        default=DEFAULT_CHUNK_SIZES,
+        description="Chunk sizes in model content tokens; every document is chunked at every size, e.g. '64,128,256'.",
+    )
+    temperatures: tuple[float, ...] | None = Field(
+        default=None,
+        description="Attention temperature per chunk size (same order as sizes); None: the default per size.",
+    )
+    overlap_tokens: int | None = Field(
+        default=None,
+        ge=0,
+        description="Tokens shared by consecutive chunks of one size; None: min(32, size // 8) per size.",
+    )
+    doc_score: str = Field(
+        default=DEFAULT_DOC_SCORE,
+        description="How a document is scored from its chunks when searching documents (e.g. 'max').",
+    )
+
+    @field_validator("sizes", mode="before")
+    @classmethod
+    def _parse_sizes(cls, value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return (value,)
+        return value
+
+    @field_validator("sizes")
+    @classmethod
+    def _check_sizes(cls, sizes: tuple[int, ...]) -> tuple[int, ...]:
+        if not sizes:
+            raise ValueError("give at least one chunk size, e.g. '64,128,256'")
+        for size in sizes:
+            if size < 8:
+                raise ValueError(f"chunk size {size} is too small: every chunk size must be at least 8 tokens")
+        if len(set(sizes)) != len(sizes) or list(sizes) != sorted(sizes):
+            raise ValueError(
+                f"chunk sizes {','.join(map(str, sizes))} must be distinct and increasing, e.g. '64,128,256'"
+            )
+        return sizes
+
+    @field_validator("temperatures")
+    @classmethod
+    def _check_temperatures(cls, taus: tuple[float, ...] | None) -> tuple[float, ...] | None:
+        return None if taus is None else tuple(check_tau(t, "chunk temperature") for t in taus)
+
+    @field_validator("doc_score")
+    @classmethod
+    def _check_doc_score(cls, name: str) -> str:
+        names = doc_score_names()
+        if name not in names:
+            raise ValueError(f"unknown document score {name!r}: choose one of {', '.join(names)}")
+        return name
+
+    @model_validator(mode="after")
+    def _check_lengths(self) -> ChunkingConfig:
+        if self.temperatures is not None and len(self.temperatures) != len(self.sizes):
+            raise ValueError(
+                f"{len(self.temperatures)} chunk temperatures for {len(self.sizes)} chunk sizes: give one per size"
+            )
+        for size in self.sizes:
+            if self.overlap(size) >= size:
+                raise ValueError(
+                    f"chunk overlap {self.overlap(size)} must be smaller than the chunk size {size}; "
+                    "lower the overlap or raise the size"
+                )
+        return self
+
+    @classmethod
+    def parse(cls, spec: str, **fields: Any) -> ChunkingConfig:
+        """Read the CLI form: `"64,128,256"` (default temperatures) or `"64:1.0,128:1.0,256:0.8"`.
+
+        Args:
+            spec: Comma-separated sizes, each optionally `SIZE:TAU`; either every size has a TAU or none does.
+            **fields: The other fields (`overlap_tokens`, `doc_score`).
+
+        Returns:
+            The validated config.
+
+        Raises:
+            ValueError: If the spec cannot be read or its values are invalid.
+        """
+        sizes: list[int] = []
+        taus: list[float] = []
+        parts = [p.strip() for p in str(spec).split(",") if p.strip()]
+        if not parts:
+            raise ValueError(f"no chunk sizes in {spec!r}: write e.g. '64,128,256' or '64:1.0,128:1.0,256:0.8'")
+        for part in parts:
+            size_text, sep, tau_text = part.partition(":")
+            try:
+                sizes.append(int(size_text))
+                if sep:
+                    taus.append(float(tau_text))
+            except ValueError:
+                raise ValueError(
+                    f"cannot read chunk size {part!r}: write sizes in tokens separated by commas, each optionally "
+                    "with its temperature, e.g. '64,128,256' or '64:1.0,128:1.0,256:0.8'"
+                ) from None
+        if taus and len(taus) != len(sizes):
+            raise ValueError(f"give a temperature for every chunk size or for none in {spec!r}")
+        return cls(sizes=tuple(sizes), temperatures=tuple(taus) if taus else None, **fields)
+
+    @property
+    def taus(self) -> tuple[float, ...]:
+        """The temperature of each size, with the defaults resolved."""
+        if self.temperatures is not None:
+            return self.temperatures
+        return tuple(default_temperature(size) for size in self.sizes)
+
+    def overlap(self, size: int) -> int:
+        """Tokens shared by consecutive chunks of `size` tokens."""
+        return default_overlap(size) if self.overlap_tokens is None else self.overlap_tokens
+
+    def spec(self) -> str:
+        """The config's sizes and resolved temperatures in the CLI form, e.g. `"64:1,128:1,256:0.8"`."""
+        return ",".join(f"{size}:{tau:g}" for size, tau in zip(self.sizes, self.taus, strict=True))
+
+    def buckets(self, n_special: int) -> tuple[Bucket, ...]:
+        """Contiguous length buckets, one per size, so that each size's full chunks get that size's temperature.
+
+        Bucket i holds the inputs longer than a full chunk of `sizes[i-1]` and at most as long as a full chunk of
+        `sizes[i]` (content tokens + `n_special` + a small overshoot allowance); the last bucket is open-ended. A
+        document's shorter last chunk therefore lands in the bucket of the size its length matches.
+
+        Args:
+            n_special: Tokens the engine adds to every input (special tokens and document prompt), as counted by
+                `TempScaleEncoder.count_tokens([""])[0]`.
+
+        Returns:
+            Buckets for `TempScaleConfig.buckets`.
+        """
+        if n_special < 0:
+            raise ValueError(f"n_special must be >= 0, got {n_special}")
+        buckets = []
+        lower = 0
+        for i, (size, tau) in enumerate(zip(self.sizes, self.taus, strict=True)):
+            last = i == len(self.sizes) - 1
+            upper = None if last else size + n_special + chunk_overshoot(size) + 1
+            buckets.append(Bucket(min_tokens=lower, max_tokens=upper, tau=tau))
+            lower = upper or lower
+        return tuple(buckets)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """The config as plain JSON types, as stored in index manifests."""
+        return self.model_dump(mode="json")

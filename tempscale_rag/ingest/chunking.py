@@ -1,32 +1,75 @@
 """Chunking documents to the model window with LlamaIndex's `SentenceSplitter`, counting the model's own tokens.
 
 LlamaIndex's default chunk size (1024 tokens of tiktoken) is above a 512-token encoder's window, so its chunks are
-silently truncated; here the splitter counts tokens with the embedding model's tokenizer and the chunk size is the
-window minus the special tokens, so every chunk is embedded whole.
+silently truncated; here the splitter counts tokens with the embedding model's tokenizer and the chunk size is at
+most the window minus the special tokens, so every chunk is embedded whole.
+
+- `WindowChunker`: one chunk size (by default the whole window).
+- `MultiSizeChunker`: every document at every size of a `ChunkingConfig` (e.g. 64, 128 and 256 tokens); each chunk
+  carries its size, and each size is a length bucket with its own temperature (`ChunkingConfig.buckets`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from tempscale_rag.config import ChunkingConfig
 from tempscale_rag.encoder import TempScaleEncoder
 
 # SentenceSplitter counts the tokens of each piece separately; joined pieces can tokenise a little longer, so leave a
 # small margin below the window rather than truncate a few tokens from some chunks.
 _MARGIN = 0.02
+_MIN_CHUNK = 8
 
 
 @dataclass(frozen=True)
 class Chunk:
-    """One chunk of a document: its text and position within the document."""
+    """One chunk of a document.
+
+    Attributes:
+        text: The chunk text.
+        position: Its index within the document, unique across all chunk sizes of that document (so
+            `make_chunk_id(source, position, text)` is unique).
+        size: The chunk size (in content tokens) it was cut at; 0 when unknown.
+    """
 
     text: str
     position: int
+    size: int = 0
+
+
+def chunk_capacity(encoder: TempScaleEncoder) -> int:
+    """Content tokens that fit the encoder's window: the window minus special tokens and document prompt."""
+    return encoder.window - encoder.count_tokens([""])[0]
+
+
+def _token_counter(encoder: TempScaleEncoder) -> Callable[[str], list[int]]:
+    tokenizer: Any = encoder.model.tokenizer
+    rust: Any = encoder.rust_tokenizer
+
+    def count(text: str) -> list[int]:
+        # SentenceSplitter calls this once per split: the Rust tokenizer directly is ~30% faster than the
+        # transformers wrapper, with the same ids (so the same chunks).
+        if rust is not None:
+            return list(rust.encode(text, add_special_tokens=False).ids)
+        return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+    return count
+
+
+def _check_size(size: int, overlap: int, capacity: int) -> None:
+    if not _MIN_CHUNK <= size <= capacity:
+        raise ValueError(
+            f"chunk size must be between {_MIN_CHUNK} and {capacity} tokens (the model window), got {size}"
+        )
+    if not 0 <= overlap < size:
+        raise ValueError(f"chunk overlap must be between 0 and the chunk size ({size}), got {overlap}")
 
 
 class WindowChunker:
-    """Splits text into chunks that fit the encoder's window (sentence-aware, with overlap).
+    """Splits text into chunks of one size that fit the encoder's window (sentence-aware, with overlap).
 
     Args:
         encoder: The engine whose tokenizer and window define chunk sizes.
@@ -40,33 +83,69 @@ class WindowChunker:
     def __init__(self, encoder: TempScaleEncoder, chunk_tokens: int | None = None, overlap_tokens: int = 32) -> None:
         from llama_index.core.node_parser import SentenceSplitter
 
-        capacity = encoder.window - encoder.count_tokens([""])[0]
+        capacity = chunk_capacity(encoder)
         default = max(16, int(capacity * (1 - _MARGIN)))
         size = default if chunk_tokens is None else chunk_tokens
-        if not 8 <= size <= capacity:
-            raise ValueError(f"chunk size must be between 8 and {capacity} tokens (the model window), got {size}")
-        if not 0 <= overlap_tokens < size:
-            raise ValueError(f"chunk overlap must be between 0 and the chunk size ({size}), got {overlap_tokens}")
-        tokenizer: Any = encoder.model.tokenizer
-        rust: Any = encoder.rust_tokenizer
-
-        def count(text: str) -> list[int]:
-            # SentenceSplitter calls this once per split: the Rust tokenizer directly is ~30% faster than the
-            # transformers wrapper, with the same ids (so the same chunks).
-            if rust is not None:
-                return list(rust.encode(text, add_special_tokens=False).ids)
-            return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
-
+        _check_size(size, overlap_tokens, capacity)
         self.chunk_tokens = size
         self.overlap_tokens = overlap_tokens
-        self._splitter = SentenceSplitter(chunk_size=size, chunk_overlap=overlap_tokens, tokenizer=count)
+        self._splitter = SentenceSplitter(
+            chunk_size=size, chunk_overlap=overlap_tokens, tokenizer=_token_counter(encoder)
+        )
 
     def split(self, text: str) -> list[Chunk]:
         """Chunks of `text`, in order; whitespace-only pieces are dropped."""
         pieces = [p for p in self._splitter.split_text(text) if p.strip()]
-        return [Chunk(text=p, position=i) for i, p in enumerate(pieces)]
+        return [Chunk(text=p, position=i, size=self.chunk_tokens) for i, p in enumerate(pieces)]
 
     @property
     def splitter(self) -> Any:
         """The underlying LlamaIndex `SentenceSplitter` (to build an equivalent LlamaIndex pipeline)."""
         return self._splitter
+
+
+class MultiSizeChunker:
+    """Splits every document at every size of a `ChunkingConfig` (sentence-aware, with per-size overlap).
+
+    Chunks come size by size, smallest first, each size in document order; positions run on across sizes, so they
+    are unique within a document. Embed the chunks with `encoder.with_config(buckets=chunking.buckets(n_special))`
+    (see `routing_buckets`) so that each size gets its own temperature.
+
+    Args:
+        encoder: The engine whose tokenizer and window define chunk sizes.
+        chunking: Sizes, temperatures and overlap.
+
+    Raises:
+        ValueError: If a size (or its overlap) does not fit the window.
+    """
+
+    def __init__(self, encoder: TempScaleEncoder, chunking: ChunkingConfig | None = None) -> None:
+        from llama_index.core.node_parser import SentenceSplitter
+
+        self.chunking = chunking or ChunkingConfig()
+        capacity = chunk_capacity(encoder)
+        count = _token_counter(encoder)
+        self._n_special = encoder.count_tokens([""])[0]
+        self._splitters: list[tuple[int, Any]] = []
+        for size in self.chunking.sizes:
+            overlap = self.chunking.overlap(size)
+            _check_size(size, overlap, capacity)
+            self._splitters.append((size, SentenceSplitter(chunk_size=size, chunk_overlap=overlap, tokenizer=count)))
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """The chunk sizes, smallest first."""
+        return self.chunking.sizes
+
+    def routing_buckets(self) -> tuple[Any, ...]:
+        """`ChunkingConfig.buckets` for this encoder's special-token count: one length bucket per chunk size."""
+        return self.chunking.buckets(self._n_special)
+
+    def split(self, text: str) -> list[Chunk]:
+        """Chunks of `text` at every size (smallest size first); whitespace-only pieces are dropped."""
+        chunks: list[Chunk] = []
+        for size, splitter in self._splitters:
+            for piece in splitter.split_text(text):
+                if piece.strip():
+                    chunks.append(Chunk(text=piece, position=len(chunks), size=size))
+        return chunks

@@ -18,7 +18,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from tempscale_rag.encoder import EncodeReport, TempScaleEncoder
-from tempscale_rag.ingest.chunking import Chunk, WindowChunker
+from tempscale_rag.ingest.chunking import Chunk, MultiSizeChunker, WindowChunker
 from tempscale_rag.ingest.readers import (
     DEFAULT_MAX_FILE_BYTES,
     DocumentError,
@@ -89,7 +89,7 @@ class FolderIndexer:
         encoder: TempScaleEncoder,
         store: VectorStore,
         *,
-        chunker: WindowChunker | None = None,
+        chunker: WindowChunker | MultiSizeChunker | None = None,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         batch_chunks: int = DEFAULT_BATCH_CHUNKS,
         show_progress: bool = True,
@@ -98,7 +98,7 @@ class FolderIndexer:
             raise ValueError(f"batch_chunks must be >= 1, got {batch_chunks}")
         self.encoder = encoder
         self.store = store
-        self.chunker = chunker or WindowChunker(encoder)
+        self.chunker: WindowChunker | MultiSizeChunker = chunker or WindowChunker(encoder)
         self.max_file_bytes = max_file_bytes
         self.batch_chunks = batch_chunks
         self.show_progress = show_progress
@@ -172,6 +172,8 @@ class FolderIndexer:
                         position=chunk.position,
                         token_length=report.input_tokens[row],
                         bucket=report.input_buckets[row],
+                        # The chunk size each chunk was cut at: document ranking groups chunks by it.
+                        metadata={"chunk_tokens": chunk.size} if chunk.size else None,
                     )
                 )
                 row += 1

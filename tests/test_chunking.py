@@ -1,0 +1,120 @@
+"""`ChunkingConfig` and `MultiSizeChunker`: every document at every size, each size its own length bucket."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tempscale_rag import TempScaleEncoder
+from tempscale_rag.config import (
+    DEFAULT_CHUNK_SIZES,
+    DEFAULT_SIZE_TEMPERATURES,
+    ChunkingConfig,
+    TempScaleConfig,
+    default_overlap,
+)
+from tempscale_rag.ingest.chunking import MultiSizeChunker, WindowChunker
+from tempscale_rag.routing import LengthRouter
+from tempscale_rag.stores import make_chunk_id
+
+TEXT = " ".join(
+    f"Sentence number {i} talks about the {['budget', 'remote', 'design', 'lentils'][i % 4]} in some detail."
+    for i in range(120)
+)
+
+
+def test_parse_both_spellings() -> None:
+    plain = ChunkingConfig.parse("64,128,256")
+    assert plain.sizes == (64, 128, 256) and plain.temperatures is None
+    assert plain.taus == DEFAULT_SIZE_TEMPERATURES
+    tuned = ChunkingConfig.parse("64:1.0, 128:0.9, 512:0.7", doc_score="max")
+    assert tuned.sizes == (64, 128, 512) and tuned.taus == (1.0, 0.9, 0.7)
+    assert tuned.spec() == "64:1,128:0.9,512:0.7"
+    assert ChunkingConfig().sizes == DEFAULT_CHUNK_SIZES
+    assert [plain.overlap(s) for s in plain.sizes] == [default_overlap(s) for s in plain.sizes] == [8, 16, 32]
+    assert ChunkingConfig.parse("64,128", overlap_tokens=4).overlap(128) == 4
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("", "no chunk sizes"),
+        ("128,64", "increasing"),
+        ("64,64", "distinct"),
+        ("64:1.0,128", "for every chunk size or for none"),
+        ("64:0", "finite number > 0"),
+        ("64:nan", "finite number > 0"),
+        ("4", "at least 8"),
+        ("sixty", "cannot read chunk size"),
+    ],
+)
+def test_parse_rejects(spec: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ChunkingConfig.parse(spec)
+
+
+def test_validation_of_fields() -> None:
+    with pytest.raises(ValueError, match="one per size"):
+        ChunkingConfig(sizes=(64, 128), temperatures=(1.0,))
+    with pytest.raises(ValueError, match="unknown document score"):
+        ChunkingConfig(doc_score="median-of-nothing")
+    with pytest.raises(ValueError, match="smaller than the chunk size"):
+        ChunkingConfig(sizes=(16,), overlap_tokens=16)
+    with pytest.raises(ValueError):
+        ChunkingConfig(sizes=(64,), foo=1)  # type: ignore[call-arg]
+
+
+def test_buckets_are_contiguous_and_valid_for_tempscale_config() -> None:
+    chunking = ChunkingConfig.parse("64:1.0,128:0.9,256:0.8")
+    buckets = chunking.buckets(2)
+    assert [b.tau for b in buckets] == [1.0, 0.9, 0.8]
+    assert buckets[0].min_tokens == 0 and buckets[-1].max_tokens is None
+    config = TempScaleConfig(buckets=buckets)  # validates contiguity
+    router = LengthRouter(config)
+    for i, size in enumerate(chunking.sizes):
+        # A full chunk (content + specials, even a little over its nominal size) routes to its own size's bucket;
+        # one token more than the previous size's full chunk does too.
+        assert router.route(size + 2, query=False).tau == buckets[i].tau
+        assert router.route(size + 2 + math.ceil(size * 0.02), query=False).tau == buckets[i].tau
+    assert router.route(5, query=False).tau == 1.0
+    single = ChunkingConfig(sizes=(128,), temperatures=(0.7,)).buckets(2)
+    assert len(single) == 1 and single[0].tau == 0.7 and single[0].max_tokens is None
+
+
+def test_multi_size_chunker_routes_each_full_chunk_to_its_size(encoder: TempScaleEncoder) -> None:
+    chunking = ChunkingConfig.parse("64:1.0,128:0.9,256:0.8")
+    chunker = MultiSizeChunker(encoder, chunking)
+    chunks = chunker.split(TEXT)
+    assert {c.size for c in chunks} == {64, 128, 256}
+    assert [c.position for c in chunks] == list(range(len(chunks))), "positions unique across sizes"
+    assert len({make_chunk_id("doc", c.position, c.text) for c in chunks}) == len(chunks)
+    sizes_in_order = [c.size for c in chunks]
+    assert sizes_in_order == sorted(sizes_in_order), "smallest size first"
+    tuned = encoder.with_config(buckets=chunker.routing_buckets())
+    lengths = tuned.count_tokens([c.text for c in chunks])
+    tau_of_size = dict(zip(chunking.sizes, chunking.taus, strict=True))
+    router = LengthRouter(tuned.config)
+    by_size: dict[int, list[int]] = {}
+    for chunk, n in zip(chunks, lengths, strict=True):
+        by_size.setdefault(chunk.size, []).append(n)
+    for size, ns in by_size.items():
+        full = ns[:-1]  # every chunk but the document's last one is full
+        assert full, size
+        assert all(n <= size + 2 + math.ceil(size * 0.02) for n in ns), (size, max(ns))
+        assert all(router.route(n, query=False).tau == tau_of_size[size] for n in full if n > size * 0.6), size
+    # Each size's chunks cover the whole text.
+    for size in chunking.sizes:
+        joined = " ".join(c.text for c in chunks if c.size == size)
+        assert "Sentence number 119" in joined and "Sentence number 0 " in joined
+
+
+def test_sizes_must_fit_the_window(encoder: TempScaleEncoder) -> None:
+    with pytest.raises(ValueError, match="between 8 and 510 tokens"):
+        MultiSizeChunker(encoder, ChunkingConfig.parse("64,1024"))
+
+
+def test_window_chunker_still_one_size(encoder: TempScaleEncoder) -> None:
+    chunker = WindowChunker(encoder, 64, 8)
+    chunks = chunker.split(TEXT)
+    assert {c.size for c in chunks} == {64} and [c.position for c in chunks] == list(range(len(chunks)))
