@@ -101,7 +101,10 @@ def test_bad_files_are_reported_and_skipped(tmp_path: Path, capsys: pytest.Captu
     )
     summary = json.loads(out)
     assert code == 0 and summary["files_indexed"] == 4
-    reasons = {Path(f["path"]).name: f["reason"] for f in summary["files_failed"]}
+    reasons = {Path(f["path"]).name: f["reason"] for f in summary["files_failed"] + summary["skipped"]}
+    kinds = {Path(f["path"]).name: f["kind"] for f in summary["files_failed"] + summary["skipped"]}
+    assert kinds == {"binary.txt": "rejected", "latin1.txt": "rejected", "empty.md": "empty",
+                     "image.png": "unsupported", "broken.pdf": "rejected", "huge.txt": "rejected", "missing": "missing"}
     assert "binary" in reasons["binary.txt"]
     assert "UTF-8" in reasons["latin1.txt"]
     assert "empty" in reasons["empty.md"]
