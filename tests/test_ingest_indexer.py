@@ -22,7 +22,6 @@ import pytest
 from tempscale_rag import TempScaleEncoder
 from tempscale_rag.cli import main
 from tempscale_rag.ingest import indexer as indexer_module
-from tempscale_rag.ingest import readers
 from tempscale_rag.ingest.chunking import WindowChunker
 from tempscale_rag.ingest.indexer import STAGING_DIR, FolderIndexer
 from tempscale_rag.stores import FaissSettings, IndexManifest, open_store
@@ -106,6 +105,9 @@ def test_cli_file_changed_into_rejected_content_loses_its_old_chunks(
     (docs / "big.md").write_text("word " * 300_000, encoding="utf-8")  # above the 1 MB limit below
     flags = ["--prune"] if prune else []
     summary = index_json(capsys, str(docs), "--out", out_dir, "--max-file-mb", "1", *flags)
+    texts = " ".join(h["text"] for h in search_texts(capsys, out_dir, "bicycle chain lentil soup tomato sourdough"))
+    for stale in ("bicycle", "lentil", "tomato", "Sourdough"):
+        assert stale not in texts, stale
     removed = by_name(summary["files_removed"])
     assert set(removed) == {"chain.txt", "soup.md", "garden.txt", "big.md"}, summary
     assert "binary" in removed["chain.txt"]["reason"] and "no text" in removed["soup.md"]["reason"]
@@ -117,9 +119,6 @@ def test_cli_file_changed_into_rejected_content_loses_its_old_chunks(
     }, "rejected content is a failure, not 'unreadable'; an emptied file is a skip"
     assert by_name(summary["skipped"])["soup.md"]["kind"] == "empty"
     assert summary["files"] == 1 and summary["files_unchanged"] == 1
-    texts = " ".join(h["text"] for h in search_texts(capsys, out_dir, "bicycle chain lentil soup tomato sourdough"))
-    for stale in ("bicycle", "lentil", "tomato", "Sourdough"):
-        assert stale not in texts, stale
 
 
 # Defect 4 ------------------------------------------------------------------------------------------------------
@@ -137,11 +136,11 @@ def test_cli_prune_keeps_files_that_exist_but_could_not_be_read(
 
     # Tests run as root in CI, so permission bits would not stop the reads: simulate a folder that cannot be listed
     # and a file that cannot be read (EACCES, and an I/O error).
-    real_scandir, real_read = readers._scandir, Path.read_bytes
+    real_scandir, real_read = os.scandir, Path.read_bytes
 
-    def scandir(folder: Path) -> list[os.DirEntry[str]]:
-        if folder.name == "locked":
-            raise PermissionError(13, "Permission denied", str(folder))
+    def scandir(folder: Any = ".") -> Any:
+        if isinstance(folder, str | os.PathLike) and os.path.basename(os.fspath(folder)) == "locked":
+            raise PermissionError(13, "Permission denied", os.fspath(folder))
         return real_scandir(folder)
 
     def read_bytes(path: Path) -> bytes:
@@ -151,9 +150,10 @@ def test_cli_prune_keeps_files_that_exist_but_could_not_be_read(
             raise OSError(5, "Input/output error", str(path))
         return real_read(path)
 
-    monkeypatch.setattr(readers, "_scandir", scandir)
+    monkeypatch.setattr(os, "scandir", scandir)
     monkeypatch.setattr(Path, "read_bytes", read_bytes)
     summary = index_json(capsys, str(docs), "--out", out_dir, "--prune")
+    assert summary["files"] == 3, "only the deleted file is pruned; the unreadable ones are kept"
     failed = {n: (f["kind"], f["reason"]) for n, f in by_name(summary["files_failed"]).items()}
     assert failed["locked"][0] == "unreadable" and "permission denied" in failed["locked"][1]
     assert failed["chain.txt"] == ("unreadable", "cannot read: permission denied")
@@ -271,10 +271,9 @@ def test_progress_counts_chunks_inside_a_big_file(
     _Bar.bars = []
     chunker = WindowChunker(encoder, chunk_tokens=32, overlap_tokens=0)
     with open_index(tmp_path / "index", encoder) as store:
-        summary = FolderIndexer(encoder, store, chunker=chunker, batch_chunks=8, index_dir=tmp_path / "index").run(
-            [docs]
-        )
-    embedding = next(b for b in _Bar.bars if b.desc == "Embedding")
+        summary = FolderIndexer(encoder, store, chunker=chunker, batch_chunks=8).run([docs])
+    assert [(b.desc, b.unit) for b in _Bar.bars] == [("Reading", "file"), ("Embedding", "chunk")]
+    embedding = _Bar.bars[1]
     assert embedding.unit == "chunk" and embedding.total == summary.chunks_added > 20
     assert sum(embedding.updates) == embedding.total and max(embedding.updates) <= 8
     assert len(embedding.updates) >= 3, "the bar moves while the big file embeds, batch by batch"
