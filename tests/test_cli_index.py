@@ -100,7 +100,10 @@ def test_bad_files_are_reported_and_skipped(tmp_path: Path, capsys: pytest.Captu
     )
     summary = json.loads(out)
     assert code == 3 and summary["files_indexed"] == 4, "files that failed make the run partial (exit 3)"
-    reasons = {Path(f["path"]).name: f["reason"] for f in summary["files_failed"]}
+    reasons = {Path(f["path"]).name: f["reason"] for f in summary["files_failed"] + summary["skipped"]}
+    kinds = {Path(f["path"]).name: f["kind"] for f in summary["files_failed"] + summary["skipped"]}
+    assert kinds == {"binary.txt": "rejected", "latin1.txt": "rejected", "empty.md": "empty",
+                     "image.png": "unsupported", "broken.pdf": "rejected", "huge.txt": "rejected"}
     assert "binary" in reasons["binary.txt"]
     assert "UTF-8" in reasons["latin1.txt"]
     assert "empty" in reasons["empty.md"]

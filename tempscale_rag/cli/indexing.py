@@ -62,6 +62,7 @@ def register(subparsers: Any) -> None:
     add_argument(index, "paths", nargs="+", metavar="PATH", help="Files or folders (walked recursively).")
     _add_store_flags(index)
     add_argument(index, "--prune", action="store_true", help="Remove indexed files that no longer exist.")
+    add_argument(index, "--include-hidden", action="store_true", help="Also index hidden files and folders (.name).")
     add_argument(
         index,
         "--chunk-tokens",
@@ -404,12 +405,14 @@ def run_index(args: argparse.Namespace) -> int:
             max_file_bytes=int(args.max_file_mb * 1e6),
             batch_chunks=args.commit_every,
             show_progress=show,
+            include_hidden=args.include_hidden,
+            index_dir=folder,
         )
         summary = indexer.run(args.paths, prune=args.prune)
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
     else:
-        _print_summary(summary, folder)
+        _print_summary(summary, folder, details=args.verbose > 0)
     return EXIT_PARTIAL if summary.files_failed else EXIT_OK
 
 
@@ -424,21 +427,9 @@ def _check_chunk_sizes_fit(config: TempScaleConfig, chunking: ChunkingConfig | N
         )
 
 
-def _print_summary(summary: Any, folder: Path) -> None:
-    print(
-        f"indexed {summary.files_indexed} files ({summary.chunks_added} chunks, {summary.tokens} tokens), "
-        f"skipped {summary.files_skipped} unchanged, failed {len(summary.files_failed)}, "
-        f"pruned {summary.files_pruned} in {summary.seconds:.1f}s"
-    )
-    print(f"index {folder}: {summary.files} files, {summary.chunks} chunks")
-    for label, bucket in summary.embedding.buckets.items():
-        taus = ",".join(f"{t:g}" for t in bucket.taus)
-        line = f"  bucket {label:>9} tau {taus:<8} {bucket.inputs:6d} chunks"
-        if bucket.truncated_inputs:
-            line += f", {bucket.truncated_inputs} truncated ({bucket.dropped_tokens} tokens dropped)"
+def _print_summary(summary: Any, folder: Path, details: bool = False) -> None:
+    for line in summary.lines(folder, details=details):
         print(line)
-    for failure in summary.files_failed:
-        print(f"  failed: {failure['path']}: {failure['reason']}")
     if summary.files_failed:
         print(f"exit code {EXIT_PARTIAL}: {len(summary.files_failed)} files could not be indexed (listed above)")
 

@@ -1,31 +1,60 @@
 """Incremental, crash-safe indexing of files into a vector store.
 
-Each file is one unit of work: its chunks replace the previous ones of the same source, together with the file's
-content fingerprint, and the store commits after each batch of files. A file whose fingerprint is already in the
-store was fully indexed before and is skipped, so after Ctrl-C or `kill -9` a re-run redoes exactly the files whose
-batch was not committed and ends with the same chunks a clean run would have.
+A run has two phases. *Reading* finds the files (`find_files`), reads each one, skips those whose content fingerprint
+is already stored, and splits the others into chunks, so the number of chunks to embed is known before embedding
+starts. *Embedding* embeds the chunks in batches of `batch_chunks`, across file boundaries and inside big files; the
+progress bar counts chunks (with the tokens embedded so far), so its ETA follows the real work.
+
+Each file is replaced atomically: its new chunks and its fingerprint are written in one store transaction
+(`replace_source`) once all of its chunks are embedded, so the file's old chunks stay searchable until then and a
+mix of old and new chunks is never stored. Finished files are committed after every batch. Batches that end inside a
+file are saved to a staging folder in the index (`.partial/`, numpy arrays and JSON, no pickle), so a kill loses at
+most one batch of work: the next run resumes the file from its saved batches when its content and the embedding
+settings are unchanged, and redoes it otherwise.
+
+What happens to each file, and where the summary reports it:
+
+- unchanged (fingerprint already stored): kept, counted in `files_unchanged`;
+- new or changed, readable and accepted: (re)indexed, `files_indexed`;
+- its content is rejected (binary, undecodable, broken PDF, over the size limit) or has no text: not indexed, and
+  chunks it had from an earlier run are removed (`files_removed`), because the index reflects each file's current
+  content. Rejected files are failures (`files_failed`), files with no text are skips (`skipped`);
+- it could not be read this time (permission denied, I/O error, a folder that cannot be listed): a failure of kind
+  `unreadable`; chunks it already has are kept (`kept_unreadable`) and never pruned;
+- `prune=True`: indexed files that no longer exist, and files under the given folders that the rules now skip, are
+  removed (`pruned`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import logging
+import os
+import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from tqdm.auto import tqdm
 
 from tempscale_rag.encoder import EncodeReport, TempScaleEncoder
 from tempscale_rag.ingest.chunking import Chunk, MultiSizeChunker, WindowChunker
 from tempscale_rag.ingest.readers import (
     DEFAULT_MAX_FILE_BYTES,
+    Discovery,
     DocumentError,
-    extract_text,
+    extract,
     find_files,
     fingerprint,
+    path_of,
     read_bytes,
+    source_name,
 )
 from tempscale_rag.stores import ChunkRecord, VectorStore
 
@@ -34,15 +63,60 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH_CHUNKS = 256
 """Chunks embedded per engine call and committed together (bounded memory, bounded work lost on a crash)."""
 
+STAGING_DIR = ".partial"
+"""Folder inside the index that holds the embedded batches of files not finished yet."""
+
+# Chunk texts kept in memory between reading and embedding; files read after this much text are re-read when their
+# turn comes, so a huge folder does not need its whole text in memory.
+_PLAN_TEXT_BUDGET = 256 * 1024 * 1024
+
+# Config fields that change how fast vectors are made, not the vectors (resuming across them is safe).
+_RUNTIME_FIELDS = frozenset({"device", "max_batch_tokens", "tokenize_workers"})
+
 
 @dataclass
 class IndexSummary:
-    """What an indexing run did (the CLI prints it, `--json` emits `to_dict()`)."""
+    r"""What an indexing run did (the CLI prints `lines()`, `--json` emits `to_dict()`).
+
+    Every path is a printable `source_name` (a name that is not UTF-8 shows its bytes as `\xNN`).
+
+    Attributes:
+        files_indexed: Files (re)embedded and stored by this run.
+        files_unchanged: Files whose content fingerprint was already stored: kept as they are.
+        files_resumed: Of `files_indexed`, files finished from batches an interrupted run had saved.
+        files_failed: Files and folders that should have been indexed but were not, each
+            `{"path", "reason", "kind"}` with kind `rejected` (content cannot be indexed: binary, undecodable,
+            broken or encrypted PDF, over the size limit), `unreadable` (permission denied, I/O error, a folder that
+            cannot be listed; chunks already stored are kept) or `missing` (a given path does not exist).
+            A non-empty list means the run was partial.
+        skipped: Paths not indexed by rule, each `{"path", "reason", "kind"}` with kind `unsupported` (file type),
+            `hidden` (dot-names, `__pycache__`, `node_modules`; see `include_hidden`), `link` (dangling symbolic
+            link, link loop, folder already walked), `duplicate` (same file reached twice), `index` (the index's own
+            folder), `special` (device, socket, pipe) or `empty` (no text). Not failures.
+        files_removed: Previously indexed files whose chunks were removed because their current content is rejected
+            or has no text, each `{"path", "reason"}`.
+        kept_unreadable: Previously indexed files kept as they were because they (or their folder) could not be read.
+        files_pruned: Number of files removed by `prune=True` (listed in `pruned`).
+        pruned: The pruned files.
+        encodings: Text files that were not UTF-8, each `{"path", "encoding"}` with the detected encoding.
+        chunks_added: Chunks stored by this run.
+        chunks: Chunks in the index after the run.
+        files: Files in the index after the run.
+        tokens: Tokens embedded by this run.
+        seconds: Wall time of the run.
+        embedding: The engine's report (buckets, truncation), summed over the run.
+    """
 
     files_indexed: int = 0
-    files_skipped: int = 0
+    files_unchanged: int = 0
+    files_resumed: int = 0
     files_failed: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    files_removed: list[dict[str, str]] = field(default_factory=list)
+    kept_unreadable: list[str] = field(default_factory=list)
     files_pruned: int = 0
+    pruned: list[str] = field(default_factory=list)
+    encodings: list[dict[str, str]] = field(default_factory=list)
     chunks_added: int = 0
     chunks: int = 0
     files: int = 0
@@ -50,26 +124,97 @@ class IndexSummary:
     seconds: float = 0.0
     embedding: EncodeReport = field(default_factory=EncodeReport)
 
+    @property
+    def files_skipped(self) -> int:
+        """Same as `files_unchanged` (the name used before skips by rule were listed in `skipped`)."""
+        return self.files_unchanged
+
+    @property
+    def partial(self) -> bool:
+        """True when some file failed (`files_failed` is not empty)."""
+        return bool(self.files_failed)
+
+    def skipped_by_kind(self) -> dict[str, int]:
+        """How many paths were skipped for each kind of reason."""
+        counts: dict[str, int] = {}
+        for item in self.skipped:
+            counts[item["kind"]] = counts.get(item["kind"], 0) + 1
+        return counts
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON types."""
+        """Plain JSON types (every string is valid UTF-8)."""
         out = {k: v for k, v in self.__dict__.items() if k != "embedding"}
+        out["files_skipped"] = self.files_unchanged
+        out["skipped_by_kind"] = self.skipped_by_kind()
+        out["partial"] = self.partial
         out["truncation"] = {
             "truncated_chunks": self.embedding.truncated_inputs,
             "dropped_tokens": self.embedding.dropped_tokens,
             "buckets": {
-                label: {"chunks": b.inputs, "tokens": b.tokens, "taus": b.taus,
-                        "truncated_chunks": b.truncated_inputs, "dropped_tokens": b.dropped_tokens}
+                label: {
+                    "chunks": b.inputs,
+                    "tokens": b.tokens,
+                    "taus": b.taus,
+                    "truncated_chunks": b.truncated_inputs,
+                    "dropped_tokens": b.dropped_tokens,
+                }
                 for label, b in self.embedding.buckets.items()
             },
         }
         return out
 
+    def lines(self, index: str | os.PathLike[str], *, details: bool = False) -> list[str]:
+        """The summary as printable lines.
+
+        Totals, buckets, every failure, removal and prune; skips are counted by kind, and listed one per line when
+        `details` is True (`-v`).
+        """
+        skipped = self.skipped_by_kind()
+        skip_text = ", ".join(f"{n} {kind}" for kind, n in sorted(skipped.items()))
+        out = [
+            f"indexed {self.files_indexed} files ({self.chunks_added} chunks, {self.tokens} tokens), "
+            f"{self.files_unchanged} unchanged, {len(self.files_failed)} failed, {len(self.skipped)} skipped"
+            + (f" ({skip_text})" if skip_text else "")
+            + f", {len(self.files_removed)} removed, {self.files_pruned} pruned in {self.seconds:.1f}s",
+            f"index {source_name(index)}: {self.files} files, {self.chunks} chunks",
+        ]
+        for label, bucket in self.embedding.buckets.items():
+            taus = ",".join(f"{t:g}" for t in bucket.taus)
+            line = f"  bucket {label:>9} tau {taus:<8} {bucket.inputs:6d} chunks"
+            if bucket.truncated_inputs:
+                line += f", {bucket.truncated_inputs} truncated ({bucket.dropped_tokens} tokens dropped)"
+            out.append(line)
+        out += [f"  failed ({f['kind']}): {f['path']}: {f['reason']}" for f in self.files_failed]
+        out += [f"  removed: {f['path']}: {f['reason']}" for f in self.files_removed]
+        out += [f"  kept (unreadable): {p}" for p in self.kept_unreadable]
+        out += [f"  pruned: {p}" for p in self.pruned]
+        out += [f"  decoded as {e['encoding']}: {e['path']}" for e in self.encodings]
+        if details:
+            out += [f"  skipped ({s['kind']}): {s['path']}: {s['reason']}" for s in self.skipped]
+        elif self.skipped:
+            out.append("  (-v lists the skipped paths, --json too)")
+        return out
+
 
 @dataclass
-class _PendingFile:
+class _Job:
+    """One file to (re)embed: its chunks, and the vectors embedded so far."""
+
+    path: Path
     source: str
     fingerprint: str
-    chunks: list[Chunk]
+    n_chunks: int
+    chunks: list[Chunk] | None  # None: over the in-memory budget, re-read when its turn comes
+    vectors: list[npt.NDArray[np.float32]] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    buckets: list[str] = field(default_factory=list)
+    saved_parts: int = 0
+    saved_chunks: int = 0
+    resumed: bool = False
+
+    @property
+    def done(self) -> int:
+        return len(self.tokens)
 
 
 class FolderIndexer:
@@ -79,9 +224,13 @@ class FolderIndexer:
         encoder: The engine that embeds the chunks (document mode).
         store: An open, writable store whose manifest matches the encoder.
         chunker: Splits documents to the window; None builds the default `WindowChunker`.
-        max_file_bytes: Larger files are skipped and reported.
-        batch_chunks: Chunks per engine call and per commit.
-        show_progress: A progress bar on stderr.
+        max_file_bytes: Larger files are rejected and reported.
+        batch_chunks: Chunks per engine call and per commit (the most work a kill can lose).
+        show_progress: Progress bars on stderr.
+        include_hidden: Also index hidden files and folders (and `__pycache__`, `node_modules`).
+        index_dir: The index's own folder: never walked, and home of the staging folder that lets an interrupted
+            file resume. None: no staging (an interrupted file is redone from the start).
+        exclude: More folders never to walk.
     """
 
     def __init__(
@@ -93,6 +242,9 @@ class FolderIndexer:
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         batch_chunks: int = DEFAULT_BATCH_CHUNKS,
         show_progress: bool = True,
+        include_hidden: bool = False,
+        index_dir: str | os.PathLike[str] | None = None,
+        exclude: Sequence[str | os.PathLike[str]] = (),
     ) -> None:
         if batch_chunks < 1:
             raise ValueError(f"batch_chunks must be >= 1, got {batch_chunks}")
@@ -102,98 +254,351 @@ class FolderIndexer:
         self.max_file_bytes = max_file_bytes
         self.batch_chunks = batch_chunks
         self.show_progress = show_progress
+        self.include_hidden = include_hidden
+        self.index_dir = Path(index_dir) if index_dir is not None else None
+        self.exclude = [Path(p) for p in exclude] + ([self.index_dir] if self.index_dir is not None else [])
+        self._staging = _Staging(self.index_dir / STAGING_DIR, self._settings_key()) if self.index_dir else None
+        self._known: dict[str, str] = {}
 
     def run(self, paths: Sequence[str | Path], *, prune: bool = False) -> IndexSummary:
         """Index `paths` (files or folders, recursively); skip unchanged files; optionally prune removed ones.
 
         Returns:
-            The summary. Problem files are listed in `files_failed` and do not stop the run.
+            The summary. Problem files are listed and do not stop the run.
         """
         start = time.perf_counter()
         summary = IndexSummary()
-        files, problems = find_files(paths)
-        for problem in problems:
-            summary.files_failed.append({"path": str(problem.path), "reason": problem.reason})
+        discovery = find_files(paths, include_hidden=self.include_hidden, exclude=self.exclude)
+        summary.skipped += [s.to_dict() for s in discovery.skipped]
+        summary.files_failed += [f.to_dict() for f in discovery.failed]
+        for problem in discovery.failed:
+            logger.warning("%s", problem)
         known = self.store.sources()
-        pending: list[_PendingFile] = []
-        pending_chunks = 0
-        bar = tqdm(total=len(files), desc="Indexing", unit="file", disable=not self.show_progress, leave=False)
-        try:
-            for path in files:
-                source = str(path)
-                try:
-                    data = read_bytes(path, self.max_file_bytes)
-                    digest = fingerprint(data)
-                    if known.get(source) == digest:
-                        summary.files_skipped += 1
-                        continue
-                    chunks = self.chunker.split(extract_text(path, data))
-                except DocumentError as exc:
-                    summary.files_failed.append({"path": source, "reason": exc.reason})
-                    logger.warning("skipped %s", exc)
-                    continue
-                finally:
-                    bar.update(1)
-                pending.append(_PendingFile(source, digest, chunks))
-                pending_chunks += len(chunks)
-                if pending_chunks >= self.batch_chunks:
-                    self._flush(pending, summary)
-                    pending, pending_chunks = [], 0
-                    bar.set_postfix(chunks=summary.chunks_added)
-            self._flush(pending, summary)
-            if prune:
-                summary.files_pruned = self._prune(known, files, paths)
-                if summary.files_pruned:
-                    self.store.commit()
-        finally:
-            bar.close()
+        self._known = known
+        kept: set[str] = set()
+        jobs = self._read_all(discovery.files, known, summary, kept)
+        self._embed_all(jobs, summary, kept)
+        if prune:
+            self._prune(known, discovery, kept, paths, summary)
+        if summary.files_removed or summary.pruned:
+            self.store.commit()
+        if self._staging is not None:
+            self._staging.discard({source_name(p) for p in discovery.files})
+        summary.kept_unreadable = sorted(s for s in kept if s in known)
         summary.chunks = self.store.count()
         summary.files = len(self.store.sources())
         summary.seconds = time.perf_counter() - start
         return summary
 
-    def _flush(self, pending: list[_PendingFile], summary: IndexSummary) -> None:
-        if not pending:
+    # Reading ---------------------------------------------------------------------------------------------------
+
+    def _read_all(self, files: list[Path], known: dict[str, str], summary: IndexSummary, kept: set[str]) -> list[_Job]:
+        jobs: list[_Job] = []
+        budget = _PLAN_TEXT_BUDGET
+        bar = tqdm(total=len(files), desc="Reading", unit="file", disable=not self.show_progress, leave=False)
+        try:
+            for path in files:
+                job = self._read(path, known, summary, kept, keep_text=budget > 0)
+                bar.update(1)
+                if job is None:
+                    continue
+                if job.chunks is not None:
+                    budget -= sum(len(c.text) for c in job.chunks)
+                jobs.append(job)
+        finally:
+            bar.close()
+        return jobs
+
+    def _read(
+        self, path: Path, known: dict[str, str], summary: IndexSummary, kept: set[str], *, keep_text: bool
+    ) -> _Job | None:
+        """Read and split one file; None when there is nothing to embed (unchanged, or a problem handled here)."""
+        source = source_name(path)
+        try:
+            data = read_bytes(path, self.max_file_bytes)
+            digest = fingerprint(data)
+            if known.get(source) == digest:
+                summary.files_unchanged += 1
+                return None
+            extracted = extract(path, data)
+            chunks = self.chunker.split(extracted.text)
+        except DocumentError as exc:
+            self._problem(exc, source, known, summary, kept)
+            return None
+        if extracted.detected and extracted.encoding is not None:
+            summary.encodings.append({"path": source, "encoding": extracted.encoding})
+            logger.info("%s: decoded as %s", source, extracted.encoding)
+        return _Job(path, source, digest, len(chunks), chunks if keep_text else None)
+
+    def _problem(
+        self, exc: DocumentError, source: str, known: dict[str, str], summary: IndexSummary, kept: set[str]
+    ) -> None:
+        entry = {"path": source, "reason": exc.reason, "kind": exc.kind}
+        if exc.kind == "unreadable":
+            # Could not be read this time: what the index holds for it is the best we know, so keep it.
+            kept.add(source)
+        elif source in known and exc.kind != "missing":
+            # The file's current content cannot be indexed: its old chunks no longer describe it.
+            self.store.delete_source(source)
+            known.pop(source)
+            summary.files_removed.append({"path": source, "reason": exc.reason})
+        if exc.is_failure:
+            summary.files_failed.append(entry)
+            logger.warning("not indexed: %s", exc)
+        else:
+            summary.skipped.append(entry)
+
+    # Embedding -------------------------------------------------------------------------------------------------
+
+    def _embed_all(self, jobs: list[_Job], summary: IndexSummary, kept: set[str]) -> None:
+        staging = self._staging
+        total = sum(job.n_chunks for job in jobs)
+        bar = tqdm(total=total, desc="Embedding", unit="chunk", disable=not self.show_progress, leave=False)
+        try:
+            batch: list[tuple[_Job, Chunk]] = []
+            for job in jobs:
+                chunks = job.chunks if job.chunks is not None else self._reread(job, summary, kept, bar)
+                if chunks is None:
+                    continue
+                if staging is not None:
+                    resumed = staging.resume(job, chunks)
+                    if resumed:
+                        bar.update(resumed)
+                job.chunks = chunks
+                if job.done == len(chunks):  # everything was staged already
+                    self._finish(job, chunks, summary)
+                    self.store.commit()
+                    continue
+                for chunk in chunks[job.done :]:
+                    batch.append((job, chunk))
+                    if len(batch) >= self.batch_chunks:
+                        self._embed_batch(batch, summary, bar)
+                        batch = []
+            self._embed_batch(batch, summary, bar)
+        finally:
+            bar.close()
+
+    def _reread(self, job: _Job, summary: IndexSummary, kept: set[str], bar: Any) -> list[Chunk] | None:
+        # Files beyond the in-memory budget are read again now; if they changed meanwhile, index what is there now.
+        fresh = self._read(job.path, self._known, summary, kept, keep_text=True)
+        if fresh is None or fresh.chunks is None:
+            bar.total -= job.n_chunks
+            return None
+        bar.total += fresh.n_chunks - job.n_chunks
+        job.fingerprint, job.n_chunks = fresh.fingerprint, fresh.n_chunks
+        return fresh.chunks
+
+    def _embed_batch(self, batch: list[tuple[_Job, Chunk]], summary: IndexSummary, bar: Any) -> None:
+        if not batch:
             return
-        texts = [c.text for f in pending for c in f.chunks]
-        vectors = self.encoder.encode(texts, show_progress=False)
+        vectors = self.encoder.encode([chunk.text for _, chunk in batch], show_progress=False)
         report = self.encoder.last_report
         summary.embedding.merge(report)
         summary.tokens += report.tokens
-        row = 0
-        for file in pending:
-            records = []
-            for chunk in file.chunks:
-                records.append(
-                    ChunkRecord.create(
-                        text=chunk.text,
-                        vector=vectors[row],
-                        source=file.source,
-                        position=chunk.position,
-                        token_length=report.input_tokens[row],
-                        bucket=report.input_buckets[row],
-                        # The chunk size each chunk was cut at: document ranking groups chunks by it.
-                        metadata={"chunk_tokens": chunk.size} if chunk.size else None,
-                    )
-                )
-                row += 1
-            self.store.replace_source(file.source, file.fingerprint, records)
-            summary.files_indexed += 1
-            summary.chunks_added += len(records)
-        # Commit per batch: a crash loses at most this batch, and the files in it are re-done on the next run.
+        touched: dict[int, _Job] = {}
+        for row, (job, _) in enumerate(batch):
+            job.vectors.append(np.asarray(vectors[row], dtype=np.float32))
+            job.tokens.append(int(report.input_tokens[row]))
+            job.buckets.append(str(report.input_buckets[row]))
+            touched[id(job)] = job
+        for job in touched.values():
+            chunks = job.chunks
+            if chunks is not None and job.done == len(chunks):
+                self._finish(job, chunks, summary)
+            elif self._staging is not None:
+                # The batch ended inside this file: save its part so a kill does not lose it.
+                self._staging.save(job)
+        # Commit per batch: a crash loses at most this batch; finished files are durable, unfinished ones staged.
         self.store.commit()
+        bar.update(len(batch))
+        bar.set_postfix(tokens=summary.tokens, files=summary.files_indexed)
 
-    def _prune(self, known: dict[str, str], found: Iterable[Path], roots: Sequence[str | Path]) -> int:
-        present = {str(p) for p in found}
+    def _finish(self, job: _Job, chunks: list[Chunk], summary: IndexSummary) -> None:
+        records = [
+            ChunkRecord.create(
+                text=chunk.text,
+                vector=job.vectors[i],
+                source=job.source,
+                position=chunk.position,
+                token_length=job.tokens[i],
+                bucket=job.buckets[i],
+                # The chunk size each chunk was cut at: document ranking groups chunks by it.
+                metadata={"chunk_tokens": chunk.size} if chunk.size else None,
+            )
+            for i, chunk in enumerate(chunks)
+        ]
+        # One transaction: the old chunks stay searchable until the new ones and the fingerprint are all in.
+        self.store.replace_source(job.source, job.fingerprint, records)
+        summary.files_indexed += 1
+        summary.files_resumed += int(job.resumed)
+        summary.chunks_added += len(records)
+        if self._staging is not None:
+            self._staging.drop(job.source)
+        job.vectors, job.chunks = [], None
+
+    # Pruning ---------------------------------------------------------------------------------------------------
+
+    def _prune(
+        self,
+        known: dict[str, str],
+        discovery: Discovery,
+        kept: set[str],
+        roots: Sequence[str | Path],
+        summary: IndexSummary,
+    ) -> None:
+        present = {source_name(p) for p in discovery.files}
         resolved_roots = [Path(r).expanduser().resolve() for r in roots]
-        pruned = 0
-        for source in known:
-            path = Path(source)
+        unlisted = discovery.unlisted_dirs
+        for source in list(known):
+            if source in present or source in kept:
+                continue
+            path = path_of(source)
+            if any(d == path or d in path.parents for d in unlisted):
+                kept.add(source)  # its folder could not be listed: unknown, not gone
+                continue
+            try:
+                os.stat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                exists = False
+            except OSError:
+                kept.add(source)  # cannot tell whether it exists: keep it
+                continue
+            else:
+                exists = True
             under_root = any(path == r or r in path.parents for r in resolved_roots)
-            if source not in present and (under_root or not path.exists()):
+            # Gone, or still there under a folder indexed now but skipped by the rules (hidden, unsupported, ...).
+            if not exists or under_root:
                 self.store.delete_source(source)
-                pruned += 1
-        return pruned
+                summary.pruned.append(source)
+        summary.files_pruned = len(summary.pruned)
+
+    def _settings_key(self) -> str:
+        config = {k: v for k, v in self.encoder.config.model_dump(mode="json").items() if k not in _RUNTIME_FIELDS}
+        payload = json.dumps(
+            {
+                "model": self.encoder.model_name,
+                "config": config,
+                "chunker": (
+                    self.chunker.chunking.model_dump(mode="json")
+                    if isinstance(self.chunker, MultiSizeChunker)
+                    else [self.chunker.chunk_tokens, self.chunker.overlap_tokens]
+                ),
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class _Staging:
+    """Embedded batches of unfinished files, saved after every batch so an interrupted file resumes.
+
+    One folder per source (named by a hash of it), with `meta.json` (source, fingerprint, settings key) and one
+    `NNNNNN.npy` (vectors) plus `NNNNNN.json` (texts, token counts, buckets) per saved batch. Each file is written to a
+    temporary name and renamed, the JSON last, so a part counts only once it is complete.
+    """
+
+    def __init__(self, folder: Path, key: str) -> None:
+        self.folder = folder
+        self.key = key
+
+    def _dir(self, source: str) -> Path:
+        return self.folder / hashlib.sha256(source.encode("utf-8")).hexdigest()[:32]
+
+    def save(self, job: _Job) -> None:
+        """Save the vectors embedded for `job` since the last save."""
+        chunks = job.chunks or []
+        folder = self._dir(job.source)
+        start = job.saved_chunks
+        if job.saved_parts == 0:
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True, exist_ok=True)
+            _write_atomic(
+                folder / "meta.json",
+                json.dumps({"source": job.source, "fingerprint": job.fingerprint, "key": self.key}).encode(),
+            )
+        end = job.done
+        if end <= start:
+            return
+        name = f"{job.saved_parts:06d}"
+        vectors = np.stack(job.vectors[start:end]).astype(np.float32)
+        with _temp_path(folder / f"{name}.npy") as temp, temp.open("wb") as handle:
+            np.save(handle, vectors, allow_pickle=False)
+        meta = {
+            "texts": [c.text for c in chunks[start:end]],
+            "tokens": job.tokens[start:end],
+            "buckets": job.buckets[start:end],
+        }
+        _write_atomic(folder / f"{name}.json", json.dumps(meta).encode("utf-8"))
+        job.saved_parts += 1
+        job.saved_chunks = end
+
+    def resume(self, job: _Job, chunks: list[Chunk]) -> int:
+        """Load the saved batches of `job` if they match its content and settings; the number of chunks loaded."""
+        folder = self._dir(job.source)
+        if not folder.exists():
+            return 0
+        try:
+            meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+            if meta != {"source": job.source, "fingerprint": job.fingerprint, "key": self.key}:
+                raise ValueError("stale")
+            loaded = 0
+            parts = 0
+            while (folder / f"{parts:06d}.json").exists():
+                part = json.loads((folder / f"{parts:06d}.json").read_text(encoding="utf-8"))
+                vectors = np.load(folder / f"{parts:06d}.npy", allow_pickle=False)
+                texts = part["texts"]
+                if [c.text for c in chunks[loaded : loaded + len(texts)]] != texts or len(vectors) != len(texts):
+                    raise ValueError("chunks differ")
+                job.vectors.extend(np.asarray(v, dtype=np.float32) for v in vectors)
+                job.tokens.extend(int(t) for t in part["tokens"])
+                job.buckets.extend(str(b) for b in part["buckets"])
+                loaded += len(texts)
+                parts += 1
+        except (OSError, ValueError, KeyError, TypeError):
+            # Stale (the file or the settings changed) or damaged: redo the file from the start.
+            job.vectors, job.tokens, job.buckets = [], [], []
+            self.drop(job.source)
+            return 0
+        job.saved_parts = parts
+        job.saved_chunks = loaded
+        job.resumed = loaded > 0
+        if loaded:
+            logger.info("%s: resuming after %d chunks embedded by an interrupted run", job.source, loaded)
+        return loaded
+
+    def drop(self, source: str) -> None:
+        """Forget the saved batches of `source`."""
+        shutil.rmtree(self._dir(source), ignore_errors=True)
+
+    def discard(self, sources: set[str]) -> None:
+        """Forget saved batches of `sources` (they are finished or obsolete) and of files that no longer exist."""
+        if not self.folder.exists():
+            return
+        for folder in self.folder.iterdir():
+            try:
+                source = json.loads((folder / "meta.json").read_text(encoding="utf-8"))["source"]
+            except (OSError, ValueError, KeyError, TypeError):
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
+            if source in sources or not path_of(source).exists():
+                shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()  # only when empty
+
+
+@contextlib.contextmanager
+def _temp_path(target: Path) -> Iterator[Path]:
+    temp = target.with_name(target.name + ".tmp")
+    try:
+        yield temp
+        os.replace(temp, target)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
+    with _temp_path(target) as temp:
+        temp.write_bytes(data)
 
 
 def progress_printer(enabled: bool) -> Callable[[int, int], None] | None:

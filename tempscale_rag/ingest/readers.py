@@ -1,7 +1,25 @@
-"""Reading documents from disk: text, Markdown, reStructuredText, HTML (BeautifulSoup) and PDF (pypdf).
+r"""Finding and reading documents: text, Markdown, reStructuredText, HTML (trafilatura) and PDF (pypdf).
 
-Every failure is a `DocumentError` whose message says what is wrong with the file, so the indexer can report it per
-file, skip it and carry on with the rest.
+The rules, in one place (the README's "What gets indexed" section says the same):
+
+- Supported types: `.txt .text .md .markdown .rst` (text), `.html .htm` (HTML), `.pdf`. Anything else met while
+  walking a folder is skipped with the reason "unsupported file type".
+- Hidden files and folders (a name starting with a dot, such as `.git`) and the folders `__pycache__` and
+  `node_modules` are skipped unless `include_hidden=True` (`--include-hidden`); a path named explicitly is never
+  skipped as hidden.
+- Symbolic links are followed, to files and to folders. Each folder is walked once (identified by device and inode),
+  so a link back to a parent (a loop) or a second link to the same folder is skipped with a reason; a file reached
+  under two names is indexed once. A link whose target does not exist is skipped as a dangling link.
+- The index's own folder is never walked (`exclude`), so `tempscale-rag index .` does not read its own database.
+- Text files are decoded as UTF-8 (a UTF-8/16/32 byte-order mark is honoured). Other encodings (Latin-1, cp1252, ...)
+  are detected with charset-normalizer when it is confident; the encoding used is reported. Otherwise the file is
+  rejected with a reason.
+- File names that are not valid UTF-8 are indexed under a printable name in which each undecodable byte is written as
+  `\xNN` (see `source_name`), so the name survives SQLite, JSON and any terminal.
+
+Every problem is a `DocumentError` with a `kind` that says what happened: a *skip* (by rule, not a problem: unsupported
+type, hidden, link, duplicate, the index folder, no text) or a *failure* (the file should have been indexed but
+could not: rejected content, unreadable, missing path).
 """
 
 from __future__ import annotations
@@ -9,66 +27,270 @@ from __future__ import annotations
 import codecs
 import hashlib
 import os
-from collections.abc import Iterable, Iterator
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 TEXT_SUFFIXES = frozenset({".txt", ".text", ".md", ".markdown", ".rst"})
 HTML_SUFFIXES = frozenset({".html", ".htm"})
 PDF_SUFFIXES = frozenset({".pdf"})
 SUPPORTED_SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | PDF_SUFFIXES
-_IGNORED_DIRS = frozenset({"__pycache__", "node_modules"})
+IGNORED_DIRS = frozenset({"__pycache__", "node_modules"})
+"""Folders skipped like hidden ones (build output and dependencies, not documents)."""
 
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
 """Files larger than this are skipped (configurable): a 64 MB text file is ~16M tokens, hours on a laptop CPU."""
 
+SKIP_KINDS = frozenset({"unsupported", "hidden", "link", "duplicate", "index", "special", "empty"})
+"""`DocumentError.kind` values that are skips by rule: reported, but not failures."""
+
+FAILURE_KINDS = frozenset({"rejected", "unreadable", "missing"})
+"""`DocumentError.kind` values that are failures: `rejected` (the content cannot be indexed: binary, undecodable,
+broken PDF, too large), `unreadable` (permission denied, I/O error: the file or folder could not be read this time),
+`missing` (a path given to index does not exist)."""
+
+# charset-normalizer's "mess" ratio above which a decoding is not trusted, and the language coherence below which a
+# decoding is accepted only if every equally good candidate decodes the bytes to the same text.
+_MAX_CHAOS = 0.1
+_MIN_COHERENCE = 0.1
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
 
 class DocumentError(ValueError):
-    """A file that cannot be indexed, with the reason."""
+    """A file or folder that is not indexed, with the reason and its kind (see `SKIP_KINDS`, `FAILURE_KINDS`)."""
 
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
+    def __init__(self, path: Path, reason: str, kind: str = "rejected") -> None:
+        super().__init__(f"{source_name(path)}: {reason}")
         self.path = path
         self.reason = reason
+        self.kind = kind
+
+    @property
+    def is_failure(self) -> bool:
+        """True for failures (rejected, unreadable, missing), False for skips by rule."""
+        return self.kind in FAILURE_KINDS
+
+    def to_dict(self) -> dict[str, str]:
+        """`{"path", "reason", "kind"}` with a printable path."""
+        return {"path": source_name(self.path), "reason": self.reason, "kind": self.kind}
 
 
-def find_files(paths: Iterable[str | os.PathLike[str]]) -> tuple[list[Path], list[DocumentError]]:
-    """Walk files and folders recursively, in a stable order.
+@dataclass
+class Discovery:
+    """What `find_files` found.
 
-    Hidden files and folders (a leading dot, such as `.git`) are not entered. Files of unsupported types are returned
-    as errors so the summary can list them.
+    Attributes:
+        files: Supported files to read, in a stable order (sorted by name within each folder).
+        skipped: Paths skipped by rule (kinds in `SKIP_KINDS`).
+        failed: Paths that could not be looked at (`missing` input paths, `unreadable` folders).
+        unlisted_dirs: Folders whose listing failed; indexed files beneath them must not be pruned.
+    """
+
+    files: list[Path] = field(default_factory=list)
+    skipped: list[DocumentError] = field(default_factory=list)
+    failed: list[DocumentError] = field(default_factory=list)
+    unlisted_dirs: list[Path] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Extracted:
+    """A document's text and how it was obtained.
+
+    Attributes:
+        text: The plain text.
+        encoding: For text files, the encoding used (`utf-8`, or the detected one such as `cp1252`); None otherwise.
+        detected: True when the encoding was detected (not UTF-8 and no byte-order mark).
+    """
+
+    text: str
+    encoding: str | None = None
+    detected: bool = False
+
+
+def source_name(path: str | os.PathLike[str]) -> str:
+    r"""The printable, storable name of a path.
+
+    The path itself, or for a name that is not valid UTF-8, the path with each undecodable byte written as `\xNN`.
+
+    Python represents such bytes as lone surrogates (PEP 383), which SQLite, JSON and terminals refuse. `path_of`
+    turns the name back into the real path.
+    """
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    return text
+
+
+def path_of(source: str) -> Path:
+    """The file a `source_name` refers to (the inverse of `source_name` for names that exist on disk)."""
+    path = Path(source)
+    if "\\x" in source and not os.path.lexists(path):
+        try:
+            raw = source.encode("utf-8").decode("unicode_escape").encode("latin-1")
+        except (UnicodeDecodeError, UnicodeEncodeError):
+            return path
+        # Only the escapes were bytes; the rest was UTF-8 text that unicode_escape decoded as Latin-1.
+        candidate = Path(os.fsdecode(raw))
+        if os.path.lexists(candidate):
+            return candidate
+    return path
+
+
+def _scandir(folder: Path) -> list[os.DirEntry[str]]:
+    """The entries of a folder (a seam for tests, which simulate unreadable folders: root ignores permissions)."""
+    with os.scandir(folder) as entries:
+        return list(entries)
+
+
+def find_files(
+    paths: Iterable[str | os.PathLike[str]],
+    *,
+    include_hidden: bool = False,
+    exclude: Sequence[str | os.PathLike[str]] = (),
+) -> Discovery:
+    """Walk files and folders recursively, in a stable order, following the module's rules.
+
+    Args:
+        paths: Files and folders to index. A file named here is taken even if it is hidden.
+        include_hidden: Also enter hidden files and folders and `__pycache__`/`node_modules`.
+        exclude: Folders never to walk (the index's own folder).
 
     Returns:
-        The supported files (absolute, resolved, deduplicated) and the problems found (missing paths,
-        unsupported types).
+        The supported files (absolute: each root resolved once, the names beneath it as walked, so files in a
+        symlinked folder keep their path under the root) and every skip and failure with its reason.
     """
-    found: dict[Path, None] = {}
-    problems: list[DocumentError] = []
+    walker = _Walker(include_hidden=include_hidden, exclude=exclude)
     for raw in paths:
-        path = Path(raw).expanduser()
-        if not path.exists():
-            problems.append(DocumentError(path, "no such file or folder"))
-            continue
-        candidates: Iterator[Path] | list[Path]
-        if path.is_dir():
-            candidates = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p.relative_to(path)))
+        walker.root(Path(raw).expanduser())
+    return walker.discovery
+
+
+class _Walker:
+    def __init__(self, *, include_hidden: bool, exclude: Sequence[str | os.PathLike[str]]) -> None:
+        self.include_hidden = include_hidden
+        self.discovery = Discovery()
+        self.excluded: set[tuple[int, int]] = set()
+        for folder in exclude:
+            try:
+                self.excluded.add(_identity(os.stat(folder)))
+            except OSError:
+                continue
+        self.walked: dict[tuple[int, int], Path] = {}
+        self.files: dict[tuple[int, int], Path] = {}
+
+    def root(self, path: Path) -> None:
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            problem = "dangling symbolic link" if os.path.islink(path) else "no such file or folder"
+            self.discovery.failed.append(DocumentError(path, problem, "missing"))
+            return
+        except OSError as exc:
+            self.discovery.failed.append(DocumentError(path, _os_reason(exc), "unreadable"))
+            return
+        path = path.resolve()
+        if stat.S_ISDIR(info.st_mode):
+            self.folder(path, info)
         else:
-            candidates = [path]
-        for file in candidates:
-            if file.suffix.lower() in SUPPORTED_SUFFIXES:
-                found.setdefault(file.resolve(), None)
+            self.file(path, info, explicit=True)
+
+    def folder(self, path: Path, info: os.stat_result) -> None:
+        identity = _identity(info)
+        if identity in self.excluded:
+            self.skip(path, "the index's own folder (never indexed)", "index")
+            return
+        if identity in self.walked:
+            first = self.walked[identity]
+            if first != path:
+                what = "a symbolic link loop" if first in path.parents else "the same folder"
+                self.skip(path, f"{what}: already walked as {source_name(first)}", "link")
+            return
+        self.walked[identity] = path
+        try:
+            entries = sorted(_scandir(path), key=lambda e: e.name)
+        except OSError as exc:
+            self.discovery.failed.append(
+                DocumentError(path, f"cannot list folder: {_os_reason(exc)}; its indexed files are kept", "unreadable")
+            )
+            self.discovery.unlisted_dirs.append(path)
+            return
+        for entry in entries:
+            self.entry(path / entry.name, entry)
+
+    def entry(self, path: Path, entry: os.DirEntry[str]) -> None:
+        hidden = entry.name.startswith(".") or entry.name in IGNORED_DIRS
+        try:
+            info = entry.stat()  # follows symbolic links
+        except FileNotFoundError:
+            if hidden and not self.include_hidden:
+                self.skip(path, "hidden (use --include-hidden to index it)", "hidden")
             else:
-                problems.append(
-                    DocumentError(
-                        file.resolve(),
-                        f"unsupported file type {file.suffix or '(none)'!r}; supported: "
-                        + ", ".join(sorted(SUPPORTED_SUFFIXES)),
-                    )
-                )
-    return list(found), problems
+                self.skip(path, f"dangling symbolic link (target {_link_target(path)} does not exist)", "link")
+            return
+        except OSError as exc:
+            if entry.is_symlink():
+                self.skip(path, f"broken symbolic link: {_os_reason(exc)}", "link")
+            else:
+                self.discovery.failed.append(DocumentError(path, _os_reason(exc), "unreadable"))
+            return
+        if hidden and not self.include_hidden:
+            what = "folder" if stat.S_ISDIR(info.st_mode) else "file"
+            self.skip(path, f"hidden {what} (use --include-hidden to index it)", "hidden")
+            return
+        if stat.S_ISDIR(info.st_mode):
+            self.folder(path, info)
+        else:
+            self.file(path, info, explicit=False)
+
+    def file(self, path: Path, info: os.stat_result, *, explicit: bool) -> None:
+        if not stat.S_ISREG(info.st_mode):
+            self.skip(path, "not a regular file (device, socket or pipe)", "special")
+            return
+        if path.suffix.lower() not in SUPPORTED_SUFFIXES:
+            self.skip(
+                path,
+                f"unsupported file type {path.suffix or '(none)'!r}; supported: "
+                + ", ".join(sorted(SUPPORTED_SUFFIXES)),
+                "unsupported",
+            )
+            return
+        identity = _identity(info)
+        first = self.files.get(identity)
+        if first is not None:
+            if first != path:
+                self.skip(path, f"the same file as {source_name(first)} (indexed once)", "duplicate")
+            return
+        self.files[identity] = path
+        self.discovery.files.append(path)
+
+    def skip(self, path: Path, reason: str, kind: str) -> None:
+        self.discovery.skipped.append(DocumentError(path, reason, kind))
 
 
-def _hidden(relative: Path) -> bool:
-    return any(part.startswith(".") or part in _IGNORED_DIRS for part in relative.parts)
+def _identity(info: os.stat_result) -> tuple[int, int]:
+    return (info.st_dev, info.st_ino)
+
+
+def _link_target(path: Path) -> str:
+    try:
+        return source_name(os.readlink(path))
+    except OSError:
+        return "?"
+
+
+def _os_reason(exc: OSError) -> str:
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    return exc.strerror or str(exc)
 
 
 def fingerprint(data: bytes) -> str:
@@ -77,60 +299,167 @@ def fingerprint(data: bytes) -> str:
 
 
 def read_bytes(path: Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
-    """Read a file's bytes, refusing files above `max_bytes` before reading them."""
+    """Read a file's bytes, refusing files above `max_bytes` before reading them.
+
+    Raises:
+        DocumentError: kind `rejected` for a file over the limit, `unreadable` when it cannot be read (permission,
+            I/O error), `missing` when it disappeared since it was found.
+    """
     try:
         size = path.stat().st_size
         if size > max_bytes:
             raise DocumentError(
-                path, f"file is {size / 1e6:.1f} MB, above the {max_bytes / 1e6:.0f} MB limit (--max-file-mb)"
+                path, f"file is {size / 1e6:.1f} MB, above the {max_bytes / 1e6:g} MB limit (--max-file-mb)", "rejected"
             )
         return path.read_bytes()
-    except PermissionError:
-        raise DocumentError(path, "permission denied") from None
+    except FileNotFoundError:
+        raise DocumentError(path, "disappeared while indexing", "missing") from None
     except OSError as exc:
-        raise DocumentError(path, f"cannot read: {exc.strerror or exc}") from None
+        raise DocumentError(path, f"cannot read: {_os_reason(exc)}", "unreadable") from None
 
 
-def extract_text(path: Path, data: bytes) -> str:
+def extract(path: Path, data: bytes) -> Extracted:
     """Turn a file's bytes into plain text according to its type.
 
     Raises:
-        DocumentError: For binary or non-UTF-8 text files, unreadable HTML/PDF, or files with no text.
+        DocumentError: kind `rejected` for binary or undecodable text, unreadable HTML/PDF; kind `empty` for a file
+            with no text.
     """
     suffix = path.suffix.lower()
     if suffix in TEXT_SUFFIXES:
-        text = _decode_text(path, data)
+        result = _decode_text(path, data)
     elif suffix in HTML_SUFFIXES:
-        text = _html_text(path, data)
+        result = Extracted(_html_text(path, data))
     elif suffix in PDF_SUFFIXES:
-        text = _pdf_text(path, data)
+        result = Extracted(_pdf_text(path, data))
     else:
-        raise DocumentError(path, f"unsupported file type {suffix!r}")
-    if not text.strip():
-        raise DocumentError(path, "no text to index (the file is empty or whitespace only)")
-    return text
+        raise DocumentError(path, f"unsupported file type {suffix!r}", "unsupported")
+    if not result.text.strip():
+        raise DocumentError(path, "no text to index (the file is empty or whitespace only)", "empty")
+    return result
 
 
-def _decode_text(path: Path, data: bytes) -> str:
+def extract_text(path: Path, data: bytes) -> str:
+    """The plain text of a file (`extract(path, data).text`)."""
+    return extract(path, data).text
+
+
+def _decode_text(path: Path, data: bytes) -> Extracted:
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            try:
+                return Extracted(codecs.decode(data, encoding), encoding.removesuffix("-sig"))
+            except UnicodeDecodeError:
+                raise DocumentError(
+                    path, f"starts with a {encoding} byte-order mark but is not valid {encoding}"
+                ) from None
     if b"\x00" in data[:8192]:
         raise DocumentError(path, "looks binary (NUL bytes), not a text file")
     try:
-        return codecs.decode(data, "utf-8-sig")
+        return Extracted(codecs.decode(data, "utf-8"), "utf-8")
     except UnicodeDecodeError as exc:
-        raise DocumentError(
-            path, f"not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}); convert it to UTF-8"
-        ) from None
+        detected = detect_encoding(data)
+        if detected is None:
+            raise DocumentError(
+                path,
+                f"not valid UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}) and its encoding could not be "
+                "detected with confidence; convert it to UTF-8",
+            ) from None
+        return Extracted(detected[0], detected[1], detected=True)
+
+
+def detect_encoding(data: bytes) -> tuple[str, str] | None:
+    """Decode bytes that are not UTF-8 with the encoding charset-normalizer is confident about.
+
+    Equally good candidates are common for Western text (cp1250, cp1252 and cp1257 decode most letters alike);
+    cp1252, the usual Windows/Latin-1 encoding, is preferred among them. Without a recognised language the result
+    is accepted only if every equally good candidate gives the same text.
+
+    Returns:
+        `(text, encoding)`, or None when no decoding is trustworthy.
+    """
+    from charset_normalizer import from_bytes
+
+    matches = list(from_bytes(data))
+    if not matches:
+        return None
+    best = matches[0]
+    if best.chaos > _MAX_CHAOS:
+        return None
+    tied = [m for m in matches if abs(m.chaos - best.chaos) < 1e-9 and abs(m.coherence - best.coherence) < 1e-9]
+    if best.coherence < _MIN_COHERENCE:
+        sample = data[: 1 << 16]
+        texts = set()
+        for match in tied:
+            try:
+                texts.add(sample.decode(match.encoding))
+            except (UnicodeDecodeError, LookupError):
+                return None
+        if len(texts) != 1:
+            return None
+    candidates = {name for m in tied for name in m.could_be_from_charset}
+    for encoding in (("cp1252",) if "cp1252" in candidates else ()) + (best.encoding,):
+        try:
+            return data.decode(encoding), encoding
+        except (UnicodeDecodeError, LookupError):
+            continue
+    return None
 
 
 def _html_text(path: Path, data: bytes) -> str:
-    from bs4 import BeautifulSoup
+    """The main content of an HTML page (trafilatura), or all visible text (BeautifulSoup) when that finds none.
 
+    trafilatura drops navigation, tables of contents, headers and footers ("Show Source", "Next topic") and keeps
+    inline code inside its sentence.
+    """
     if b"\x00" in data[:8192]:
         raise DocumentError(path, "looks binary (NUL bytes), not an HTML file")
+    text = _trafilatura_text(data)
+    if text is None or not text.strip():
+        text = _soup_text(data)
+    return text
+
+
+def _trafilatura_text(data: bytes) -> str | None:
+    import logging
+
+    import trafilatura
+
+    # trafilatura logs an ERROR for pages it finds empty; the fallback handles those, so they are not errors here.
+    logging.getLogger("trafilatura").setLevel(logging.CRITICAL)
+    try:
+        result: str | None = trafilatura.extract(
+            data,
+            include_comments=False,
+            include_tables=True,
+            include_images=False,
+            favor_recall=True,
+            deduplicate=False,
+            with_metadata=False,
+        )
+    except (ValueError, TypeError, UnicodeError):
+        return None
+    return result
+
+
+# Elements that start a new line; everything else (code, a, em, span, kbd, ...) stays inside its sentence.
+_BLOCK_TAGS = frozenset(
+    {"address", "article", "aside", "blockquote", "br", "dd", "details", "div", "dl", "dt", "fieldset", "figcaption"}
+    | {"figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header", "hr", "li", "main", "nav", "ol", "p"}
+    | {"pre", "section", "summary", "table", "td", "th", "tr", "ul", "title"}
+)
+
+
+def _soup_text(data: bytes) -> str:
+    from bs4 import BeautifulSoup
+
     soup = BeautifulSoup(data, "html.parser")
     for tag in soup(["script", "style", "noscript", "template"]):
         tag.decompose()
-    lines = (line.strip() for line in soup.get_text("\n").splitlines())
+    for tag in soup.find_all(list(_BLOCK_TAGS)):
+        tag.insert_before("\n")
+        tag.insert_after("\n")
+    lines = (" ".join(line.split()) for line in soup.get_text().splitlines())
     return "\n".join(line for line in lines if line)
 
 

@@ -1,0 +1,221 @@
+"""Finding and reading files: the rules for what is indexed, skipped or failed, names, encodings and HTML text.
+
+No model here: these tests exercise `tempscale_rag.ingest.readers` on real files in a temporary folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tempscale_rag.ingest import readers
+from tempscale_rag.ingest.readers import DocumentError, extract, find_files, path_of, source_name
+
+FRENCH = (
+    "Le caf\u00e9 \u00ab cr\u00e8me \u00bb co\u00fbte deux euros \u2013 c\u2019est l\u2019\u00e9t\u00e9 \u00e0 "
+    "Montr\u00e9al, o\u00f9 il fait tr\u00e8s chaud et o\u00f9 les gar\u00e7ons boivent du th\u00e9 glac\u00e9. "
+) * 4
+
+SPHINX_PAGE = """<!DOCTYPE html>
+<html><head><title>json - JSON encoder and decoder</title><style>.x{}</style></head>
+<body>
+<div class="related" role="navigation"><h3>Navigation</h3><ul>
+  <li><a href="genindex.html">index</a></li><li><a href="py-modindex.html">modules</a> |</li>
+  <li><a href="next.html">next</a> |</li><li><a href="prev.html">previous</a> |</li></ul></div>
+<div class="sphinxsidebar" role="navigation"><h3>Table of Contents</h3><ul>
+  <li><a href="#">json - JSON encoder and decoder</a></li><li><a href="#basic-usage">Basic Usage</a></li>
+  <li><a href="#encoders-and-decoders">Encoders and Decoders</a></li></ul>
+  <h4>Previous topic</h4><p><a href="email.html">email - An email and MIME handling package</a></p>
+  <h3>This Page</h3><ul><li><a href="_sources/json.rst.txt">Show Source</a></li></ul></div>
+<div class="document"><div class="body" role="main">
+<h1>json - JSON encoder and decoder</h1>
+<p>JSON (JavaScript Object Notation) is a lightweight data interchange format inspired by JavaScript object literal
+syntax. The module exposes an API familiar to users of the standard library marshal and pickle modules.</p>
+<h2>Basic Usage</h2>
+<p>Serialize <code class="docutils literal"><span class="pre">obj</span></code> as a JSON formatted stream to
+<em>fp</em> by calling <code>json.dump()</code> with a file-like object that supports writing text, and use
+<code>json.dumps()</code> to get a string instead. Keys in JSON are always of the type str; when a dictionary is
+converted into JSON, all the keys of the dictionary are coerced to strings.</p>
+<p>Deserialize a string containing a JSON document to a Python object with <code>json.loads()</code>; an invalid
+document raises <code>JSONDecodeError</code>, a subclass of ValueError that reports the line and column.</p>
+</div></div>
+<div class="footer">&copy; Copyright 2001-2024, Python Software Foundation. <a href="bugs.html">Found a bug?</a></div>
+</body></html>
+"""
+
+
+def kinds(items: list[DocumentError]) -> dict[str, str]:
+    return {source_name(p.path).rsplit("/", 1)[-1]: p.kind for p in items}
+
+
+def test_non_utf8_file_name_is_found_and_its_name_survives_sqlite_json_and_terminal(tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    raw = os.fsencode(folder) + b"/caf\xe9-\xff.txt"
+    with open(raw, "wb") as handle:
+        handle.write(b"A file whose name is Latin-1, not UTF-8.")
+    (folder / "plain.txt").write_text("plain", encoding="utf-8")
+
+    found = find_files([folder]).files
+    assert len(found) == 2
+    weird = next(p for p in found if p.name != "plain.txt")
+    name = source_name(weird)
+    assert name.endswith("caf\\xe9-\\xff.txt"), name
+    name.encode("utf-8")  # strict: no surrogates left
+    db = sqlite3.connect(":memory:")
+    db.execute("CREATE TABLE t (source TEXT)")
+    db.execute("INSERT INTO t VALUES (?)", (name,))
+    assert db.execute("SELECT source FROM t").fetchone()[0] == name
+    assert json.loads(json.dumps(name, ensure_ascii=False)) == name
+    assert path_of(name) == weird and path_of(name).read_bytes().startswith(b"A file")
+    assert source_name(folder / "plain.txt") == str(folder / "plain.txt"), "UTF-8 names are unchanged"
+    assert "\\xff" in str(DocumentError(weird, "x"))
+
+
+def test_hidden_files_and_folders_are_skipped_and_listed_unless_included(tmp_path: Path) -> None:
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "notes.md").write_text("git internals")
+    (tmp_path / "node_modules").mkdir()
+    (tmp_path / "node_modules" / "readme.md").write_text("a dependency")
+    (tmp_path / ".draft.md").write_text("hidden draft")
+    (tmp_path / "visible.md").write_text("visible")
+    found = find_files([tmp_path])
+    assert [p.name for p in found.files] == ["visible.md"]
+    assert kinds(found.skipped) == {".git": "hidden", "node_modules": "hidden", ".draft.md": "hidden"}
+    assert all("--include-hidden" in s.reason for s in found.skipped)
+
+    everything = find_files([tmp_path], include_hidden=True)
+    assert sorted(p.name for p in everything.files) == [".draft.md", "notes.md", "readme.md", "visible.md"]
+    assert everything.skipped == []
+    assert [p.name for p in find_files([tmp_path / ".draft.md"]).files] == [".draft.md"], "named files are taken"
+
+
+def test_symlinks_followed_once_with_loops_dangling_links_and_duplicates_reported(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "real").mkdir(parents=True)
+    (root / "real" / "a.md").write_text("a")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "b.md").write_text("b")
+    (root / "linked").symlink_to(outside, target_is_directory=True)  # a folder elsewhere: followed
+    (root / "real" / "loop").symlink_to(root, target_is_directory=True)  # back to a parent: a loop
+    (root / "same").symlink_to(root / "real", target_is_directory=True)  # a second name for a walked folder
+    (root / "gone.md").symlink_to(tmp_path / "nowhere.md")  # dangling
+    (root / "twin.md").symlink_to(root / "real" / "a.md")  # the same file twice
+
+    found = find_files([root])
+    assert [p.relative_to(root).as_posix() for p in found.files] == ["linked/b.md", "real/a.md"]
+    reasons = {p.path.relative_to(root).as_posix(): (p.kind, p.reason) for p in found.skipped}
+    assert reasons["real/loop"][0] == "link" and "loop" in reasons["real/loop"][1]
+    assert reasons["same"][0] == "link" and "already walked" in reasons["same"][1]
+    assert reasons["gone.md"][0] == "link" and "dangling" in reasons["gone.md"][1]
+    assert reasons["twin.md"][0] == "duplicate"
+    assert found.failed == []
+
+
+def test_index_folder_and_unsupported_types_are_skips_missing_paths_failures(tmp_path: Path) -> None:
+    (tmp_path / "index").mkdir()
+    (tmp_path / "index" / "manifest.json").write_text("{}")
+    (tmp_path / "a.md").write_text("a")
+    (tmp_path / "logo.png").write_bytes(b"\x89PNG")
+    found = find_files([tmp_path, tmp_path / "typo"], exclude=[tmp_path / "index"])
+    assert [p.name for p in found.files] == ["a.md"]
+    assert kinds(found.skipped) == {"index": "index", "logo.png": "unsupported"}
+    assert kinds(found.failed) == {"typo": "missing"}
+    assert all(not s.is_failure for s in found.skipped) and all(f.is_failure for f in found.failed)
+
+
+def test_unreadable_folder_is_a_failure_and_marked_unlisted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests run as root in CI, where permission bits do not stop a read: simulate the folder's listing failing.
+    (tmp_path / "locked").mkdir()
+    (tmp_path / "locked" / "secret.md").write_text("s")
+    (tmp_path / "open.md").write_text("o")
+    real = readers._scandir
+
+    def scandir(folder: Path) -> list[os.DirEntry[str]]:
+        if folder.name == "locked":
+            raise PermissionError(13, "Permission denied", str(folder))
+        return real(folder)
+
+    monkeypatch.setattr(readers, "_scandir", scandir)
+    found = find_files([tmp_path])
+    assert [p.name for p in found.files] == ["open.md"]
+    assert kinds(found.failed) == {"locked": "unreadable"} and "permission denied" in found.failed[0].reason
+    assert found.unlisted_dirs == [tmp_path.resolve() / "locked"]
+
+
+def test_unreadable_file_is_unreadable_not_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "a.txt"
+    path.write_text("text")
+
+    def denied(self: Path) -> bytes:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(DocumentError) as info:
+        readers.read_bytes(path)
+    assert info.value.kind == "unreadable" and "permission denied" in info.value.reason
+    monkeypatch.undo()
+    with pytest.raises(DocumentError) as info:
+        readers.read_bytes(path, max_bytes=2)
+    assert info.value.kind == "rejected" and "limit" in info.value.reason
+
+
+def test_cp1252_and_latin1_text_is_detected_and_reported(tmp_path: Path) -> None:
+    path = tmp_path / "fr.txt"
+    result = extract(path, FRENCH.encode("cp1252"))
+    assert result.text == FRENCH and result.encoding == "cp1252" and result.detected
+    german = "Die Stra\u00dfe f\u00fchrt \u00fcber die Br\u00fccke zum sch\u00f6nen M\u00e4rchenschlo\u00df. " * 3
+    result = extract(path, german.encode("latin-1"))
+    assert result.text == german and result.detected
+    utf8 = extract(path, FRENCH.encode("utf-8"))
+    assert utf8.encoding == "utf-8" and not utf8.detected
+    utf16 = extract(path, FRENCH.encode("utf-16"))
+    assert utf16.text == FRENCH and utf16.encoding == "utf-16", "a byte-order mark is honoured, not 'binary'"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        "caf\xe9 cr\xe8me".encode("latin-1"),  # too short to tell cp1252 from cp1250, cp1251, ...
+        bytes(range(128, 256)) * 8,  # high bytes without any language
+        b"\x00\x01\x02 binary \x00",
+    ],
+)
+def test_undetectable_or_binary_text_is_rejected_with_a_reason(tmp_path: Path, data: bytes) -> None:
+    with pytest.raises(DocumentError) as info:
+        extract(tmp_path / "x.txt", data)
+    assert info.value.kind == "rejected"
+    assert "binary" in info.value.reason or "could not be detected" in info.value.reason
+
+
+def test_empty_text_is_a_skip_not_a_failure(tmp_path: Path) -> None:
+    with pytest.raises(DocumentError) as info:
+        extract(tmp_path / "x.md", b"  \n\t")
+    assert info.value.kind == "empty" and not info.value.is_failure
+
+
+def test_html_main_content_without_navigation_and_with_inline_code_in_its_sentence(tmp_path: Path) -> None:
+    text = extract(tmp_path / "json.html", SPHINX_PAGE.encode()).text
+    for noise in ("Show Source", "Table of Contents", "Previous topic", "genindex", "modules |", "Found a bug"):
+        assert noise not in text, noise
+    assert "Encoders and Decoders" not in text, "the sidebar's table of contents is dropped"
+    lines = text.splitlines()
+    assert any("calling json.dump() with a file-like object" in line for line in lines), lines
+    assert any("Serialize obj as a JSON formatted stream" in line for line in lines), lines
+    assert "JSONDecodeError, a subclass of ValueError" in text
+
+
+def test_html_falls_back_to_all_text_with_inline_code_kept_inline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(readers, "_trafilatura_text", lambda data: None)
+    text = extract(tmp_path / "json.html", SPHINX_PAGE.encode()).text
+    assert "Show Source" in text, "the fallback keeps all visible text"
+    assert "by calling json.dump() with a file-like object" in text
+    assert "Basic Usage\nSerialize obj as a JSON" in text, "block elements still break lines"
+    assert "var x" not in extract(tmp_path / "s.html", b"<p>hi there</p><script>var x=1;</script>").text
