@@ -6,9 +6,12 @@ Two collections per index:
   duplicating; the payload holds the chunk fields (`source` carries a keyword payload index on servers).
 - `<collection>__sources`: one vector-less point per fully stored source, `{source, fingerprint, chunks}`.
 - `<collection>__documents`: one point per source, id `uuid5("document", source)`, for document ranking. Payload
-  `{source, groups: [{chunk_tokens, chunk_ids, vector}]}`: per chunk size, the point ids of its chunks and their mean
-  unit vector (`tempscale_rag.documents.group_vectors`). The point's own vector (dot-product distance) is the mean of
-  those group vectors, so its score for a unit query is exactly the document's `mean` score.
+  `{format, source, groups: [{chunk_tokens, chunks}], chunk_ids, chunk_vectors, group_vectors}`: the point ids of its
+  chunks in group order (space-separated), a copy of their vectors and each group's mean unit vector
+  (`tempscale_rag.documents.group_vectors`), vectors as base64 little-endian float32. The point's own vector
+  (dot-product distance) is the mean of the group vectors, so its score for a unit query is exactly the document's
+  `mean` score. The copy doubles the vector storage so that rescoring a candidate costs one point read, not one per
+  chunk (local mode builds a Python object per returned point).
 
 `replace_source` first forgets the source's fingerprint and deletes its document point, then upserts the new chunks,
 deletes the source's other chunks, writes the document point, and records the fingerprint last. A crash anywhere in
@@ -29,6 +32,8 @@ the call raises `StoreUnavailableError` naming the URL.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import math
 import time
@@ -448,7 +453,6 @@ class QdrantStore(VectorStore):
         out: dict[str, _StoredDocument] = {}
         if not sources:
             return out
-        entries: dict[str, list[dict[str, Any]]] = {}
         if self._has_documents_collection:
             ids = [_document_point_id(source) for source in sources]
             for start in range(0, len(ids), _SCROLL_PAGE):
@@ -463,35 +467,9 @@ class QdrantStore(VectorStore):
                     ),
                 )
                 for record in records:
-                    payload = record.payload or {}
-                    if isinstance(payload.get("source"), str) and isinstance(payload.get("groups"), list):
-                        entries[payload["source"]] = payload["groups"]
-        chunk_ids = [str(i) for groups in entries.values() for group in groups for i in group["chunk_ids"]]
-        vectors: dict[str, list[float]] = {}
-        for start in range(0, len(chunk_ids), _SCROLL_PAGE):
-            records = self._call(
-                "fetch chunk vectors",
-                partial(
-                    self._client.retrieve,
-                    self.collection,
-                    chunk_ids[start : start + _SCROLL_PAGE],
-                    with_payload=False,
-                    with_vectors=True,
-                ),
-            )
-            vectors.update((str(record.id), record.vector) for record in records)  # type: ignore[misc]
-        for source, groups in entries.items():
-            ids_of = [str(i) for group in groups for i in group["chunk_ids"]]
-            if not ids_of or any(i not in vectors for i in ids_of):
-                continue  # out of date: rebuilt from a scan below
-            out[source] = _StoredDocument(
-                ids=ids_of,
-                sizes=[int(group["chunk_tokens"]) for group in groups for _ in group["chunk_ids"]],
-                vectors=np.asarray([vectors[i] for i in ids_of], dtype=np.float32),
-                group_vectors={
-                    int(group["chunk_tokens"]): np.asarray(group["vector"], dtype=np.float32) for group in groups
-                },
-            )
+                    document = _StoredDocument.from_payload(record.payload or {}, self.dimension)
+                    if document is not None:
+                        out[document.source] = document
         stale = [source for source in sources if source not in out]
         if stale:
             scanned = self._scan_chunks(stale)
@@ -504,7 +482,7 @@ class QdrantStore(VectorStore):
                     next(iter(scanned)),
                 )
             for source, chunks in scanned.items():
-                out[source] = _StoredDocument.from_chunks(chunks)
+                out[source] = _StoredDocument.from_chunks(source, chunks)
         return out
 
     def _scan_chunks(self, sources: list[str] | None) -> dict[str, list[tuple[str, npt.NDArray[np.float32], int]]]:
@@ -553,6 +531,12 @@ class QdrantStore(VectorStore):
     def _write_documents(self, chunks: dict[str, list[tuple[str, npt.NDArray[np.float32], int]]]) -> None:
         if not self._has_documents_collection:
             return
+        if self.distance == "cosine":
+            # Mirror Qdrant, which stores unit vectors in a cosine collection, so rescored cosines equal its own.
+            chunks = {
+                source: [(i, v / n if (n := float(np.linalg.norm(v))) > 0 else v, size) for i, v, size in members]
+                for source, members in chunks.items()
+            }
         points = [_document_point(source, members) for source, members in chunks.items() if members]
         for start in range(0, len(points), self._batch_size):
             batch = points[start : start + self._batch_size]
@@ -735,40 +719,88 @@ class QdrantStore(VectorStore):
 class _StoredDocument:
     """One source's chunks as stored: point ids, chunk sizes, vectors, and each size's mean unit vector."""
 
+    source: str
     ids: list[str]
     sizes: list[int]
     vectors: npt.NDArray[np.float32]
     group_vectors: dict[int, npt.NDArray[np.float32]]
 
     @classmethod
-    def from_chunks(cls, chunks: list[tuple[str, npt.NDArray[np.float32], int]]) -> _StoredDocument:
-        ids = [chunk[0] for chunk in chunks]
-        sizes = [chunk[2] for chunk in chunks]
-        vectors = np.stack([chunk[1] for chunk in chunks]).astype(np.float32)
-        groups = ChunkGroups.build([0] * len(ids), sizes)
-        means = group_vectors(vectors, groups)
-        return cls(ids, sizes, vectors, dict(zip(groups.group_size.tolist(), means, strict=True)))
+    def from_chunks(cls, source: str, chunks: list[tuple[str, npt.NDArray[np.float32], int]]) -> _StoredDocument:
+        """Group (point id, vector, chunk size) triples; chunks end up in group order (size by size)."""
+        groups = ChunkGroups.build([0] * len(chunks), [chunk[2] for chunk in chunks])
+        order = groups.order.tolist()
+        vectors = np.stack([chunks[i][1] for i in order]).astype(np.float32)
+        means = group_vectors(np.stack([chunk[1] for chunk in chunks]).astype(np.float32), groups)
+        return cls(
+            source=source,
+            ids=[chunks[i][0] for i in order],
+            sizes=[chunks[i][2] for i in order],
+            vectors=vectors,
+            group_vectors=dict(zip(groups.group_size.tolist(), means, strict=True)),
+        )
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], dimension: int) -> _StoredDocument | None:
+        """Decode a document point's payload; None if it is not one this version wrote (then rescanned)."""
+        try:
+            if payload.get("format") != _DOCUMENT_FORMAT:
+                return None
+            ids = str(payload["chunk_ids"]).split()
+            groups = [(int(g["chunk_tokens"]), int(g["chunks"])) for g in payload["groups"]]
+            vectors = _decode(payload["chunk_vectors"], len(ids), dimension)
+            means = _decode(payload["group_vectors"], len(groups), dimension)
+            if sum(count for _, count in groups) != len(ids) or not ids:
+                return None
+            return cls(
+                source=str(payload["source"]),
+                ids=ids,
+                sizes=[size for size, count in groups for _ in range(count)],
+                vectors=vectors,
+                group_vectors={size: means[g] for g, (size, _) in enumerate(groups)},
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def payload(self) -> dict[str, Any]:
+        """The document point's payload: chunk ids and sizes in group order, vectors as base64 little-endian float32.
+
+        Ids (space-separated) and vectors travel as single strings because local mode deep-copies every payload it
+        returns (a list costs a Python object per item) and a server sends JSON (a float list is about twice the bytes
+        of base64).
+        """
+        sizes = list(self.group_vectors)
+        counts = [self.sizes.count(size) for size in sizes]
+        return {
+            "format": _DOCUMENT_FORMAT,
+            "source": self.source,
+            "groups": [{"chunk_tokens": size, "chunks": count} for size, count in zip(sizes, counts, strict=True)],
+            "chunk_ids": " ".join(self.ids),
+            "chunk_vectors": _encode(self.vectors),
+            "group_vectors": _encode(np.stack([self.group_vectors[size] for size in sizes])),
+        }
+
+
+_DOCUMENT_FORMAT = 1
+
+
+def _encode(vectors: npt.NDArray[np.float32]) -> str:
+    return base64.b64encode(np.ascontiguousarray(vectors, dtype="<f4").tobytes()).decode("ascii")
+
+
+def _decode(text: str, rows: int, dimension: int) -> npt.NDArray[np.float32]:
+    data = binascii.a2b_base64(text, strict_mode=True)
+    if len(data) != 4 * rows * dimension:
+        raise ValueError(f"expected {rows} vectors of dimension {dimension}")
+    return np.frombuffer(data, dtype="<f4").reshape(rows, dimension).astype(np.float32)
 
 
 def _document_point(source: str, chunks: list[tuple[str, npt.NDArray[np.float32], int]]) -> models.PointStruct:
-    """The document point of a source: per chunk size its chunk ids and mean unit vector; as vector their mean."""
-    document = _StoredDocument.from_chunks(chunks)
-    groups = ChunkGroups.build([0] * len(document.ids), document.sizes)
-    entries = []
-    for g, size in enumerate(groups.group_size.tolist()):
-        members = groups.order[groups.group_starts[g] : groups.group_starts[g] + groups.group_counts[g]]
-        entries.append(
-            {
-                "chunk_tokens": size,
-                "chunk_ids": [document.ids[i] for i in members.tolist()],
-                "vector": document.group_vectors[size].tolist(),
-            }
-        )
+    """The document point of a source; its vector is the mean of its group vectors (so q . v is the `mean` score)."""
+    document = _StoredDocument.from_chunks(source, chunks)
     vector = np.mean(np.stack(list(document.group_vectors.values())).astype(np.float64), axis=0)
     return models.PointStruct(
-        id=_document_point_id(source),
-        vector=vector.astype(np.float32).tolist(),
-        payload={"source": source, "groups": entries},
+        id=_document_point_id(source), vector=vector.astype(np.float32).tolist(), payload=document.payload()
     )
 
 
