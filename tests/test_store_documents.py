@@ -155,6 +155,24 @@ def assert_same(found: list[list[DocumentHit]], expected: list[list[DocumentHit]
         assert [[c.id for c in h.chunks] for h in got] == [[c.id for c in h.chunks] for h in want]
 
 
+def reference_group_vectors(corpus: dict[str, list[ChunkRecord]]) -> dict[tuple[str, int], list[float]]:
+    out = {}
+    for source, records in corpus.items():
+        for size in {r.metadata.get("chunk_tokens", 0) for r in records}:
+            total = np.sum(
+                [r.vector.astype(np.float64) for r in records if r.metadata.get("chunk_tokens", 0) == size], 0
+            )
+            out[(source, size)] = (total / np.linalg.norm(total)).tolist()
+    return out
+
+
+def stored_group_vectors(db_path: Path) -> dict[tuple[str, int], list[float]]:
+    db = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True)
+    rows = db.execute("SELECT source, chunk_tokens, vector FROM groups").fetchall()
+    db.close()
+    return {(source, size): np.frombuffer(blob, dtype="<f4").tolist() for source, size, blob in rows}
+
+
 def fill(store: VectorStore, corpus: dict[str, list[ChunkRecord]]) -> None:
     for source, records in corpus.items():
         store.replace_source(source, "fp-" + source, records)
@@ -194,6 +212,7 @@ def test_replace_and_delete_keep_group_vectors_right(opener: Opener) -> None:
     store = opener()
     fill(store, corpus)
     rng = np.random.default_rng(11)
+    store.search_documents(unit(rng, 1)[0], 3, doc_score="mean")  # caches the grouping: the writes must refresh it
     first, second = sorted(corpus)[:2]
     corpus[first] = make_document(first, rng, [32, 256, 1024])  # new sizes, new vectors
     store.replace_source(first, "fp2", corpus[first])
@@ -214,6 +233,12 @@ def test_replace_and_delete_keep_group_vectors_right(opener: Opener) -> None:
     ]
     store.upsert(extra)
     corpus[extra[0].source] = corpus[extra[0].source] + extra
+    if isinstance(store, FaissStore):
+        store.commit()
+        stored, want = stored_group_vectors(store.db_path), reference_group_vectors(corpus)
+        assert sorted(stored) == sorted(want)
+        for key, vector in want.items():
+            np.testing.assert_allclose(stored[key], vector, atol=1e-6, err_msg=str(key))
     queries = unit(rng, 4)
     for method in ("mean", "hybrid", "max"):
         for query, found in zip(queries, store.search_documents_many(queries, 10, doc_score=method), strict=True):

@@ -156,7 +156,7 @@ class _DocumentView:
     these chunks and `group_vectors` holds one unit vector per group, from the `groups` table.
     """
 
-    key: tuple[int, int, int]
+    key: tuple[Any, int, int]
     positions: npt.NDArray[np.int64]
     vids: npt.NDArray[np.int64]
     groups: ChunkGroups | None
@@ -526,9 +526,11 @@ class FaissStore(VectorStore):
 
     def _documents_view(self) -> _DocumentView:
         """Group the indexed chunks by (source, chunk size); cached until the index or the generation changes."""
-        key = (self._generation, id(self._index), int(self._index.ntotal))
-        if self._document_view is not None and self._document_view.key == key:
-            return self._document_view
+        # The index object itself (not its id(), which a new object may reuse) marks a rebuild.
+        key = (self._index, self._generation, int(self._index.ntotal))
+        view = self._document_view
+        if view is not None and view.key[0] is key[0] and view.key[1:] == key[1:]:
+            return view
         db = self._connection()
         id_map = faiss.vector_to_array(self._index.id_map).astype(np.int64)
         db.execute("BEGIN")
