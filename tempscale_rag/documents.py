@@ -270,3 +270,127 @@ def score_documents(
     """
     scoring = scoring or DocumentScoring()
     return document_scores_from_groups(score_groups(chunk_scores, groups, scoring, group_scores), groups)
+
+
+def document_chunks(groups: ChunkGroups, documents: npt.ArrayLike) -> list[npt.NDArray[np.int64]]:
+    """The chunk indices of each given document (all its sizes), in group order.
+
+    Args:
+        groups: The grouping.
+        documents: Document numbers.
+
+    Returns:
+        One int64 array of chunk indices (in the caller's chunk order) per document.
+    """
+    first_group = np.concatenate([[0], np.cumsum(groups.document_groups)]).astype(np.int64)
+    ends = groups.group_starts + groups.group_counts
+    out = []
+    for d in np.asarray(documents, dtype=np.int64).tolist():
+        start = int(groups.group_starts[first_group[d]])
+        stop = int(ends[first_group[d + 1] - 1])
+        out.append(groups.order[start:stop])
+    return out
+
+
+@dataclass(frozen=True)
+class RankedDocument:
+    """One document of a ranking, as returned by `rank_documents`.
+
+    Attributes:
+        document: Document number (index into `ChunkGroups.documents`).
+        score: Its exact score.
+        chunks: Its best chunks (indices in the caller's chunk order), best first.
+    """
+
+    document: int
+    score: float
+    chunks: list[int]
+
+
+def rank_documents(
+    chunk_scores: npt.ArrayLike,
+    groups: ChunkGroups,
+    scoring: DocumentScoring,
+    k: int,
+    *,
+    evidence: int = 3,
+    group_scores: npt.ArrayLike | None = None,
+) -> list[RankedDocument]:
+    """The `k` best documents for one query, with exact scores (`score_documents`) and their best chunks.
+
+    `topm` sorts every group, which costs a sort of all chunks; it is evaluated only on the documents that can still
+    make the top `k`: a group's top-m mean (and its log-mean-exp) never exceeds its best chunk, so the `max` score
+    bounds each document from above, and documents are scored exactly in order of that bound until the k-th exact score
+    reaches the next bound.
+
+    Args:
+        chunk_scores: (n_chunks,) cosines of the query with every chunk of `groups`.
+        groups: The grouping of those chunks.
+        scoring: The aggregation.
+        k: How many documents at most.
+        evidence: Best chunks returned per document.
+        group_scores: (n_groups,) cosines with the groups' mean vectors (`mean`, `hybrid`).
+
+    Returns:
+        Up to `k` documents, best first (ties broken by document number).
+    """
+    scores = np.asarray(chunk_scores, dtype=np.float32).reshape(-1)
+    mean = None if group_scores is None else np.asarray(group_scores, dtype=np.float32).reshape(1, -1)
+    k = min(k, groups.n_documents)
+    if scoring.method != "topm":
+        doc_scores = score_documents(scores, groups, scoring, mean)[0]
+        best = _top(doc_scores, np.arange(groups.n_documents), k)
+        chosen = [(int(d), float(doc_scores[d])) for d in best]
+    else:
+        chosen = _top_bounded(scores, groups, scoring, k)
+    return [
+        RankedDocument(document=d, score=s, chunks=_best_chunks(scores, chunks, evidence))
+        for (d, s), chunks in zip(chosen, document_chunks(groups, [d for d, _ in chosen]), strict=True)
+    ]
+
+
+def _top(values: npt.NDArray[np.float32], ids: npt.NDArray[np.int64], k: int) -> npt.NDArray[np.int64]:
+    """The `k` ids with the highest values, best first, ties by id."""
+    if k < len(values):
+        # Keep every value tied with the k-th so the tie-break below sees them all.
+        kth = np.partition(values, len(values) - k)[len(values) - k]
+        keep = values >= kth
+        values, ids = values[keep], ids[keep]
+    order = np.lexsort((ids, -values.astype(np.float64)))[:k]
+    return ids[order]
+
+
+def _best_chunks(scores: npt.NDArray[np.float32], chunks: npt.NDArray[np.int64], evidence: int) -> list[int]:
+    if evidence <= 0:
+        return []
+    order = np.lexsort((chunks, -scores[chunks].astype(np.float64)))[:evidence]
+    return [int(c) for c in chunks[order]]
+
+
+def _top_bounded(
+    scores: npt.NDArray[np.float32], groups: ChunkGroups, scoring: DocumentScoring, k: int
+) -> list[tuple[int, float]]:
+    bound = score_documents(scores, groups, DocumentScoring(method="max"))[0].astype(np.float64)
+    by_bound = np.lexsort((np.arange(groups.n_documents), -bound))
+    exact: dict[int, float] = {}
+    batch = max(4 * k, 32)
+    done = 0
+    while done < groups.n_documents:
+        todo = by_bound[done : done + batch]
+        done += len(todo)
+        chunk_lists = document_chunks(groups, todo)
+        index = np.concatenate(chunk_lists)
+        keys = np.repeat(todo, [len(c) for c in chunk_lists])
+        sub = ChunkGroups.build(keys.tolist(), groups.group_size[groups.chunk_group[index]].tolist())
+        values = score_documents(scores[index], sub, scoring)[0]
+        # `sub` numbers documents in order of first appearance, which is the order of `todo`.
+        exact.update(zip(todo.tolist(), values.tolist(), strict=True))
+        batch *= 2
+        if len(exact) >= k and done < groups.n_documents:
+            kth = sorted(exact.values(), reverse=True)[k - 1]
+            if kth > bound[by_bound[done]]:
+                break
+    ids = np.fromiter(exact, np.int64, len(exact))
+    values = np.fromiter(exact.values(), np.float32, len(exact))
+    best = _top(values, ids, k)
+    return [(int(d), exact[int(d)]) for d in best]

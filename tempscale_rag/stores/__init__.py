@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from tempscale_rag.stores.base import (
     ChunkRecord,
+    DocumentHit,
     IndexCorruptError,
     IndexMismatchError,
     IndexNotFoundError,
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MANIFEST_NAME",
     "ChunkRecord",
+    "DocumentHit",
     "FaissSettings",
     "FaissStore",
     "IndexConfigWarning",

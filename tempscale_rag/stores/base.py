@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
+    from tempscale_rag.documents import DocumentScoring
     from tempscale_rag.stores.manifest import IndexManifest
 
 ProgressCallback = Callable[[int, int], None]
@@ -109,6 +110,10 @@ class ChunkRecord:
         if not isinstance(self.metadata, dict):
             raise TypeError(f"chunk {self.id}: metadata must be a dict, got {type(self.metadata).__name__}")
         metadata_json(self.metadata, what=f"metadata of chunk {self.id}")
+        try:
+            chunk_size_of(self.metadata)
+        except ValueError as exc:
+            raise ValueError(f"chunk {self.id}: {exc}") from None
         object.__setattr__(self, "vector", _as_vector(self.vector, what=f"vector of chunk {self.id}"))
 
     @classmethod
@@ -161,6 +166,46 @@ class SearchHit:
     token_length: int
     bucket: str
     metadata: dict[str, Any] = field(default_factory=dict, hash=False)
+
+
+@dataclass(frozen=True)
+class DocumentHit:
+    """One ranked document (source file): its aggregated score and its best chunks as evidence.
+
+    Attributes:
+        source: The file path as indexed.
+        score: The document score (see `tempscale_rag.documents`), higher is better.
+        chunks: The document's best chunks, best first; each `SearchHit.score` is that chunk's cosine.
+    """
+
+    source: str
+    score: float
+    chunks: list[SearchHit] = field(hash=False)
+
+
+CHUNK_SIZE_KEY = "chunk_tokens"
+"""Metadata key holding the chunk size a chunk was cut at; chunks of one size of one document form one group."""
+
+
+def chunk_size_of(metadata: dict[str, Any]) -> int:
+    """The chunk size recorded in a chunk's metadata (`metadata["chunk_tokens"]`), 0 when absent (one size).
+
+    Raises:
+        ValueError: If the value is present but not an integer >= 0.
+    """
+    value = metadata.get(CHUNK_SIZE_KEY)
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+        raise ValueError(f"metadata[{CHUNK_SIZE_KEY!r}] must be an integer >= 0 (the chunk size), got {value!r}")
+    return int(value)
+
+
+def check_evidence(evidence: int) -> int:
+    """Return `evidence` (chunks shown per document) if it is an int >= 0, else raise."""
+    if isinstance(evidence, bool) or not isinstance(evidence, int | np.integer) or evidence < 0:
+        raise ValueError(f"evidence must be an integer >= 0 (chunks returned per document), got {evidence!r}")
+    return int(evidence)
 
 
 def _as_vector(vector: Any, *, what: str) -> npt.NDArray[np.float32]:
@@ -368,6 +413,100 @@ class VectorStore(ABC):
         Returns:
             One list of up to `k` hits per query, best first, in query order.
         """
+
+    def search_documents(
+        self,
+        query_vector: npt.ArrayLike,
+        k: int = 10,
+        *,
+        doc_score: str | DocumentScoring | None = None,
+        evidence: int = 3,
+    ) -> list[DocumentHit]:
+        """The `k` stored documents (sources) that score best for `query_vector`, best first.
+
+        A document is scored from its chunks (see `tempscale_rag.documents`): each (document, chunk size) group is
+        aggregated by `doc_score`, and the document's score is the mean over its groups. Every returned score equals
+        that formula over all of the document's chunks.
+
+        Args:
+            query_vector: A 1-D vector of the store's dimension (L2-normalised by the caller).
+            k: How many documents to return at most.
+            doc_score: One of `tempscale_rag.documents.DOC_SCORES` (`max`, `mean`, `hybrid`, `topm`, `softmax`), a
+                `DocumentScoring`, or None for the index's default (`manifest.chunking.doc_score`, else `max`).
+            evidence: How many of each document's best chunks to return with it (0 for none).
+
+        Returns:
+            Up to `k` documents, best first.
+
+        Raises:
+            ValueError: On k < 1, an unknown `doc_score`, a negative `evidence` or a wrong query shape.
+        """
+        query = as_query_matrix(query_vector, self.dimension)
+        if query.shape[0] != 1:
+            raise ValueError(
+                f"search_documents takes one query vector; use search_documents_many for {query.shape[0]} queries"
+            )
+        return self.search_documents_many(query, k, doc_score=doc_score, evidence=evidence)[0]
+
+    def search_documents_many(
+        self,
+        query_vectors: npt.ArrayLike,
+        k: int = 10,
+        *,
+        doc_score: str | DocumentScoring | None = None,
+        evidence: int = 3,
+    ) -> list[list[DocumentHit]]:
+        """Rank documents for many queries at once (see `search_documents`).
+
+        Args:
+            query_vectors: A matrix of shape (n, dimension), L2-normalised.
+            k: How many documents per query at most.
+            doc_score: The aggregation (see `search_documents`).
+            evidence: Best chunks returned per document.
+
+        Returns:
+            One list of up to `k` documents per query, best first, in query order.
+        """
+        self._check_open()
+        k = check_k(k)
+        scoring = self.document_scoring(doc_score)
+        evidence = check_evidence(evidence)
+        queries = as_query_matrix(query_vectors, self.dimension)
+        if queries.shape[0] == 0:
+            return []
+        return self._search_documents(queries, k, scoring, evidence)
+
+    def document_scoring(self, doc_score: str | DocumentScoring | None = None) -> DocumentScoring:
+        """Resolve an aggregation: a name, a `DocumentScoring`, or None for the index's default.
+
+        The default is the manifest's `chunking.doc_score` (with its `top_m` and `softmax_temperature` when the
+        manifest records them), else `max`.
+
+        Raises:
+            ValueError: If the name is not one of `DOC_SCORES`.
+            TypeError: If `doc_score` is neither a str, a `DocumentScoring` nor None.
+        """
+        from tempscale_rag.documents import DocumentScoring, check_doc_score
+
+        if isinstance(doc_score, DocumentScoring):
+            return doc_score
+        chunking = getattr(self._manifest, "chunking", None)
+        options: dict[str, Any] = {}
+        for name in ("top_m", "softmax_temperature"):
+            value = getattr(chunking, name, None)
+            if value is not None:
+                options[name] = value
+        if doc_score is None:
+            doc_score = getattr(chunking, "doc_score", None) or "max"
+        if not isinstance(doc_score, str):
+            raise TypeError(f"doc_score must be a str, a DocumentScoring or None, got {type(doc_score).__name__}")
+        return DocumentScoring(method=check_doc_score(doc_score), **options)
+
+    def _search_documents(
+        self, queries: npt.NDArray[np.float32], k: int, scoring: DocumentScoring, evidence: int
+    ) -> list[list[DocumentHit]]:
+        """Backend part of `search_documents_many`; arguments are validated, `queries` has at least one row."""
+        raise NotImplementedError(f"{type(self).__name__} does not rank documents")
 
     @abstractmethod
     def count(self) -> int:

@@ -39,8 +39,18 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import ValidationError
 
+from tempscale_rag.documents import (
+    ChunkGroups,
+    DocumentScoring,
+    RankedDocument,
+    document_chunks,
+    document_scores_from_groups,
+    group_vectors,
+    rank_documents,
+)
 from tempscale_rag.stores.base import (
     ChunkRecord,
+    DocumentHit,
     IndexCorruptError,
     IndexMismatchError,
     IndexNotFoundError,
@@ -53,6 +63,7 @@ from tempscale_rag.stores.base import (
     check_k,
     check_records,
     check_source,
+    chunk_size_of,
     metadata_json,
 )
 from tempscale_rag.stores.manifest import (
@@ -108,6 +119,23 @@ CREATE TABLE sources (
 ) WITHOUT ROWID;
 """
 
+# Derived from `chunks`, written in the same transaction: each (source, chunk size) group's mean unit chunk vector
+# (`tempscale_rag.documents.group_vectors`), which the `mean` and `hybrid` document scores rank by. Stores written
+# before it existed get it on their next writable open.
+_GROUPS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS groups (
+    source TEXT NOT NULL,
+    chunk_tokens INTEGER NOT NULL,
+    chunks INTEGER NOT NULL,
+    vector BLOB NOT NULL,
+    PRIMARY KEY (source, chunk_tokens)
+) WITHOUT ROWID;
+"""
+# A chunk's size, read in SQL so that opening a large index does not parse every metadata blob in Python.
+_CHUNK_SIZE_SQL = "COALESCE(CAST(json_extract(metadata, '$.chunk_tokens') AS INTEGER), 0)"
+# HNSW document ranking: chunks fetched per wanted document before the candidate documents are rescored exactly.
+HNSW_DOCUMENT_OVERFETCH = 10
+
 _ROW_COLUMNS = "chunk_id, source, position, token_length, bucket, text, metadata, vector"
 _HIT_COLUMNS = "vid, chunk_id, text, source, position, token_length, bucket, metadata"
 
@@ -120,6 +148,25 @@ class _Change:
     added_ids: list[int] = field(default_factory=list)
     added_vectors: list[npt.NDArray[np.float32]] = field(default_factory=list)
     generation: int | None = None
+    # Sources that lost a chunk to a record of another source with the same id: their groups need refreshing.
+    displaced_sources: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _DocumentView:
+    """The chunks of the FAISS index grouped by (source, chunk size), for document ranking; rebuilt after writes.
+
+    `positions[i]` is the row of chunk i in the FAISS storage matrix, `vids[i]` its SQLite id; `groups` is built over
+    these chunks and `group_vectors` holds one unit vector per group, from the `groups` table.
+    """
+
+    key: tuple[Any, int, int]
+    positions: npt.NDArray[np.int64]
+    vids: npt.NDArray[np.int64]
+    groups: ChunkGroups | None
+    group_vectors: npt.NDArray[np.float32]
+    all_positions: bool
+    position_of_vid: dict[int, int] = field(default_factory=dict)
 
 
 class _Meta(NamedTuple):
@@ -241,6 +288,8 @@ class FaissStore(VectorStore):
             if not read_only:
                 remove_stale_temp_files(self.folder)
             self._db = self._connect(read_only)
+            self._document_view: _DocumentView | None = None
+            self._has_groups_table = self._ensure_groups_table(read_only)
             self._generation = self._read_meta(self._db).generation
             self._index, self._file_generation = self._load_index()
         except BaseException:
@@ -296,6 +345,9 @@ class FaissStore(VectorStore):
             _delete_vids(db, stale)
             change = self._write_records(db, batch)
             change.removed.extend(stale)
+            _write_groups(db, source, batch)
+            for other in change.displaced_sources:
+                _refresh_groups(db, other)
             db.execute(
                 "INSERT OR REPLACE INTO sources (source, fingerprint, chunks, updated_at) VALUES (?, ?, ?, ?)",
                 (source, fingerprint, len(batch), datetime.now(UTC).isoformat()),
@@ -316,6 +368,8 @@ class FaissStore(VectorStore):
             return
         with self._transaction() as db:
             change = self._write_records(db, batch)
+            for source in {record.source for record in batch} | change.displaced_sources:
+                _refresh_groups(db, source)
             self._bump_generation(db, change)
         self._apply_change(change)
 
@@ -335,6 +389,7 @@ class FaissStore(VectorStore):
             vids = [vid for (vid,) in db.execute("SELECT vid FROM chunks WHERE source = ?", (source,))]
             _delete_vids(db, vids)
             db.execute("DELETE FROM sources WHERE source = ?", (source,))
+            db.execute("DELETE FROM groups WHERE source = ?", (source,))
             change = _Change(removed=vids)
             self._bump_generation(db, change)
         self._apply_change(change)
@@ -394,6 +449,201 @@ class FaissStore(VectorStore):
                 )
             results.append(hits)
         return results
+
+    @_reports_damage
+    def _search_documents(
+        self, queries: npt.NDArray[np.float32], k: int, scoring: DocumentScoring, evidence: int
+    ) -> list[list[DocumentHit]]:
+        """Rank documents: exactly on a flat index, by exactly rescored candidates on HNSW.
+
+        Flat: every chunk is scored (one matrix product per 64 queries), so the ranking is exact. HNSW: the top
+        `k * HNSW_DOCUMENT_OVERFETCH` chunks name the candidate documents (plus, for `mean` and `hybrid`, the best
+        documents by their exact `mean` score), which are then rescored exactly from all their stored vectors.
+        """
+        self._sync_index()
+        view = self._documents_view()
+        groups = view.groups
+        if groups is None:
+            return [[] for _ in range(queries.shape[0])]
+        matrix = self._storage_matrix()
+        group_scores = queries @ view.group_vectors.T if scoring.needs_group_vectors else None
+        ranked: list[list[tuple[RankedDocument, npt.NDArray[np.int64], npt.NDArray[np.float32]]]] = []
+        if self._settings.index == "flat":
+            for start in range(0, queries.shape[0], 64):
+                block = queries[start : start + 64] @ matrix.T
+                if not view.all_positions:
+                    block = block[:, view.positions]
+                for row, scores in enumerate(block, start):
+                    best = rank_documents(
+                        scores,
+                        groups,
+                        scoring,
+                        k,
+                        evidence=evidence,
+                        group_scores=None if group_scores is None else group_scores[row],
+                    )
+                    ranked.append([(r, np.asarray(r.chunks, dtype=np.int64), scores[r.chunks]) for r in best])
+        else:
+            ranked = self._rank_candidates(queries, k, scoring, evidence, view, matrix, group_scores)
+        chosen = [view.vids[c] for hits in ranked for _, c, _ in hits]
+        vids = np.unique(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+        rows = self._fetch_hit_rows(vids)
+        results: list[list[DocumentHit]] = []
+        for hits in ranked:
+            documents = []
+            for found, chunks, scores in hits:
+                evidence_hits = [
+                    _search_hit(rows[vid], score)
+                    for vid, score in zip(view.vids[chunks].tolist(), scores.tolist(), strict=True)
+                    if vid in rows
+                ]
+                source = str(groups.documents[found.document])
+                documents.append(DocumentHit(source=source, score=found.score, chunks=evidence_hits))
+            results.append(documents)
+        return results
+
+    def _rank_candidates(
+        self,
+        queries: npt.NDArray[np.float32],
+        k: int,
+        scoring: DocumentScoring,
+        evidence: int,
+        view: _DocumentView,
+        matrix: npt.NDArray[np.float32],
+        group_scores: npt.NDArray[np.float32] | None,
+    ) -> list[list[tuple[RankedDocument, npt.NDArray[np.int64], npt.NDArray[np.float32]]]]:
+        """HNSW: over-fetch chunks, then score every chunk of each candidate document exactly."""
+        groups = view.groups
+        if groups is None:  # pragma: no cover - the caller checked
+            return []
+        wanted = min(k, groups.n_documents)
+        fetch = min(int(self._index.ntotal), wanted * HNSW_DOCUMENT_OVERFETCH)
+        _, ids = self._search_index(queries, fetch)
+        sorted_vids = np.argsort(view.vids)
+        # Exact `mean` scores of every document (one product with the group vectors): candidates for `mean` and
+        # `hybrid`, and the fill-up when the fetched chunks name fewer than k documents.
+        all_group_scores = group_scores if group_scores is not None else queries @ view.group_vectors.T
+        mean_scores = document_scores_from_groups(all_group_scores, groups)
+        out: list[list[tuple[RankedDocument, npt.NDArray[np.int64], npt.NDArray[np.float32]]]] = []
+        for row in range(queries.shape[0]):
+            hit_vids = ids[row][ids[row] >= 0]
+            where = np.searchsorted(view.vids, hit_vids, sorter=sorted_vids)
+            where = np.clip(where, 0, len(sorted_vids) - 1)
+            chunk_index = sorted_vids[where]
+            chunk_index = chunk_index[view.vids[chunk_index] == hit_vids]
+            candidates = list(dict.fromkeys(groups.group_document[groups.chunk_group[chunk_index]].tolist()))
+            if group_scores is not None or len(candidates) < wanted:
+                best_mean = np.argsort(-mean_scores[row], kind="stable")[: wanted * HNSW_DOCUMENT_OVERFETCH]
+                if group_scores is None:
+                    have = set(candidates)
+                    best_mean = np.asarray([d for d in best_mean.tolist() if d not in have][: wanted - len(have)])
+                candidates = list(dict.fromkeys(candidates + best_mean.tolist()))
+            if not candidates:
+                out.append([])
+                continue
+            chunk_lists = document_chunks(groups, candidates)
+            index = np.concatenate(chunk_lists)
+            sub = ChunkGroups.build(
+                np.repeat(candidates, [len(c) for c in chunk_lists]).tolist(),
+                groups.group_size[groups.chunk_group[index]].tolist(),
+            )
+            scores = matrix[view.positions[index]] @ queries[row]
+            sub_group_scores = None
+            if group_scores is not None:
+                global_group = groups.chunk_group[index[sub.order[sub.group_starts]]]
+                sub_group_scores = group_scores[row][global_group]
+            found = rank_documents(scores, sub, scoring, k, evidence=evidence, group_scores=sub_group_scores)
+            out.append(
+                [
+                    (
+                        RankedDocument(document=candidates[r.document], score=r.score, chunks=r.chunks),
+                        index[r.chunks],
+                        scores[r.chunks],
+                    )
+                    for r in found
+                ]
+            )
+        return out
+
+    def _storage_matrix(self) -> npt.NDArray[np.float32]:
+        """The vectors of the FAISS index as an (ntotal, dimension) view (no copy), in FAISS's internal order.
+
+        Valid until the index changes; taken afresh for every search.
+        """
+        inner: Any = faiss.downcast_index(self._index.index)
+        flat = inner if isinstance(inner, faiss.IndexFlat) else faiss.downcast_index(inner.storage)
+        total = int(flat.ntotal)
+        if total == 0:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        data = faiss.rev_swig_ptr(flat.get_xb(), total * self.dimension)  # type: ignore[attr-defined]
+        return np.asarray(data).reshape(total, self.dimension)
+
+    def _documents_view(self) -> _DocumentView:
+        """Group the indexed chunks by (source, chunk size); cached until the index or the generation changes."""
+        # The index object itself (not its id(), which a new object may reuse) marks a rebuild.
+        key = (self._index, self._generation, int(self._index.ntotal))
+        view = self._document_view
+        if view is not None and view.key[0] is key[0] and view.key[1:] == key[1:]:
+            return view
+        db = self._connection()
+        id_map = faiss.vector_to_array(self._index.id_map).astype(np.int64)
+        db.execute("BEGIN")
+        try:
+            rows = db.execute(f"SELECT vid, source, {_CHUNK_SIZE_SQL} FROM chunks").fetchall()
+            stored: dict[tuple[str, int], tuple[int, bytes]] = {}
+            if self._has_groups_table:
+                for source, size, count, blob in db.execute("SELECT source, chunk_tokens, chunks, vector FROM groups"):
+                    stored[(source, int(size))] = (int(count), blob)
+        finally:
+            db.execute("COMMIT")
+        row_vids = np.fromiter((row[0] for row in rows), np.int64, len(rows))
+        by_vid = np.argsort(row_vids)
+        where = np.clip(np.searchsorted(row_vids, id_map, sorter=by_vid), 0, max(len(rows) - 1, 0))
+        row_of = by_vid[where] if len(rows) else np.zeros(0, dtype=np.int64)
+        # A chunk in the index but not in the database was deleted by a writer after this reader opened: skip it.
+        valid = row_vids[row_of] == id_map if len(rows) else np.zeros(len(id_map), dtype=bool)
+        positions = np.flatnonzero(valid).astype(np.int64)
+        vids = id_map[positions]
+        if positions.size == 0:
+            view = _DocumentView(key, positions, vids, None, np.zeros((0, self.dimension), np.float32), True)
+            self._document_view = view
+            return view
+        picked = row_of[positions].tolist()
+        groups = ChunkGroups.build([rows[j][1] for j in picked], [rows[j][2] for j in picked])
+        vectors = np.empty((groups.n_groups, self.dimension), dtype=np.float32)
+        missing = []
+        for g, (doc, size, count) in enumerate(
+            zip(groups.group_document.tolist(), groups.group_size.tolist(), groups.group_counts.tolist(), strict=True)
+        ):
+            entry = stored.get((str(groups.documents[doc]), size))
+            if entry is None or entry[0] != count or len(entry[1]) != 4 * self.dimension:
+                missing.append(g)
+            else:
+                vectors[g] = np.frombuffer(entry[1], dtype="<f4")
+        if missing:
+            # Only an index written before the groups table existed, opened read-only, gets here (or a reader racing
+            # a writer): derive the vectors from the chunks, exactly as a write would have stored them.
+            logger.info("computing %d document group vectors of %s in memory", len(missing), self.db_path)
+            vectors[missing] = group_vectors(self._storage_matrix()[positions], groups)[missing]
+        view = _DocumentView(
+            key, positions, vids, groups, vectors, all_positions=len(positions) == len(id_map) and bool(valid.all())
+        )
+        self._document_view = view
+        return view
+
+    def _ensure_groups_table(self, read_only: bool) -> bool:
+        """Whether the `groups` table exists; a writable open of an older store creates and fills it."""
+        db = self._connection()
+        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'groups'").fetchone():
+            return True
+        if read_only:
+            return False
+        with self._transaction() as db:
+            db.execute(_GROUPS_SCHEMA)
+            for (source,) in db.execute("SELECT DISTINCT source FROM chunks").fetchall():
+                _refresh_groups(db, source)
+        logger.info("added document group vectors to %s", self.db_path)
+        return True
 
     @_reports_damage
     def describe(self) -> dict[str, Any]:
@@ -462,7 +712,7 @@ class FaissStore(VectorStore):
         try:
             db = sqlite3.connect(temp_name, isolation_level=None)
             try:
-                db.executescript(f"BEGIN; {_SCHEMA} COMMIT;")
+                db.executescript(f"BEGIN; {_SCHEMA} {_GROUPS_SCHEMA} COMMIT;")
                 db.executemany("INSERT INTO meta (key, value) VALUES (?, ?)", meta.items())
             finally:
                 db.close()
@@ -582,6 +832,8 @@ class FaissStore(VectorStore):
                     continue
                 db.execute("DELETE FROM chunks WHERE vid = ?", (old[0],))
                 change.removed.append(int(old[0]))
+                if old[2] != record.source:
+                    change.displaced_sources.add(old[2])
             cursor = db.execute(f"INSERT INTO chunks ({_ROW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
             if cursor.lastrowid is None:
                 raise RuntimeError(f"SQLite returned no row id for chunk {record.id}")
@@ -815,6 +1067,48 @@ def _quick_check(db: sqlite3.Connection, db_path: Path) -> None:
     problems = [str(row[0]) for row in rows if row and row[0] != "ok"]
     if problems:
         raise IndexCorruptError(damaged_database_message(db_path, problems[0].splitlines()[-1]))
+
+
+def _search_hit(row: tuple[Any, ...], score: float) -> SearchHit:
+    return SearchHit(
+        id=row[1],
+        score=float(score),
+        text=row[2],
+        source=row[3],
+        position=row[4],
+        token_length=row[5],
+        bucket=row[6],
+        metadata=_load_metadata(row[7]),
+    )
+
+
+def _write_groups(db: sqlite3.Connection, source: str, batch: list[ChunkRecord]) -> None:
+    """Inside a transaction: store the group vectors of `source`, whose chunks are exactly `batch`."""
+    db.execute("DELETE FROM groups WHERE source = ?", (source,))
+    if batch:
+        sizes = [chunk_size_of(record.metadata) for record in batch]
+        _insert_groups(db, source, sizes, np.stack([record.vector for record in batch]))
+
+
+def _refresh_groups(db: sqlite3.Connection, source: str) -> None:
+    """Inside a transaction: recompute the group vectors of `source` from its stored chunks."""
+    rows = db.execute(f"SELECT {_CHUNK_SIZE_SQL}, vector FROM chunks WHERE source = ?", (source,)).fetchall()
+    db.execute("DELETE FROM groups WHERE source = ?", (source,))
+    if rows:
+        vectors = np.frombuffer(b"".join(row[1] for row in rows), dtype="<f4").reshape(len(rows), -1)
+        _insert_groups(db, source, [int(row[0]) for row in rows], vectors)
+
+
+def _insert_groups(db: sqlite3.Connection, source: str, sizes: list[int], vectors: npt.NDArray[np.float32]) -> None:
+    groups = ChunkGroups.build([source] * len(sizes), sizes)
+    means = group_vectors(vectors, groups)
+    db.executemany(
+        "INSERT INTO groups (source, chunk_tokens, chunks, vector) VALUES (?, ?, ?, ?)",
+        [
+            (source, int(size), int(count), mean.astype("<f4").tobytes())
+            for size, count, mean in zip(groups.group_size, groups.group_counts, means, strict=True)
+        ],
+    )
 
 
 def _delete_vids(db: sqlite3.Connection, vids: list[int]) -> None:

@@ -5,10 +5,25 @@ Two collections per index:
 - `<collection>`: one point per chunk. The point id is `uuid5(record.id)`, so re-indexing overwrites instead of
   duplicating; the payload holds the chunk fields (`source` carries a keyword payload index on servers).
 - `<collection>__sources`: one vector-less point per fully stored source, `{source, fingerprint, chunks}`.
+- `<collection>__documents`: one point per source, id `uuid5("document", source)`, for document ranking. Payload
+  `{format, source, groups: [{chunk_tokens, chunks}], chunk_ids, chunk_vectors, group_vectors}`: the point ids of its
+  chunks in group order (space-separated), a copy of their vectors and each group's mean unit vector
+  (`tempscale_rag.documents.group_vectors`), vectors as base64 little-endian float32. The point's own vector
+  (dot-product distance) is the mean of the group vectors, so its score for a unit query is exactly the document's
+  `mean` score. The copy doubles the vector storage so that rescoring a candidate costs one point read, not one per
+  chunk (local mode builds a Python object per returned point).
 
-`replace_source` first forgets the source's fingerprint, then upserts the new chunks, deletes the source's other
-chunks, and records the fingerprint last. A crash anywhere in between leaves the source out of `sources()`, so the
-indexer redoes it; there is no state in which `sources()` vouches for an incomplete source.
+`replace_source` first forgets the source's fingerprint and deletes its document point, then upserts the new chunks,
+deletes the source's other chunks, writes the document point, and records the fingerprint last. A crash anywhere in
+between leaves the source out of `sources()`, so the indexer redoes it; there is no state in which `sources()` vouches
+for an incomplete source, and a document point, when it exists, always describes the source's stored chunks (a source
+without one is rescored from a scan of its chunks, with a warning).
+
+Document ranking (`search_documents`) over-fetches: the best `QDRANT_CHUNK_OVERFETCH * k` chunks name candidate
+documents (on a server through Qdrant's grouping API, `query_points_groups` grouped by `source`; in local mode, which
+implements grouping by materialising every point, through a plain query), the first `QDRANT_CANDIDATES * k` of them
+(plus, for `mean` and `hybrid`, the best `QDRANT_CANDIDATES * k` documents of `<collection>__documents`) are rescored
+exactly from all their stored chunk vectors, and the best `k` are returned.
 
 Every write waits for Qdrant's acknowledgement (`wait=True`). Network failures (connection errors, timeouts, HTTP
 502/503/504) are retried with exponential backoff; anything else (4xx, 500) fails at once. When the retries are spent
@@ -17,22 +32,28 @@ the call raises `StoreUnavailableError` naming the URL.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import math
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import numpy as np
 import numpy.typing as npt
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
+from tempscale_rag.documents import ChunkGroups, DocumentScoring, group_vectors, rank_documents
 from tempscale_rag.stores.base import (
     ChunkRecord,
+    DocumentHit,
     IndexMismatchError,
     IndexNotFoundError,
     ProgressCallback,
@@ -44,6 +65,7 @@ from tempscale_rag.stores.base import (
     check_k,
     check_records,
     check_source,
+    chunk_size_of,
 )
 from tempscale_rag.stores.manifest import QdrantDistance
 
@@ -56,6 +78,15 @@ MEMORY = ":memory:"
 
 SOURCES_SUFFIX = "__sources"
 """Suffix of the collection that records each stored source's fingerprint."""
+
+DOCUMENTS_SUFFIX = "__documents"
+"""Suffix of the collection that holds each source's chunk ids and group vectors, for document ranking."""
+
+QDRANT_CHUNK_OVERFETCH = 10
+"""Document ranking fetches this many chunks per wanted document to find candidate documents."""
+
+QDRANT_CANDIDATES = 2
+"""Document ranking rescores this many candidate documents per wanted document."""
 
 # Fixed namespace: point ids must be the same in every process and every version, or re-indexing would duplicate.
 _ID_NAMESPACE = uuid.UUID("5b0f6c1e-8d4a-4c55-9a43-7f0e2b6d1c39")
@@ -74,6 +105,10 @@ def point_id(chunk_id: str) -> str:
 
 def _source_point_id(source: str) -> str:
     return str(uuid.uuid5(_ID_NAMESPACE, "source\x00" + source))
+
+
+def _document_point_id(source: str) -> str:
+    return str(uuid.uuid5(_ID_NAMESPACE, "document\x00" + source))
 
 
 def _transient_reason(exc: BaseException) -> str | None:
@@ -145,6 +180,7 @@ class QdrantStore(VectorStore):
             raise ValueError(f"timeout must be > 0 and backoff >= 0 seconds, got {timeout!r} and {backoff!r}")
         self.collection = collection
         self.sources_collection = collection + SOURCES_SUFFIX
+        self.documents_collection = collection + DOCUMENTS_SUFFIX
         self.distance: QdrantDistance = distance
         self.url = url
         self.path = None if path is None else str(path)
@@ -154,6 +190,9 @@ class QdrantStore(VectorStore):
         self._progress = progress
         self._remote = url is not None
         self._has_sources_collection = False
+        self._has_documents_collection = False
+        # Qdrant's grouping API on a server; local mode implements it by materialising every point (seconds per query).
+        self.use_grouping_api = url is not None
         self._client = self._connect(api_key, timeout, create=create and not read_only)
         try:
             self._ensure_collections(create=create and not read_only)
@@ -189,6 +228,7 @@ class QdrantStore(VectorStore):
             lambda: self._client.delete(self.sources_collection, models.PointIdsList(points=[marker]), wait=True),
         )
         self._modified = True
+        self._forget_documents([source])
         self._upload(points)
         stale = models.Filter(
             must=[_source_is(source)],
@@ -198,6 +238,8 @@ class QdrantStore(VectorStore):
             "delete stale chunks",
             lambda: self._client.delete(self.collection, models.FilterSelector(filter=stale), wait=True),
         )
+        if points:
+            self._write_documents({source: [_size_of(p) for p in points]})
         entry = models.PointStruct(
             id=marker, vector={}, payload={"source": source, "fingerprint": fingerprint, "chunks": len(points)}
         )
@@ -213,7 +255,10 @@ class QdrantStore(VectorStore):
         points = [self._point(record) for record in check_records(records, self.dimension)]
         if points:
             self._modified = True
+            touched = sorted({str((p.payload or {})["source"]) for p in points})
+            self._forget_documents(touched)
             self._upload(points)
+            self._refresh_documents(touched)
 
     def delete_source(self, source: str) -> int:
         """Forget the source's fingerprint, then delete its chunks.
@@ -237,6 +282,7 @@ class QdrantStore(VectorStore):
                 self.sources_collection, models.PointIdsList(points=[_source_point_id(source)]), wait=True
             ),
         )
+        self._forget_documents([source])
         self._call(
             "delete chunks",
             lambda: self._client.delete(self.collection, models.FilterSelector(filter=only_source), wait=True),
@@ -296,6 +342,207 @@ class QdrantStore(VectorStore):
             responses = self._call("search", partial(self._client.query_batch_points, self.collection, requests))
             results.extend([_hit(point) for point in response.points] for response in responses)
         return results
+
+    def _search_documents(
+        self, queries: npt.NDArray[np.float32], k: int, scoring: DocumentScoring, evidence: int
+    ) -> list[list[DocumentHit]]:
+        """Over-fetch candidate documents, rescore them exactly from their stored chunk vectors (module docstring)."""
+        if self.distance == "cosine":
+            # Qdrant compares with the unit query; do the same so that rescored cosines equal Qdrant's.
+            norms = np.linalg.norm(queries, axis=1, keepdims=True)
+            queries = (queries / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+        candidates = self._chunk_candidates(queries, k)
+        short = any(len(found) < k for found in candidates)
+        if (scoring.needs_group_vectors or short) and self._has_documents_collection:
+            # The best documents by their exact `mean` score: candidates for `mean` and `hybrid`, and the fill-up
+            # when the fetched chunks name fewer than k documents.
+            best_mean = self._search_batches(self.documents_collection, queries, k * QDRANT_CANDIDATES, False)
+            for found, points in zip(candidates, best_mean, strict=True):
+                more = [str((p.payload or {}).get("source", "")) for p in points]
+                if not scoring.needs_group_vectors:
+                    have = set(found)
+                    more = [name for name in more if name not in have][: max(0, k - len(found))]
+                found.extend(more)
+        documents = self._load_documents(sorted({source for found in candidates for source in found}))
+        ranked: list[list[tuple[str, float, list[tuple[str, float]]]]] = []
+        for query, found in zip(queries, candidates, strict=True):
+            names = [name for name in dict.fromkeys(found) if name in documents]
+            if not names:
+                ranked.append([])
+                continue
+            parts = [documents[name] for name in names]
+            ids = [chunk_id for part in parts for chunk_id in part.ids]
+            groups = ChunkGroups.build(
+                np.repeat(np.arange(len(parts)), [len(part.ids) for part in parts]).tolist(),
+                [size for part in parts for size in part.sizes],
+            )
+            scores = np.concatenate([part.vectors for part in parts]) @ query
+            group_scores = None
+            if scoring.needs_group_vectors:
+                means = np.stack(
+                    [
+                        parts[doc].group_vectors[size]
+                        for doc, size in zip(groups.group_document.tolist(), groups.group_size.tolist(), strict=True)
+                    ]
+                )
+                group_scores = means @ query
+            best = rank_documents(scores, groups, scoring, k, evidence=evidence, group_scores=group_scores)
+            ranked.append([(names[r.document], r.score, [(ids[c], float(scores[c])) for c in r.chunks]) for r in best])
+        wanted_ids = sorted({chunk_id for hits in ranked for _, _, chunks in hits for chunk_id, _ in chunks})
+        payloads: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(wanted_ids), _SCROLL_PAGE):
+            part = wanted_ids[start : start + _SCROLL_PAGE]
+            records = self._call(
+                "fetch evidence chunks",
+                partial(self._client.retrieve, self.collection, part, with_payload=True, with_vectors=False),
+            )
+            payloads.update((str(record.id), record.payload or {}) for record in records)
+        return [
+            [
+                DocumentHit(
+                    source=source,
+                    score=score,
+                    chunks=[_payload_hit(payloads[i], i, s) for i, s in chunks if i in payloads],
+                )
+                for source, score, chunks in hits
+            ]
+            for hits in ranked
+        ]
+
+    def _search_batches(
+        self, collection: str, queries: npt.NDArray[np.float32], limit: int, chunk_payload: bool
+    ) -> list[list[models.ScoredPoint]]:
+        results: list[list[models.ScoredPoint]] = []
+        include = ["source", "chunk_tokens"] if chunk_payload else ["source"]
+        for start in range(0, queries.shape[0], _SEARCH_BATCH):
+            requests = [
+                models.QueryRequest(query=row.tolist(), limit=limit, with_payload=include)
+                for row in queries[start : start + _SEARCH_BATCH]
+            ]
+            responses = self._call("search", partial(self._client.query_batch_points, collection, requests))
+            results.extend(list(response.points) for response in responses)
+        return results
+
+    def _chunk_candidates(self, queries: npt.NDArray[np.float32], k: int) -> list[list[str]]:
+        """Per query, the sources of the best chunks, best first, at most `QDRANT_CANDIDATES * k` of them."""
+        wanted = k * QDRANT_CANDIDATES
+        if self.use_grouping_api:
+            out = []
+            for row in queries:
+                result = self._call(
+                    "search documents",
+                    partial(
+                        self._client.query_points_groups,
+                        self.collection,
+                        group_by="source",
+                        query=row.tolist(),
+                        limit=wanted,
+                        group_size=1,
+                        with_payload=False,
+                    ),
+                )
+                out.append([str(group.id) for group in result.groups])
+            return out
+        found = self._search_batches(self.collection, queries, k * QDRANT_CHUNK_OVERFETCH, True)
+        return [
+            list(dict.fromkeys(str((p.payload or {}).get("source", "")) for p in points))[:wanted] for points in found
+        ]
+
+    def _load_documents(self, sources: list[str]) -> dict[str, _StoredDocument]:
+        """All chunk ids, sizes and vectors of `sources`, with their group vectors, from the documents collection."""
+        out: dict[str, _StoredDocument] = {}
+        if not sources:
+            return out
+        if self._has_documents_collection:
+            ids = [_document_point_id(source) for source in sources]
+            for start in range(0, len(ids), _SCROLL_PAGE):
+                records = self._call(
+                    "fetch documents",
+                    partial(
+                        self._client.retrieve,
+                        self.documents_collection,
+                        ids[start : start + _SCROLL_PAGE],
+                        with_payload=True,
+                        with_vectors=False,
+                    ),
+                )
+                for record in records:
+                    document = _StoredDocument.from_payload(record.payload or {}, self.dimension)
+                    if document is not None:
+                        out[document.source] = document
+        stale = [source for source in sources if source not in out]
+        if stale:
+            scanned = self._scan_chunks(stale)
+            if scanned:
+                logger.warning(
+                    "Qdrant collection %r has no up-to-date document entry for %d sources (e.g. %s), an interrupted "
+                    "write; they were rescored from a scan of their chunks: re-index them to fix it",
+                    self.collection,
+                    len(scanned),
+                    next(iter(scanned)),
+                )
+            for source, chunks in scanned.items():
+                out[source] = _StoredDocument.from_chunks(source, chunks)
+        return out
+
+    def _scan_chunks(self, sources: list[str] | None) -> dict[str, list[tuple[str, npt.NDArray[np.float32], int]]]:
+        """Every chunk of `sources` (None: of the whole collection) as (point id, vector, chunk size), by source."""
+        flt = None if sources is None else models.Filter(must=[_source_in(sources)])
+        found: dict[str, list[tuple[str, npt.NDArray[np.float32], int]]] = {}
+        offset: Any = None
+        while True:
+            page, offset = self._call(
+                "scan chunks",
+                partial(
+                    self._client.scroll,
+                    self.collection,
+                    scroll_filter=flt,
+                    limit=_SCROLL_PAGE,
+                    offset=offset,
+                    with_payload=["source", "chunk_tokens", "metadata"],
+                    with_vectors=True,
+                ),
+            )
+            for point in page:
+                payload = point.payload or {}
+                size = payload.get("chunk_tokens")
+                if not isinstance(size, int):
+                    size = chunk_size_of(payload.get("metadata") or {})
+                vector = np.asarray(point.vector, dtype=np.float32)
+                found.setdefault(str(payload.get("source", "")), []).append((str(point.id), vector, size))
+            if offset is None:
+                return found
+
+    def _forget_documents(self, sources: list[str]) -> None:
+        """Delete the document points of `sources` (before their chunks change, so none is ever out of date)."""
+        if not self._has_documents_collection or not sources:
+            return
+        ids = [_document_point_id(source) for source in sources]
+        self._call(
+            "forget document entries",
+            lambda: self._client.delete(self.documents_collection, models.PointIdsList(points=ids), wait=True),
+        )
+
+    def _refresh_documents(self, sources: list[str] | None) -> None:
+        """Write the document points of `sources` (None: all) from their stored chunks."""
+        if self._has_documents_collection:
+            self._write_documents(self._scan_chunks(sources))
+
+    def _write_documents(self, chunks: dict[str, list[tuple[str, npt.NDArray[np.float32], int]]]) -> None:
+        if not self._has_documents_collection:
+            return
+        if self.distance == "cosine":
+            # Mirror Qdrant, which stores unit vectors in a cosine collection, so rescored cosines equal its own.
+            chunks = {
+                source: [(i, v / n if (n := float(np.linalg.norm(v))) > 0 else v, size) for i, v, size in members]
+                for source, members in chunks.items()
+            }
+        points = [_document_point(source, members) for source, members in chunks.items() if members]
+        for start in range(0, len(points), self._batch_size):
+            batch = points[start : start + self._batch_size]
+            self._call(
+                "write document entries", partial(self._client.upsert, self.documents_collection, batch, wait=True)
+            )
 
     def describe(self) -> dict[str, Any]:
         """Backend, collection, location, distance, counts and dimension, as JSON types."""
@@ -374,6 +621,21 @@ class QdrantStore(VectorStore):
             )
             self._index_source_field(self.sources_collection)
             self._has_sources_collection = True
+        self._has_documents_collection = bool(
+            self._call("connect", lambda: self._client.collection_exists(self.documents_collection))
+        )
+        if not self._has_documents_collection and create:
+            self._call(
+                "create the documents collection",
+                lambda: self._client.create_collection(
+                    self.documents_collection,
+                    vectors_config=models.VectorParams(size=self.dimension, distance=models.Distance.DOT),
+                ),
+            )
+            self._has_documents_collection = True
+            # An index written before document ranking existed: derive the document points once.
+            if self.count():
+                self._refresh_documents(None)
 
     def _check_collection(self) -> None:
         info = self._call("read the collection", lambda: self._client.get_collection(self.collection))
@@ -414,6 +676,7 @@ class QdrantStore(VectorStore):
                 "token_length": record.token_length,
                 "bucket": record.bucket,
                 "metadata": record.metadata,
+                "chunk_tokens": chunk_size_of(record.metadata),
             },
         )
 
@@ -450,6 +713,117 @@ class QdrantStore(VectorStore):
                 time.sleep(delay)
                 delay = min(delay * 2, _MAX_BACKOFF)
                 attempt += 1
+
+
+@dataclass(frozen=True)
+class _StoredDocument:
+    """One source's chunks as stored: point ids, chunk sizes, vectors, and each size's mean unit vector."""
+
+    source: str
+    ids: list[str]
+    sizes: list[int]
+    vectors: npt.NDArray[np.float32]
+    group_vectors: dict[int, npt.NDArray[np.float32]]
+
+    @classmethod
+    def from_chunks(cls, source: str, chunks: list[tuple[str, npt.NDArray[np.float32], int]]) -> _StoredDocument:
+        """Group (point id, vector, chunk size) triples; chunks end up in group order (size by size)."""
+        groups = ChunkGroups.build([0] * len(chunks), [chunk[2] for chunk in chunks])
+        order = groups.order.tolist()
+        vectors = np.stack([chunks[i][1] for i in order]).astype(np.float32)
+        means = group_vectors(np.stack([chunk[1] for chunk in chunks]).astype(np.float32), groups)
+        return cls(
+            source=source,
+            ids=[chunks[i][0] for i in order],
+            sizes=[chunks[i][2] for i in order],
+            vectors=vectors,
+            group_vectors=dict(zip(groups.group_size.tolist(), means, strict=True)),
+        )
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], dimension: int) -> _StoredDocument | None:
+        """Decode a document point's payload; None if it is not one this version wrote (then rescanned)."""
+        try:
+            if payload.get("format") != _DOCUMENT_FORMAT:
+                return None
+            ids = str(payload["chunk_ids"]).split()
+            groups = [(int(g["chunk_tokens"]), int(g["chunks"])) for g in payload["groups"]]
+            vectors = _decode(payload["chunk_vectors"], len(ids), dimension)
+            means = _decode(payload["group_vectors"], len(groups), dimension)
+            if sum(count for _, count in groups) != len(ids) or not ids:
+                return None
+            return cls(
+                source=str(payload["source"]),
+                ids=ids,
+                sizes=[size for size, count in groups for _ in range(count)],
+                vectors=vectors,
+                group_vectors={size: means[g] for g, (size, _) in enumerate(groups)},
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def payload(self) -> dict[str, Any]:
+        """The document point's payload: chunk ids and sizes in group order, vectors as base64 little-endian float32.
+
+        Ids (space-separated) and vectors travel as single strings because local mode deep-copies every payload it
+        returns (a list costs a Python object per item) and a server sends JSON (a float list is about twice the bytes
+        of base64).
+        """
+        sizes = list(self.group_vectors)
+        counts = [self.sizes.count(size) for size in sizes]
+        return {
+            "format": _DOCUMENT_FORMAT,
+            "source": self.source,
+            "groups": [{"chunk_tokens": size, "chunks": count} for size, count in zip(sizes, counts, strict=True)],
+            "chunk_ids": " ".join(self.ids),
+            "chunk_vectors": _encode(self.vectors),
+            "group_vectors": _encode(np.stack([self.group_vectors[size] for size in sizes])),
+        }
+
+
+_DOCUMENT_FORMAT = 1
+
+
+def _encode(vectors: npt.NDArray[np.float32]) -> str:
+    return base64.b64encode(np.ascontiguousarray(vectors, dtype="<f4").tobytes()).decode("ascii")
+
+
+def _decode(text: str, rows: int, dimension: int) -> npt.NDArray[np.float32]:
+    data = binascii.a2b_base64(text, strict_mode=True)
+    if len(data) != 4 * rows * dimension:
+        raise ValueError(f"expected {rows} vectors of dimension {dimension}")
+    return np.frombuffer(data, dtype="<f4").reshape(rows, dimension).astype(np.float32)
+
+
+def _document_point(source: str, chunks: list[tuple[str, npt.NDArray[np.float32], int]]) -> models.PointStruct:
+    """The document point of a source; its vector is the mean of its group vectors (so q . v is the `mean` score)."""
+    document = _StoredDocument.from_chunks(source, chunks)
+    vector = np.mean(np.stack(list(document.group_vectors.values())).astype(np.float64), axis=0)
+    return models.PointStruct(
+        id=_document_point_id(source), vector=vector.astype(np.float32).tolist(), payload=document.payload()
+    )
+
+
+def _size_of(point: models.PointStruct) -> tuple[str, npt.NDArray[np.float32], int]:
+    payload = point.payload or {}
+    return str(point.id), np.asarray(point.vector, dtype=np.float32), int(payload["chunk_tokens"])
+
+
+def _source_in(sources: list[str]) -> models.FieldCondition:
+    return models.FieldCondition(key="source", match=models.MatchAny(any=sources))
+
+
+def _payload_hit(payload: dict[str, Any], point: str, score: float) -> SearchHit:
+    return SearchHit(
+        id=str(payload.get("chunk_id", point)),
+        score=score,
+        text=str(payload.get("text", "")),
+        source=str(payload.get("source", "")),
+        position=int(payload.get("position", 0)),
+        token_length=int(payload.get("token_length", 0)),
+        bucket=str(payload.get("bucket", "")),
+        metadata=dict(payload.get("metadata") or {}),
+    )
 
 
 def _source_is(source: str) -> models.FieldCondition:
