@@ -708,6 +708,7 @@ class RetrievalEvaluator:
         self._token_counts: dict[tuple[str, bool, str], int] = {}
         self._chunkers: dict[tuple[Any, ...], Any] = {}
         self._chunked: dict[tuple[Any, ...], _ChunkedPart] = {}
+        self._splits: dict[tuple[Any, ...], tuple[list[list[str]], list[list[str]]]] = {}
         self.texts_encoded = 0
         """Texts passed to the model so far (every configuration, documents, chunks and queries)."""
 
@@ -875,34 +876,58 @@ class RetrievalEvaluator:
     def _chunk(
         self, encoder: TempScaleEncoder, chunking: ChunkingConfig, label: str, doc_ids: list[str], texts: list[str]
     ) -> _ChunkedPart:
-        """Every document of a part chunked as `index` chunks it, cached per (window, sizes, overlap, part)."""
-        from tempscale_rag.ingest.chunking import MultiSizeChunker
+        """Every document of a part chunked as `index` chunks it, cached per (window, sizes, overlap, part).
 
+        `MultiSizeChunker` splits each size independently and returns a document's chunks size by size, smallest
+        first; each size is therefore split once per part with a one-size `MultiSizeChunker` and cached on its own,
+        so configurations that share a size (`256` and `64,128,256`) split it once. Chunk order is the chunker's.
+        """
         shape = (encoder.window, chunking.sizes, tuple(chunking.overlap(s) for s in chunking.sizes))
-        key = (*shape, label, text_key("\x00".join(doc_ids)), text_key("\x00".join(texts)))
+        docs_key = (label, text_key("\x00".join(doc_ids)), text_key("\x00".join(texts)))
+        key = (*shape, *docs_key)
         if key in self._chunked:
             return self._chunked[key]
-        if shape not in self._chunkers:
-            self._chunkers[shape] = MultiSizeChunker(encoder, chunking)
-        chunker = self._chunkers[shape]
+        per_size = [self._split(encoder, size, chunking.overlap(size), docs_key, texts) for size in chunking.sizes]
         out_texts: list[str] = []
+        keys: list[str] = []
         sizes: list[int] = []
         documents: list[str] = []
-        by_text: dict[str, list[Any]] = {}  # a text repeated in the corpus is split once
-        for doc_id, text in zip(doc_ids, texts, strict=True):
-            chunks = by_text.get(text)
-            if chunks is None:
-                chunks = by_text[text] = chunker.split(text)
-            for chunk in chunks:
-                out_texts.append(chunk.text)
-                sizes.append(chunk.size)
-                documents.append(doc_id)
+        for i, doc_id in enumerate(doc_ids):
+            for size, (split_texts, split_keys) in zip(chunking.sizes, per_size, strict=True):
+                out_texts += split_texts[i]
+                keys += split_keys[i]
+                sizes += [size] * len(split_texts[i])
+                documents += [doc_id] * len(split_texts[i])
         if not out_texts:
             raise ValueError(f"no document of part {label!r} has any text to chunk")
-        keys = [text_key(t) for t in out_texts]
         part = _ChunkedPart(out_texts, keys, sizes, documents, ChunkGroups.build(documents, sizes))
         self._chunked[key] = part
         return part
+
+    def _split(
+        self, encoder: TempScaleEncoder, size: int, overlap: int, docs_key: tuple[str, ...], texts: list[str]
+    ) -> tuple[list[list[str]], list[list[str]]]:
+        """Chunk texts and their digests, per document, of one chunk size (cached)."""
+        from tempscale_rag.ingest.chunking import MultiSizeChunker
+
+        key = (encoder.window, size, overlap, *docs_key)
+        if key not in self._splits:
+            shape = (encoder.window, size, overlap)
+            if shape not in self._chunkers:
+                one = ChunkingConfig(sizes=(size,), overlap_tokens=overlap)
+                self._chunkers[shape] = MultiSizeChunker(encoder, one)
+            chunker = self._chunkers[shape]
+            by_text: dict[str, tuple[list[str], list[str]]] = {}  # a text repeated in the corpus is split once
+            chunk_texts: list[list[str]] = []
+            chunk_keys: list[list[str]] = []
+            for text in texts:
+                if text not in by_text:
+                    pieces = [chunk.text for chunk in chunker.split(text)]
+                    by_text[text] = (pieces, [text_key(piece) for piece in pieces])
+                chunk_texts.append(by_text[text][0])
+                chunk_keys.append(by_text[text][1])
+            self._splits[key] = (chunk_texts, chunk_keys)
+        return self._splits[key]
 
     def _count(
         self, encoder: TempScaleEncoder, texts: list[str], query: bool, keys: list[str] | None = None
