@@ -141,12 +141,13 @@ def test_eval_axes_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFix
         "tau=1 max chunks 16",
         "tau=0.8 docs-only max chunks 16",
         "tau=1 max chunks 16,32",
-        "taus 16:1,32:0.8 max chunks 16,32",
+        "taus 16:1,32:0.8 docs-only max chunks 16,32",
         "tau=0.8 docs-only max chunks 16,32",
         "tau=1 vector",
         "tau=0.8 docs-only vector",
     ]
-    assert entries["taus 16:1,32:0.8 max chunks 16,32"]["chunk_temperatures"] == [1.0, 0.8]
+    assert entries["taus 16:1,32:0.8 docs-only max chunks 16,32"]["chunk_temperatures"] == [1.0, 0.8]
+    assert entries["taus 16:1,32:0.8 docs-only max chunks 16,32"]["config"]["query_temperature"] == 1.0
     assert entries["tau=0.8 docs-only max chunks 16"]["chunk_temperatures"] == [0.8]
     assert entries["tau=1 max chunks 16,32"]["chunk_overlap_tokens"] == [2, 4]
     for entry in entries.values():

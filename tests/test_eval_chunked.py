@@ -14,7 +14,7 @@ from tempscale_rag.config import ChunkingConfig
 from tempscale_rag.documents import ChunkGroups, DocumentScoring, group_vectors, score_documents
 from tempscale_rag.evaluation import evaluate_run
 from tempscale_rag.evaluation import runner as runner_module
-from tempscale_rag.evaluation.report import markdown_report
+from tempscale_rag.evaluation.report import markdown_report, write_outputs
 from tempscale_rag.evaluation.runner import (
     EvalConfiguration,
     EvalTask,
@@ -215,9 +215,13 @@ def test_a_chunk_size_larger_than_the_window_is_a_clear_error(encoder: TempScale
         RetrievalEvaluator(encoder).evaluate(needles, configurations)
 
 
-def test_json_carries_the_pipeline_fields(encoder: TempScaleEncoder, needles: EvalTask) -> None:
+def test_json_carries_the_pipeline_fields(encoder: TempScaleEncoder, needles: EvalTask, tmp_path: Path) -> None:
     configurations = configs(doc_scores=["topm", "vector"], chunkings=["16:1,32:0.9"])
-    document = RetrievalEvaluator(encoder).evaluate(needles, configurations).to_json_dict(per_query=False)
+    results = RetrievalEvaluator(encoder).evaluate(needles, configurations)
+    paths = write_outputs(results, tmp_path / "out", per_query=False)
+    assert paths["plot"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| taus 16:1,32:0.9 topm | topm 16,32 | 64 |" in paths["markdown"].read_text()
+    document = results.to_json_dict(per_query=False)
     json.dumps(document)
     entries = {c["name"]: c for c in document["configurations"]}
     assert list(entries) == ["tau=1 topm", "taus 16:1,32:0.9 topm", "tau=1 vector", "default buckets vector"]

@@ -193,7 +193,8 @@ def _register_eval(subparsers: Any) -> None:
         "--queries",
         choices=("same", "plain", "both"),
         default="same",
-        help="Global taus: encode queries at tau too (same, the paper), at tau = 1 (plain: documents only), or both.",
+        help="Global taus: encode queries at tau too (same, the paper), at tau = 1 (plain: documents only), or both; "
+        "per-size taus: route queries by length like `search` does (same) or keep them at tau = 1 (plain).",
     )
     group = parser.add_argument_group("pipelines compared (axes)")
     add_argument(

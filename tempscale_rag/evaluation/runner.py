@@ -310,7 +310,8 @@ def build_configurations(
         long_text: Long-text policies of the `vector` pipeline (an axis).
         max_seq_lengths: Windows to compare (an axis); None is the model's full window.
         queries: For global taus: `same` encodes queries at tau too (the paper), `plain` keeps queries at tau = 1
-            (documents-only TempScale), `both` evaluates both.
+            (documents-only TempScale), `both` evaluates both. For per-size taus: `same` routes queries by length
+            like any input (what `index`/`search` do), `plain` keeps them at tau = 1.
         doc_scores: Pipelines (an axis): `vector` and/or chunk aggregations (`max`, `mean`, `hybrid`, `topm`,
             `softmax`).
         chunkings: Chunk settings of the chunked pipelines (an axis): `ChunkingConfig`s or specs such as
@@ -419,12 +420,18 @@ def build_configurations(
                 ):
                     if all(t == 1.0 for t in chunking.taus):
                         continue  # the baseline already
-                    setting = f"taus {chunking.spec()}"
-                    out.append(
-                        EvalConfiguration(
-                            f"{setting}{suffix}", _config(common), baseline, doc_score, chunking, True, setting
+                    # Queries are routed by length like any input (`same`, what the product does: short queries
+                    # land in the smallest size's bucket), or kept at tau = 1 (`plain`).
+                    for setting, query_tau in (
+                        *([(f"taus {chunking.spec()}", None)] if queries in ("same", "both") else []),
+                        *([(f"taus {chunking.spec()} docs-only", 1.0)] if queries in ("plain", "both") else []),
+                    ):
+                        config = _config(common, query_temperature=query_tau)
+                        out.append(
+                            EvalConfiguration(
+                                f"{setting}{suffix}", config, baseline, doc_score, chunking, True, setting
+                            )
                         )
-                    )
                 for name, config in settings(common, suffix, first):
                     out.append(
                         EvalConfiguration(name, config, baseline, doc_score, first, setting=name.removesuffix(suffix))
