@@ -2,7 +2,8 @@
 
 Every index folder holds `manifest.json`, an `IndexManifest` written atomically (temp file in the same folder,
 flush + fsync, `os.replace`, fsync of the folder). It records the model, the vector dimension, the full
-`TempScaleConfig`, the store backend and its settings, and timestamps.
+`TempScaleConfig`, the chunking (`ChunkingConfig`: chunk sizes, their temperatures, overlap, document score), the
+store backend and its settings, and timestamps.
 
 Compatibility policy:
 
@@ -11,14 +12,20 @@ Compatibility policy:
 - settings that change *document* vectors differ (temperatures, buckets or schedule, long-text policy, window,
   normalisation, document prompt): refused when writing, because adding such vectors to the index would silently mix
   two embeddings; a warning (`IndexConfigWarning`) when only searching, because the stored vectors are what they are.
+- chunking (chunk sizes, per-size temperatures, overlap, document score): refused when writing, because one index
+  must never mix chunk settings; ignored when searching. An index written before chunking was recorded
+  (`chunking` is None) is a legacy index of one window-filling chunk size; adding chunks of recorded sizes to it is
+  refused.
 - settings that only change *query* vectors (query temperature, query prompt): a warning when searching, ignored
-  when writing.
+  when writing through the API (the stored manifest keeps its own; the CLI refuses such a flag on re-index, since
+  it would have no effect).
 - run-time settings (device, dtype, batch budget, calibration file path): ignored.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -31,14 +38,17 @@ from typing import IO, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tempscale_rag.config import TempScaleConfig
+from tempscale_rag.config import ChunkingConfig, TempScaleConfig
 from tempscale_rag.stores.base import IndexCorruptError, IndexMismatchError, IndexNotFoundError
 
 MANIFEST_NAME = "manifest.json"
 """File name of the manifest inside an index folder."""
 
-FORMAT_VERSION = 1
-"""Version of the on-disk index format this package writes and reads."""
+FORMAT_VERSION = 2
+"""Version of the on-disk index format this package writes; it reads this and every earlier one.
+
+1: no `chunking` in the manifest (one window-filling chunk size). 2: `chunking` recorded.
+"""
 
 TEMP_SUFFIX = ".tmp"
 """Suffix of the temporary files written before an atomic rename; leftovers are stale and safe to delete."""
@@ -120,7 +130,17 @@ class IndexManifest(BaseModel):
     package_version: str = Field(default_factory=package_version, description="tempscale-rag version that wrote it.")
     model: str = Field(min_length=1, description="Canonical name of the embedding model.")
     dimension: int = Field(gt=0, description="Length of the stored vectors.")
+    model_digest: str | None = Field(
+        default=None,
+        description="For a model in a local folder: `model_digest` of that folder, so the model is recognised after "
+        "the folder moves; None for the bundled model and hub names (their name is their identity).",
+    )
     config: TempScaleConfig = Field(description="The configuration that produced the document vectors.")
+    chunking: ChunkingConfig | None = Field(
+        default=None,
+        description="How documents were chunked (sizes, per-size temperatures, overlap, document score); None for an "
+        "index made before chunking was recorded: one chunk size filling the model window.",
+    )
     store: StoreKind = Field(description="Which backend holds the vectors.")
     backend: FaissSettings | QdrantSettings = Field(discriminator="kind", description="Backend settings.")
     created_at: datetime = Field(default_factory=_now)
@@ -140,6 +160,8 @@ class IndexManifest(BaseModel):
         dimension: int,
         config: TempScaleConfig,
         backend: FaissSettings | QdrantSettings | None = None,
+        chunking: ChunkingConfig | None = None,
+        model_digest: str | None = None,
     ) -> IndexManifest:
         """A manifest for a new index.
 
@@ -148,12 +170,22 @@ class IndexManifest(BaseModel):
             dimension: Vector dimension.
             config: The configuration that will produce the document vectors.
             backend: Backend settings; None is an exact FAISS index.
+            chunking: How documents are chunked; None records nothing (a caller that chunks on its own).
+            model_digest: `model_digest` of the model's folder when the model is a local folder.
 
         Returns:
             The manifest.
         """
         backend = backend or FaissSettings()
-        return cls(model=model, dimension=dimension, config=config, store=backend.kind, backend=backend)
+        return cls(
+            model=model,
+            model_digest=model_digest,
+            dimension=dimension,
+            config=config,
+            store=backend.kind,
+            backend=backend,
+            chunking=chunking,
+        )
 
     def touched(self) -> IndexManifest:
         """A copy with `updated_at` set to now and the running package version."""
@@ -176,6 +208,9 @@ def atomic_file(path: Path) -> Iterator[IO[bytes]]:
     fd, temp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     temp = Path(temp_name)
     try:
+        # mkstemp creates the file 0600 whatever the umask; index files get the mode any new file would get.
+        with contextlib.suppress(OSError, AttributeError):
+            os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
@@ -185,6 +220,13 @@ def atomic_file(path: Path) -> Iterator[IO[bytes]]:
         temp.unlink(missing_ok=True)
         raise
     fsync_dir(folder)
+
+
+def current_umask() -> int:
+    """The process umask (read by setting and restoring it: there is no read-only call)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def fsync_dir(folder: Path) -> None:
@@ -307,6 +349,56 @@ def check_compatible(manifest: IndexManifest, model: str, dimension: int, *, whe
     )
 
 
+_DIGEST_WHOLE_FILE = 1 << 20
+_DIGEST_SAMPLES = 8
+_DIGEST_SAMPLE_BYTES = 1 << 16
+
+
+def model_digest(folder: str | Path) -> str | None:
+    """A content fingerprint of a local model folder, or None if `folder` is not a folder.
+
+    Covers every file's relative name and size, the whole content of files under 1 MiB (configs, tokenizer,
+    vocabulary) and eight 64 KiB samples spread over each larger file (weights): cheap on a 1 GB model, and two
+    different models practically never agree. The folder's location is not part of it, so a moved copy matches.
+    """
+    root = Path(folder).expanduser()
+    if not root.is_dir():
+        return None
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        relative = path.relative_to(root).as_posix().encode("utf-8", "surrogateescape")
+        size = path.stat().st_size
+        digest.update(len(relative).to_bytes(8, "little") + relative + size.to_bytes(8, "little"))
+        with path.open("rb") as handle:
+            if size <= _DIGEST_WHOLE_FILE:
+                digest.update(handle.read())
+                continue
+            for i in range(_DIGEST_SAMPLES):
+                handle.seek((size - _DIGEST_SAMPLE_BYTES) * i // (_DIGEST_SAMPLES - 1))
+                digest.update(handle.read(_DIGEST_SAMPLE_BYTES))
+    return digest.hexdigest()
+
+
+def same_model(manifest: IndexManifest, model: str) -> bool:
+    """Whether `model` (a name or path, as given by a user) names the model that built the index.
+
+    The same canonical name (the bundled model's name, a hub name, or the same absolute folder), or, for an index
+    built from a local folder, a folder whose `model_digest` equals the recorded one (the model was moved or
+    copied). Loads no model.
+    """
+    if model == manifest.model:
+        return True
+    path = Path(model).expanduser()
+    if not path.exists():
+        return False
+    resolved = str(path.resolve())
+    if resolved == manifest.model:
+        return True
+    if manifest.model_digest is not None:
+        return model_digest(path) == manifest.model_digest
+    return False
+
+
 def document_settings(config: TempScaleConfig) -> dict[str, Any]:
     """The settings of `config` that change document vectors, in their effective form.
 
@@ -417,4 +509,38 @@ def check_manifest_matches(
                     f"{at} uses Qdrant {name} {have!r}; you asked for {want!r}: use --out for a new index, "
                     "or the index's own Qdrant settings"
                 )
+    if writing:
+        check_chunking_compatible(stored, requested.chunking, where=where)
     check_config_compatible(stored, requested.config, writing=writing, where=where)
+
+
+def describe_chunking(chunking: ChunkingConfig | None) -> str:
+    """A one-line description of an index's chunking (sizes with their temperatures, overlap, document score)."""
+    if chunking is None:
+        return "legacy: one chunk size filling the model window (not recorded in this index's manifest)"
+    overlap = "min(32, size/8) per size" if chunking.overlap_tokens is None else f"{chunking.overlap_tokens} tokens"
+    return f"sizes {chunking.spec()} (size:tau), overlap {overlap}, document score {chunking.doc_score}"
+
+
+def check_chunking_compatible(
+    manifest: IndexManifest, chunking: ChunkingConfig | None, *, where: str | Path | None = None
+) -> None:
+    """Refuse to add chunks made with other chunk settings than the index's (an index never mixes them).
+
+    Args:
+        manifest: The index's manifest.
+        chunking: The chunk settings about to be used (None: legacy, one window-filling size).
+        where: The index location, for the message.
+
+    Raises:
+        IndexMismatchError: If the settings differ.
+    """
+    if manifest.chunking == chunking:
+        return
+    at = f"index at {where}" if where is not None else "this index"
+    raise IndexMismatchError(
+        f"{at} was chunked with {describe_chunking(manifest.chunking)}; you asked for {describe_chunking(chunking)}: "
+        "an index never mixes chunk settings. Re-index with the index's own settings (leave out --chunk-tokens, "
+        f"--chunk-overlap-tokens and --doc-score), or rebuild: delete {where or 'the index folder'} "
+        "(or pick another --out) and run `tempscale-rag index` again"
+    )
