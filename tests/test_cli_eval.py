@@ -12,6 +12,8 @@ import pytest
 from tempscale_rag import TempScaleConfig
 from tempscale_rag.cli import main
 
+from .conftest import SHARED_DATA
+
 TEXTS = {
     "remote.txt": "Project manager: so we should discuss the buttons and the case. Designer: rubber is cheaper. " * 12,
     "budget.md": "The committee met on Tuesday to review the library budget and the opening hours. " * 10,
@@ -183,3 +185,14 @@ def test_calibrate_per_chunk_size_and_evaluate_with_it(
     assert [e["name"] for e in entries] == ["tau=1", "calibrated sizes"]
     assert entries[1]["chunk_tokens"] == [16, 32] and entries[1]["chunk_temperatures"] == list(taus)
     assert ChunkingConfig.model_validate(written["chunking"]) == chunking
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SHARED_DATA / "qmsum").is_dir(), reason="../shared/data/qmsum is absent")
+def test_vector_protocol_on_the_command_line_reproduces_mteb_on_qmsum(capsys: pytest.CaptureFixture[str]) -> None:
+    # The public MTEB number for all-MiniLM-L6-v2 on LEMBQMSumRetrieval at max_seq_length 256 is nDCG@10 = 16.32.
+    argv = ["-q", "eval", str(SHARED_DATA / "qmsum"), "--doc-score", "vector", "--max-seq-length", "256"]
+    assert main([*argv, "--temperature", "1.0", "--device", "cpu", "--json", "--no-per-query"]) == 0
+    entries = json.loads(capsys.readouterr().out)["configurations"]
+    assert [e["name"] for e in entries] == ["tau=1"] and entries[0]["doc_score"] == "vector"
+    assert entries[0]["metrics"]["ndcg@10"] * 100 == pytest.approx(16.32, abs=0.1)
