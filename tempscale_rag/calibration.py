@@ -1,5 +1,11 @@
 """Choosing a temperature per length bucket for a given model and corpus, and the calibration file it writes.
 
+What is calibrated: by default a tau per *chunk size* of the product's pipeline (`calibrate_sizes`): `index` chunks
+every document at every size of a `ChunkingConfig`, each size is its own length bucket, so each size gets its own
+tau. The file then carries the chunking (`"chunking"`: sizes, chosen temperatures, overlap) beside the buckets the
+sizes map to; `read_chunking` gives it back as a `ChunkingConfig`. With explicit bucket edges instead
+(`calibrate_spread`, `calibrate_dev`), a tau per token-length bucket, for the one-vector-per-document protocol.
+
 Criteria:
 
 - `spread` (label-free, the CLI default): the paper diagnoses length collapse as a distribution mismatch between
@@ -28,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tempscale_rag.config import Bucket, read_calibration
+from tempscale_rag.config import Bucket, ChunkingConfig, read_calibration
 from tempscale_rag.diagnostics.collapse import collapse_stats, sample_windows
 from tempscale_rag.encoder import TempScaleEncoder
 from tempscale_rag.evaluation.datasets import RetrievalDataset
@@ -50,6 +56,8 @@ class Calibration:
         buckets: The buckets with their chosen taus.
         settings: The window (`max_seq_length`) and `long_text` policy the taus were chosen under.
         measurements: What the choice was based on (curves, scores tried).
+        chunking: For a per-chunk-size calibration, the chunk sizes with their chosen temperatures (the buckets are
+            `chunking.buckets(n_special)`); None for bucket edges calibrated directly.
     """
 
     model: str
@@ -57,9 +65,12 @@ class Calibration:
     buckets: list[Bucket]
     settings: dict[str, Any] = field(default_factory=dict)
     measurements: dict[str, Any] = field(default_factory=dict)
+    chunking: ChunkingConfig | None = None
 
     def spec(self) -> str:
-        """The buckets in the CLI's spec form, e.g. `0-128:1,128-256:0.9,256-:0.8`."""
+        """The chunk sizes with their taus (`64:1,128:1,256:0.8`), else the buckets (`0-128:1,128-256:0.9,256-:0.8`)."""
+        if self.chunking is not None:
+            return self.chunking.spec()
         return ",".join(
             f"{b.min_tokens}-{'' if b.max_tokens is None else b.max_tokens}:{b.tau:g}" for b in self.buckets
         )
@@ -71,6 +82,7 @@ class Calibration:
             "model": self.model,
             "criterion": self.criterion,
             "buckets": [b.model_dump() for b in self.buckets],
+            "chunking": None if self.chunking is None else self.chunking.to_json_dict(),
             "settings": self.settings,
             "measurements": self.measurements,
             "package_version": package_version(),
@@ -99,7 +111,26 @@ class Calibration:
             buckets=list(data["buckets"]),
             settings=dict(data.get("settings") or {}),
             measurements=dict(data.get("measurements") or {}),
+            chunking=read_chunking(path),
         )
+
+
+def read_chunking(path: str | Path) -> ChunkingConfig | None:
+    """The chunk sizes and per-size temperatures a calibration file was made for, or None for a bucket calibration.
+
+    `index --calibration FILE` and `eval --calibration FILE` use it so that the sizes match the file's buckets.
+
+    Raises:
+        ValueError: If the file is unusable (see `read_calibration`) or its `chunking` entry is invalid.
+    """
+    data = read_calibration(path)
+    entry = data.get("chunking")
+    if entry is None:
+        return None
+    try:
+        return ChunkingConfig.model_validate(entry)
+    except ValueError as exc:
+        raise ValueError(f"calibration file {path} has an invalid 'chunking' entry: {exc}".replace("\n", " ")) from None
 
 
 def _settings(encoder: TempScaleEncoder) -> dict[str, Any]:
@@ -182,6 +213,106 @@ def calibrate_spread(
         buckets=chosen,
         settings=_settings(encoder),
         measurements=measured,
+    )
+
+
+def calibrate_sizes(
+    encoder: TempScaleEncoder,
+    corpus: Sequence[str],
+    chunking: ChunkingConfig | None = None,
+    *,
+    taus: Sequence[float] = DEFAULT_TAU_GRID,
+    per_length: int = 48,
+    seed: int = 0,
+    reference_tokens: int | None = None,
+) -> Calibration:
+    """Label-free, per chunk size: each size gets the tau whose spread on full chunks matches short texts' at tau 1.
+
+    This is the `spread` criterion applied to the product's pipeline: every chunk size is a length bucket, so texts
+    of exactly each size (word-aligned windows cut from the corpus, as full chunks are) are embedded at every
+    candidate tau and the tau whose mean pairwise cosine comes closest to the reference's is chosen (ties: the
+    larger tau). The reference is texts of `reference_tokens` tokens at tau = 1; by default the smallest chunk size
+    (which then keeps tau = 1), or 32 tokens when there is a single size.
+
+    Args:
+        encoder: The engine (its model and window are used; its temperatures are not).
+        corpus: Texts to cut windows from (the user's documents).
+        chunking: The chunk sizes to calibrate (their temperatures are replaced); default: `ChunkingConfig()`.
+        taus: Candidate temperatures.
+        per_length: Texts sampled per size.
+        seed: Sampling seed.
+        reference_tokens: Length (content tokens) of the reference texts; None: see above.
+
+    Returns:
+        The calibration: `chunking` with the chosen temperatures, and the buckets they map to.
+
+    Raises:
+        ValueError: If a size does not fit the window or the corpus has no text long enough.
+    """
+    chunking = chunking or ChunkingConfig()
+    n_special = encoder.count_tokens([""])[0]
+    capacity = encoder.window - n_special
+    too_long = [size for size in chunking.sizes if size > capacity]
+    if too_long:
+        raise ValueError(
+            f"chunk size {too_long[0]} does not fit the model window ({capacity} content tokens); "
+            "give smaller sizes or a larger --max-seq-length"
+        )
+    if reference_tokens is None:
+        reference_tokens = chunking.sizes[0] if len(chunking.sizes) > 1 else min(32, capacity)
+    if not 1 <= reference_tokens <= capacity:
+        raise ValueError(f"reference_tokens must be between 1 and {capacity}, got {reference_tokens}")
+    plain = encoder.with_config(temperature=1.0, schedule=None, query_temperature=None)
+    reference = sample_windows(encoder, corpus, [reference_tokens], per_length, seed)[reference_tokens]
+    target = collapse_stats(plain.encode(reference.texts)).mean_cosine
+    samples = sample_windows(encoder, corpus, list(chunking.sizes), per_length, seed + 1)
+    chosen: list[float] = []
+    measured: dict[str, Any] = {
+        "reference_tokens": reference_tokens,
+        "reference_mean_cosine": target,
+        "sizes": {},
+    }
+    for size in chunking.sizes:
+        if size == reference_tokens:
+            chosen.append(1.0)  # the reference itself
+            measured["sizes"][str(size)] = {"tau": 1.0, "reference": True}
+            continue
+        curve: dict[float, float] = {}
+        for tau in taus:
+            at_tau = encoder.with_config(temperature=tau, schedule=None, query_temperature=None)
+            curve[tau] = collapse_stats(at_tau.encode(samples[size].texts)).mean_cosine
+        best = min(curve, key=lambda t: (abs(curve[t] - target), -t))
+        chosen.append(best)
+        measured["sizes"][str(size)] = {"mean_cosine_by_tau": {f"{t:g}": v for t, v in curve.items()}, "tau": best}
+    tuned = chunking.model_copy(update={"temperatures": tuple(chosen)})
+    return Calibration(
+        model=encoder.model_name,
+        criterion="spread",
+        buckets=list(tuned.buckets(n_special)),
+        settings={**_settings(encoder), "n_special": n_special},
+        measurements=measured,
+        chunking=tuned,
+    )
+
+
+def chunking_calibration(calibration: Calibration, chunking: ChunkingConfig, n_special: int) -> Calibration:
+    """A bucket calibration over `chunking.buckets(n_special)` (e.g. from `calibrate_dev`) as a per-size one.
+
+    Args:
+        calibration: Its buckets must be `chunking.buckets(n_special)`'s edges, in order.
+        chunking: The chunk sizes.
+        n_special: The engine's special-token count the buckets were made with.
+
+    Raises:
+        ValueError: If the buckets do not match the sizes.
+    """
+    edges = [(b.min_tokens, b.max_tokens) for b in chunking.buckets(n_special)]
+    if [(b.min_tokens, b.max_tokens) for b in calibration.buckets] != edges:
+        raise ValueError("the calibration's buckets are not the chunk sizes' buckets")
+    tuned = chunking.model_copy(update={"temperatures": tuple(b.tau for b in calibration.buckets)})
+    settings = {**calibration.settings, "n_special": n_special}
+    return Calibration(
+        calibration.model, calibration.criterion, list(calibration.buckets), settings, calibration.measurements, tuned
     )
 
 

@@ -109,3 +109,53 @@ def test_self_criterion_searches_on_pseudo_queries(encoder: TempScaleEncoder) ->
     assert evaluator.cache is not None and evaluator.cache.hits > 0
     with pytest.raises(ValueError, match="two documents"):
         pseudo_query_dataset(enc, ["tiny"], n_queries=2)
+
+
+def test_spread_per_chunk_size_writes_a_loadable_file(encoder: TempScaleEncoder, tmp_path: Path) -> None:
+    from tempscale_rag.calibration import calibrate_sizes, read_chunking
+    from tempscale_rag.config import ChunkingConfig
+
+    enc = encoder.with_config(max_seq_length=64)
+    n_special = enc.count_tokens([""])[0]
+    chunking = ChunkingConfig.parse("16:1,32:0.5,48:0.5", overlap_tokens=4)  # given taus are replaced
+    calibration = calibrate_sizes(enc, CORPUS, chunking, taus=(1.0, 0.7), per_length=4)
+    assert calibration.chunking is not None and calibration.chunking.sizes == (16, 32, 48)
+    taus = calibration.chunking.temperatures
+    assert taus is not None and taus[0] == 1.0  # the smallest size is the reference
+    target = calibration.measurements["reference_mean_cosine"]
+    for size, tau in zip((32, 48), taus[1:], strict=True):
+        curve = calibration.measurements["sizes"][str(size)]["mean_cosine_by_tau"]
+        assert abs(curve[f"{tau:g}"] - target) == min(abs(v - target) for v in curve.values())
+    assert calibration.buckets == list(calibration.chunking.buckets(n_special))
+    assert calibration.spec() == calibration.chunking.spec()
+    path = calibration.save(tmp_path / "sizes.json")
+    assert read_chunking(path) == calibration.chunking and read_chunking(path).overlap_tokens == 4  # type: ignore[union-attr]
+    assert Calibration.load(path).chunking == calibration.chunking
+    assert TempScaleConfig.with_calibration(path).buckets == calibration.chunking.buckets(n_special)
+    # A bucket calibration has no chunk sizes.
+    plain = Calibration(model=encoder.model_name, criterion="spread", buckets=EDGES).save(tmp_path / "plain.json")
+    assert read_chunking(plain) is None
+    # One size: the reference is short (32-token) texts, so the single size is calibrated too.
+    single = calibrate_sizes(enc, CORPUS, ChunkingConfig(sizes=(48,)), taus=(1.0, 0.7), per_length=4)
+    assert single.measurements["reference_tokens"] == 32 and "mean_cosine_by_tau" in single.measurements["sizes"]["48"]
+    with pytest.raises(ValueError, match="does not fit the model window"):
+        calibrate_sizes(enc, CORPUS, ChunkingConfig(sizes=(128,)), taus=(1.0,), per_length=4)
+
+
+def test_a_dev_search_over_chunk_sizes_becomes_per_size_taus(encoder: TempScaleEncoder) -> None:
+    from tempscale_rag.calibration import chunking_calibration
+    from tempscale_rag.config import ChunkingConfig
+
+    chunking = ChunkingConfig.parse("16,32")
+    n_special = encoder.count_tokens([""])[0]
+
+    def score(enc: TempScaleEncoder) -> float:
+        first, second = (b.tau for b in enc.config.buckets)
+        return -abs(first - 1.0) - abs(second - 0.8)
+
+    found = calibrate_dev(encoder, score, buckets=chunking.buckets(n_special), taus=(1.0, 0.9, 0.8), rounds=2)
+    per_size = chunking_calibration(found, chunking, n_special)
+    assert per_size.chunking is not None and per_size.chunking.temperatures == (1.0, 0.8)
+    assert per_size.spec() == "16:1,32:0.8" and per_size.settings["n_special"] == n_special
+    with pytest.raises(ValueError, match="not the chunk sizes' buckets"):
+        chunking_calibration(found, ChunkingConfig.parse("24,32"), n_special)

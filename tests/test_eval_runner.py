@@ -57,7 +57,7 @@ def test_perfect_configuration_scores_one(encoder: TempScaleEncoder, tmp_path: P
     # Each query is its document's text, so with queries and documents encoded alike the top hit is always right.
     folder = write_beir(tmp_path / "perfect", DOCS, {f"q{d}": t for d, t in DOCS.items()}, {f"q{d}": d for d in DOCS})
     task = beir_task(folder)
-    configurations = build_configurations(BASE, temperatures=[0.7], max_seq_lengths=[64])
+    configurations = build_configurations(BASE, temperatures=[0.7], max_seq_lengths=[64], doc_scores=["vector"])
     results = RetrievalEvaluator(encoder).evaluate(task, configurations)
     assert [r.name for r in results.results] == ["tau=1", "tau=0.7"]
     for result in results.results:
@@ -70,7 +70,7 @@ def test_perfect_configuration_scores_one(encoder: TempScaleEncoder, tmp_path: P
 
 def test_store_retrieval_matches_brute_force(encoder: TempScaleEncoder, tiny_passkey: EvalTask) -> None:
     # The FAISS store route must give the same metrics as ranking every document by a numpy dot product.
-    configurations = build_configurations(BASE, temperatures=[0.8], max_seq_lengths=[96])
+    configurations = build_configurations(BASE, temperatures=[0.8], max_seq_lengths=[96], doc_scores=["vector"])
     config = configurations[1].config
     results = RetrievalEvaluator(encoder, cache=False).evaluate(tiny_passkey, configurations)
     enc = encoder.with_config(**config.model_dump())
@@ -97,6 +97,7 @@ def test_cache_gives_the_same_numbers_as_no_cache(encoder: TempScaleEncoder) -> 
         long_text=["truncate", "chunk_mean"],
         max_seq_lengths=[32, 48],
         queries="plain",
+        doc_scores=["vector"],
     )
     cached = RetrievalEvaluator(encoder)
     with_cache = cached.evaluate(tiny, configurations)
@@ -115,7 +116,8 @@ def test_cache_gives_the_same_numbers_as_no_cache(encoder: TempScaleEncoder) -> 
 
 
 def test_synthetic_scores_per_length_and_mean(encoder: TempScaleEncoder, tiny_passkey: EvalTask) -> None:
-    results = RetrievalEvaluator(encoder).evaluate(tiny_passkey, build_configurations(BASE, max_seq_lengths=[64]))
+    configurations = build_configurations(BASE, max_seq_lengths=[64], doc_scores=["vector"])
+    results = RetrievalEvaluator(encoder).evaluate(tiny_passkey, configurations)
     assert [r.name for r in results.results] == ["tau=1", "default buckets"]
     for result in results.results:
         per_length = [result.parts[label].mean["acc@1"] for label in ("128", "256")]
@@ -146,10 +148,15 @@ def test_segment_lengths_mirror_the_encoder(encoder: TempScaleEncoder) -> None:
 
 
 def test_build_configurations_names_baselines_and_validation() -> None:
-    names = [c.name for c in build_configurations(BASE)]
+    names = [c.name for c in build_configurations(BASE, doc_scores=["vector"])]
     assert names == ["tau=1", "default buckets"]
     configurations = build_configurations(
-        BASE, temperatures=[1.0, 0.9], queries="both", long_text=["truncate", "chunk_mean"], max_seq_lengths=[256, 512]
+        BASE,
+        temperatures=[1.0, 0.9],
+        queries="both",
+        long_text=["truncate", "chunk_mean"],
+        max_seq_lengths=[256, 512],
+        doc_scores=["vector"],
     )
     assert [c.name for c in configurations[:3]] == [
         "tau=1 @256 truncate",
@@ -167,6 +174,8 @@ def test_build_configurations_names_baselines_and_validation() -> None:
         build_configurations(BASE, buckets=["0-10:1.0"])
     with pytest.raises(ValueError, match="share the name"):
         build_configurations(BASE, buckets=["default", "default"])
+    with pytest.raises(ValueError, match="unknown document score"):
+        build_configurations(BASE, doc_scores=["best"])
 
 
 def test_split_by_documents(tmp_path: Path) -> None:
@@ -183,7 +192,8 @@ def test_split_by_documents(tmp_path: Path) -> None:
 
 def test_write_outputs(encoder: TempScaleEncoder, tmp_path: Path) -> None:
     folder = write_beir(tmp_path / "w", DOCS, {"a": "rubber remote", "b": "library budget"}, {"a": "d1", "b": "d2"})
-    results = RetrievalEvaluator(encoder).evaluate(beir_task(folder), build_configurations(BASE, max_seq_lengths=[32]))
+    configurations = build_configurations(BASE, max_seq_lengths=[32], doc_scores=["vector"])
+    results = RetrievalEvaluator(encoder).evaluate(beir_task(folder), configurations)
     paths = write_outputs(results, tmp_path / "out")
     document = json.loads(paths["json"].read_text())
     assert document["main_metric"] == "ndcg@10"
@@ -196,7 +206,8 @@ def test_write_outputs(encoder: TempScaleEncoder, tmp_path: Path) -> None:
 def test_bamboo_slice_runs(encoder: TempScaleEncoder) -> None:
     full = beir_task(SHARED_DATA / "bamboo")
     task = EvalTask("bamboo", "beir", {"all": full.parts["all"].subset(4, seed=0, max_docs=10)})
-    results = RetrievalEvaluator(encoder).evaluate(task, build_configurations(BASE, max_seq_lengths=[64]))
+    configurations = build_configurations(BASE, max_seq_lengths=[64], doc_scores=["vector"])
+    results = RetrievalEvaluator(encoder).evaluate(task, configurations)
     assert all(0.0 <= r.metrics["ndcg@10"] <= 1.0 for r in results.results)
     assert results.results[0].encoding["truncated_documents"] == 10
 
@@ -206,7 +217,8 @@ def test_bamboo_slice_runs(encoder: TempScaleEncoder) -> None:
 def test_qmsum_reproduces_mteb() -> None:
     # The public MTEB number for all-MiniLM-L6-v2 on LEMBQMSumRetrieval at max_seq_length 256 is nDCG@10 = 16.32.
     encoder = TempScaleEncoder(device="cpu", max_seq_length=256)
-    configurations = build_configurations(BASE, temperatures=[1.0], max_seq_lengths=[256])
+    configurations = build_configurations(BASE, temperatures=[1.0], max_seq_lengths=[256], doc_scores=["vector"])
+    assert [c.name for c in configurations] == ["tau=1"]
     results = RetrievalEvaluator(encoder).evaluate(beir_task(SHARED_DATA / "qmsum"), configurations)
     assert results.results[0].metrics["ndcg@10"] * 100 == pytest.approx(16.32, abs=0.1)
 

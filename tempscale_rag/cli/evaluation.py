@@ -1,10 +1,12 @@
 """`tempscale-rag eval`, `collapse` and `calibrate`: measure what TempScale is worth on your data, and tune it.
 
-- `eval DATASET`: retrieval scores of several configurations side by side (baseline tau = 1, global taus, buckets,
-  calibration files, a schedule) along the long-text and window axes; JSON, Markdown and a PNG in `--out`.
+- `eval DATASET`: retrieval scores of several configurations side by side (baseline tau = 1, global taus, per-size
+  taus, buckets, calibration files, a schedule) along the doc-score, chunk-size, long-text and window axes, each with
+  its indexing cost; by default what the product does (documents chunked as `index` chunks them, ranked from their
+  chunks). Prints a Markdown table (or JSON); writes JSON, Markdown and a PNG only into `--out DIR`.
 - `collapse CORPUS`: mean pairwise cosine and spread of embeddings per token length, with and without TempScale.
-- `calibrate CORPUS`: choose a tau per length bucket (label-free, or by a search on a labelled `--dev` set) and
-  write the calibration file that `index`, `eval` and both integrations load.
+- `calibrate CORPUS`: choose a tau per chunk size (or per length bucket with `--buckets`), label-free or by a search
+  on a labelled `--dev` set, and write the calibration file that `index`, `eval` and both integrations load.
 """
 
 from __future__ import annotations
@@ -165,12 +167,24 @@ def _print_json(document: Any) -> None:
 
 
 def _register_eval(subparsers: Any) -> None:
+    from tempscale_rag.config import DEFAULT_DOC_SCORE, ChunkingConfig
+    from tempscale_rag.documents import DOC_SCORES
+
+    default_chunks = ChunkingConfig().spec()
+    doc_scores = (*DOC_SCORES, "vector")
     parser = subparsers.add_parser(
         "eval",
         help="Compare TempScale configurations on a retrieval dataset.",
         description="Evaluate the tau = 1 baseline and TempScale configurations side by side on a BEIR folder or "
-        "LongEmbed's passkey/needle tasks (nDCG@1/@10, Recall@k, MRR; acc@1 per length). With no --temperature, "
-        "--buckets, --calibration or --schedule, the baseline is compared with the package's default buckets.",
+        "LongEmbed's passkey/needle tasks (nDCG@1/@10, Recall@k, MRR; acc@1 per length), each with its indexing "
+        "cost (tokens embedded per source token, vectors per 1,000 source tokens, embedding seconds). By default "
+        "it evaluates what the product does: every document chunked as `index` chunks it (sizes "
+        f"{default_chunks}, each size its own length bucket and tau), documents ranked from their chunks "
+        f"(--doc-score {DEFAULT_DOC_SCORE}), queries routed by length (short queries at tau = 1). Every pipeline "
+        "gets a tau = 1 baseline row (same chunks and aggregation, every tau 1); with no --temperature, --buckets, "
+        "--calibration or --schedule it is compared with the chunk sizes' own taus (and `vector` with the default "
+        "buckets). Embeddings are cached per (text, tau), so a sweep embeds each distinct chunk once per tau. "
+        "Results are printed (a Markdown table, or JSON with --json); files are written only with --out DIR.",
     )
     add_argument(parser, "dataset", metavar="DATASET", help="A BEIR folder, 'passkey' or 'needle'.")
     _add_temperature_flags(parser)
@@ -179,18 +193,50 @@ def _register_eval(subparsers: Any) -> None:
         "--queries",
         choices=("same", "plain", "both"),
         default="same",
-        help="Global taus: encode queries at tau too (same, the paper), at tau = 1 (plain: documents only), or both.",
+        help="Global taus: encode queries at tau too (same, the paper), at tau = 1 (plain: documents only), or both; "
+        "per-size taus: route queries by length like `search` does (same) or keep them at tau = 1 (plain).",
+    )
+    group = parser.add_argument_group("pipelines compared (axes)")
+    add_argument(
+        group,
+        "--doc-score",
+        nargs="+",
+        default=None,
+        choices=doc_scores,
+        help=f"How a document is scored (an axis; default {DEFAULT_DOC_SCORE}): from its chunks by the best chunk "
+        "(max), the cosine with its mean chunk vector per size (mean), their average (hybrid), the mean of the 3 "
+        "best chunks (topm) or soft-max pooling (softmax), each chunk size scored apart and averaged; or as one "
+        "vector (vector: the first window, or the mean of windows with --long-text chunk_mean; LongEmbed's "
+        "protocol).",
     )
     add_argument(
-        parser,
+        group,
+        "--chunk-tokens",
+        nargs="+",
+        default=None,
+        metavar="SIZES",
+        help="Chunk sizes of the chunked doc scores (an axis; each value is one configuration): content tokens, "
+        "comma-separated for several sizes per document, each optionally SIZE:TAU, e.g. 512 256 64,128,256 "
+        f"64:1,128:1,256:0.8 (default {default_chunks}, what `index` uses).",
+    )
+    add_argument(
+        group,
+        "--chunk-overlap-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Tokens shared by consecutive chunks (default: min(32, size // 8) per size).",
+    )
+    add_argument(
+        group,
         "--long-text",
         nargs="+",
         default=None,
         choices=("truncate", "chunk_mean"),
-        help="Long-text policies to compare (an axis).",
+        help="Long-text policies of --doc-score vector (an axis).",
     )
     add_argument(
-        parser, "--max-seq-length", type=int, nargs="+", default=None, metavar="N", help="Windows to compare (an axis)."
+        group, "--max-seq-length", type=int, nargs="+", default=None, metavar="N", help="Windows to compare (an axis)."
     )
     add_argument(
         parser, "--k", type=int, nargs="+", default=None, help="Cutoffs of nDCG/recall/MRR (default 1 10 100)."
@@ -202,7 +248,8 @@ def _register_eval(subparsers: Any) -> None:
         dest="eval_out",
         default=None,
         metavar="DIR",
-        help="Output folder (./tempscale-eval/<dataset>).",
+        help="Write results.json, results.md and score_vs_length.png into DIR (created if needed). Without --out "
+        "nothing is written: results are only printed.",
     )
     add_argument(parser, "--json", action="store_true", help="Print one JSON document with every number on stdout.")
     add_argument(parser, "--no-per-query", action="store_true", help="Leave per-query metrics out of the JSON.")
@@ -211,13 +258,28 @@ def _register_eval(subparsers: Any) -> None:
     parser.set_defaults(run=run_eval)
 
 
+def _calibrated_chunkings(paths: Any, overlap_tokens: int | None) -> list[Any] | None:
+    """Without --chunk-tokens, chunk as the per-size calibration files were made for (None: the default sizes)."""
+    from tempscale_rag.calibration import read_chunking
+
+    found = {}
+    for path in paths:
+        chunking = read_chunking(path)
+        if chunking is not None:
+            if overlap_tokens is not None:
+                chunking = chunking.model_copy(update={"overlap_tokens": overlap_tokens})
+            found[(chunking.sizes, chunking.overlap_tokens)] = chunking.model_copy(update={"temperatures": None})
+    return list(found.values()) or None
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """Run `tempscale-rag eval`."""
+    from tempscale_rag.config import DEFAULT_DOC_SCORE
     from tempscale_rag.evaluation.report import markdown_report, write_outputs
     from tempscale_rag.evaluation.runner import DEFAULT_K_VALUES, RetrievalEvaluator, build_configurations
 
-    task = load_task(args.dataset, args, split_file=args.split_file, split=args.split)
     base = _base_config(args)
+    # Every flag is checked before the dataset is generated and the model loaded.
     configurations = build_configurations(
         base,
         temperatures=args.temperature or (),
@@ -227,22 +289,28 @@ def run_eval(args: argparse.Namespace) -> int:
         long_text=args.long_text or ("truncate",),
         max_seq_lengths=args.max_seq_length or (None,),
         queries=args.queries,
+        doc_scores=args.doc_score or (DEFAULT_DOC_SCORE,),
+        chunkings=args.chunk_tokens or _calibrated_chunkings(args.calibration or (), args.chunk_overlap_tokens),
+        overlap_tokens=args.chunk_overlap_tokens,
     )
+    task = load_task(args.dataset, args, split_file=args.split_file, split=args.split)
     encoder = _load_encoder(base)
     evaluator = RetrievalEvaluator(
         encoder, k_values=args.k or DEFAULT_K_VALUES, cache=not args.no_cache, show_progress=_show_progress(args)
     )
     results = evaluator.evaluate(task, configurations)
-    folder = Path(args.eval_out) if args.eval_out else Path("tempscale-eval") / task.name
     arguments = {"arguments": {k: v for k, v in vars(args).items() if k != "run"}}
-    paths = write_outputs(results, folder, per_query=not args.no_per_query, extra=arguments)
+    paths = {}
+    if args.eval_out:
+        paths = write_outputs(results, Path(args.eval_out), per_query=not args.no_per_query, extra=arguments)
     if args.json:
         document = {**results.to_json_dict(per_query=not args.no_per_query), **arguments}
         document["outputs"] = {kind: str(path) for kind, path in paths.items()}
         _print_json(document)
     else:
         print(markdown_report(results))
-        print(f"Wrote {paths['json']}, {paths['markdown']} and {paths['plot']}")
+        if paths:
+            print(f"Wrote {paths['json']}, {paths['markdown']} and {paths['plot']}")
     return 0
 
 
@@ -339,15 +407,23 @@ def run_collapse(args: argparse.Namespace) -> int:
 
 
 def _register_calibrate(subparsers: Any) -> None:
+    from tempscale_rag.config import DEFAULT_DOC_SCORE, ChunkingConfig
+    from tempscale_rag.documents import DOC_SCORES
+
     parser = subparsers.add_parser(
         "calibrate",
-        help="Choose a tau per length bucket and write a calibration file.",
-        description="Choose each length bucket's tau for this model and corpus. Without --dev the label-free "
-        "'spread' criterion is used: each longer bucket gets the tau whose embeddings' spread comes closest to that "
-        "of short texts, i.e. the least collapsed one (it beat the baseline on QMSum and BAMBOO; see "
-        "eval-results/README.md; the 'self' pseudo-query criterion helped less and is kept as an option). With "
-        "--dev (a labelled BEIR folder) the taus are searched to maximise nDCG@10 on it. The file is loaded by "
-        "`index --calibration`, `eval --calibration` and both integrations.",
+        help="Choose a tau per chunk size (or length bucket) and write a calibration file.",
+        description="Choose the tau of each chunk size of the indexing pipeline for this model and corpus (every "
+        "size is its own length bucket; default sizes "
+        f"{','.join(map(str, ChunkingConfig().sizes))}, or --chunk-tokens), or of each length bucket with "
+        "--buckets (the one-vector protocol). Without --dev the label-free 'spread' criterion is used: each size "
+        "(bucket) gets the tau whose embeddings' spread on texts of that length comes closest to that of short "
+        "texts at tau = 1 (the smallest chunk size, or --reference-tokens), i.e. the least collapsed one (it beat "
+        "the baseline on QMSum and BAMBOO; see eval-results/README.md; the 'self' pseudo-query criterion helped "
+        "less and is kept as an option). With --dev (a labelled BEIR folder) the taus are searched to maximise "
+        "nDCG@10 on it, documents ranked from their chunks by --doc-score. The file records the chunk sizes with "
+        "their taus and the buckets they map to; it is loaded by `index --calibration`, `eval --calibration` and "
+        "both integrations.",
     )
     add_argument(
         parser, "corpus", metavar="CORPUS", help="A folder of .txt/.md files, a BEIR folder or a corpus.jsonl."
@@ -362,16 +438,53 @@ def _register_calibrate(subparsers: Any) -> None:
     )
     add_argument(
         parser,
+        "--chunk-tokens",
+        default=None,
+        metavar="SIZES",
+        help="Chunk sizes to calibrate, e.g. '64,128,256' (taus given as SIZE:TAU are replaced; default: the "
+        "sizes `index` uses).",
+    )
+    add_argument(
+        parser,
+        "--chunk-overlap-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Chunk overlap recorded with the sizes (default: min(32, size // 8) per size).",
+    )
+    add_argument(
+        parser,
+        "--doc-score",
+        default=DEFAULT_DOC_SCORE,
+        choices=DOC_SCORES,
+        help="Document score of the dev/self search over chunk sizes.",
+    )
+    add_argument(
+        parser,
+        "--reference-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="spread over chunk sizes: length of the short reference texts (default: the smallest size, which "
+        "then keeps tau = 1; 32 with a single size).",
+    )
+    add_argument(
+        parser,
         "--buckets",
         dest="edges",
         default=None,
         metavar="SPEC",
-        help="Bucket edges to calibrate, e.g. '0-128:1,128-256:1,256-:1' (taus ignored; default: the package's).",
+        help="Calibrate these length buckets instead of chunk sizes, e.g. '0-128:1,128-256:1,256-:1' (taus "
+        "ignored; 'default' for the package's buckets).",
     )
     add_argument(parser, "--taus", type=float, nargs="+", default=None, help="Candidate taus (default 1.0 ... 0.6).")
     add_argument(parser, "--max-seq-length", dest="window", type=int, default=None, metavar="N", help="Model window.")
     add_argument(
-        parser, "--long-text", default="truncate", choices=("truncate", "chunk_mean"), help="Long-text policy."
+        parser,
+        "--long-text",
+        default="truncate",
+        choices=("truncate", "chunk_mean"),
+        help="Long-text policy (--buckets only).",
     )
     add_argument(parser, "--rounds", type=int, default=2, help="Coordinate-search passes (self, dev).")
     add_argument(parser, "--pseudo-queries", type=int, default=300, help="Pseudo-queries of the 'self' criterion.")
@@ -390,27 +503,68 @@ def _register_calibrate(subparsers: Any) -> None:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     """Run `tempscale-rag calibrate`."""
-    from tempscale_rag.calibration import DEFAULT_TAU_GRID, calibrate_dev, calibrate_spread, pseudo_query_dataset
-    from tempscale_rag.config import parse_buckets
+    from tempscale_rag.calibration import (
+        DEFAULT_TAU_GRID,
+        calibrate_dev,
+        calibrate_sizes,
+        calibrate_spread,
+        chunking_calibration,
+        pseudo_query_dataset,
+    )
+    from tempscale_rag.config import DEFAULT_BUCKETS, ChunkingConfig, parse_buckets
     from tempscale_rag.diagnostics.collapse import read_corpus
-    from tempscale_rag.evaluation.runner import EvalTask, RetrievalEvaluator
+    from tempscale_rag.evaluation.runner import VECTOR, EvalTask, RetrievalEvaluator
 
     criterion = args.criterion or ("dev" if args.dev else "spread")
     if criterion == "dev" and not args.dev:
         raise ValueError("--criterion dev needs --dev DATASET (a labelled BEIR folder)")
     if args.dev and criterion != "dev":
         raise ValueError(f"--dev is only used by --criterion dev, not {criterion}")
+    by_size = args.edges is None
+    if not by_size and (args.chunk_tokens is not None or args.chunk_overlap_tokens is not None):
+        raise ValueError("--buckets calibrates length buckets; leave out --chunk-tokens/--chunk-overlap-tokens")
+    if not by_size and args.reference_tokens is not None:
+        raise ValueError("--reference-tokens is for chunk sizes; leave it out with --buckets")
+    chunking: ChunkingConfig | None = None
+    if by_size:
+        try:
+            chunking = ChunkingConfig.parse(
+                args.chunk_tokens or ",".join(map(str, ChunkingConfig().sizes)),
+                overlap_tokens=args.chunk_overlap_tokens,
+                doc_score=args.doc_score,
+            )
+        except ValueError as exc:
+            raise ValueError(f"invalid --chunk-tokens: {exc}".replace("\n", " ")) from None
     base = _base_config(args, max_seq_length=args.window, long_text=args.long_text)
-    edges = parse_buckets(args.edges) if args.edges else list(base.buckets)
+    if by_size:
+        edges = []
+    elif args.edges.strip().lower() == "default":
+        edges = list(DEFAULT_BUCKETS)
+    else:
+        edges = parse_buckets(args.edges)
     taus = tuple(args.taus) if args.taus else DEFAULT_TAU_GRID
     for tau in taus:
         _base_config(args, temperature=tau)  # validates each candidate (finite, > 0)
     encoder = _load_encoder(base)
+    n_special = encoder.count_tokens([""])[0]
+    if chunking is not None:
+        edges = list(chunking.buckets(n_special))
 
     if criterion == "spread":
-        calibration = calibrate_spread(
-            encoder, read_corpus(args.corpus), buckets=edges, taus=taus, per_length=args.per_length, seed=args.seed
-        )
+        if chunking is not None:
+            calibration = calibrate_sizes(
+                encoder,
+                read_corpus(args.corpus),
+                chunking,
+                taus=taus,
+                per_length=args.per_length,
+                seed=args.seed,
+                reference_tokens=args.reference_tokens,
+            )
+        else:
+            calibration = calibrate_spread(
+                encoder, read_corpus(args.corpus), buckets=edges, taus=taus, per_length=args.per_length, seed=args.seed
+            )
     else:
         if criterion == "dev":
             dev_args = argparse.Namespace(**{**vars(args), "lengths": None, "n_docs": 100, "n_queries": 50})
@@ -421,9 +575,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
             )
             task = EvalTask("pseudo-queries", "beir", {"all": dataset}, {"corpus": str(args.corpus)})
         evaluator = RetrievalEvaluator(encoder, show_progress=_show_progress(args))
+        doc_score = VECTOR if chunking is None else args.doc_score
         calibration = calibrate_dev(
             encoder,
-            lambda candidate: evaluator.score(candidate, task),
+            lambda candidate: evaluator.score(candidate, task, doc_score=doc_score, chunking=chunking),
             buckets=edges,
             taus=taus,
             rounds=args.rounds,
@@ -431,15 +586,16 @@ def run_calibrate(args: argparse.Namespace) -> int:
         )
         calibration.measurements["task"] = {"name": task.name, **task.info}
         calibration.measurements["metric"] = task.main_metric
+        calibration.measurements["doc_score"] = doc_score
+        if chunking is not None:
+            calibration = chunking_calibration(calibration, chunking, n_special)
     calibration.measurements["corpus"] = str(Path(args.corpus).resolve())
     path = calibration.save(args.calibration_out)
     if args.json:
         _print_json(json.loads(path.read_text(encoding="utf-8")))
     else:
-        print(
-            f"Calibrated {calibration.model} ({criterion}, window {encoder.window}, {args.long_text}): "
-            f"{calibration.spec()}"
-        )
+        what = "chunk sizes" if chunking is not None else f"buckets, {args.long_text}"
+        print(f"Calibrated {calibration.model} ({criterion}, window {encoder.window}, {what}): {calibration.spec()}")
         if "best_score" in calibration.measurements:
             m = calibration.measurements
             print(f"{m['metric']}: {m['score_at_tau_1'] * 100:.2f} at tau = 1 -> {m['best_score'] * 100:.2f}")

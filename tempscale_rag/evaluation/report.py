@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tempscale_rag.evaluation.runner import EvalResults
+from tempscale_rag.evaluation.runner import ConfigurationResult, EvalResults
 
 _LABELS = {"ndcg@10": "nDCG@10", "ndcg@1": "nDCG@1", "recall@10": "R@10", "recall@100": "R@100", "mrr": "MRR"}
 
@@ -28,8 +28,16 @@ def _pct(value: float | None, *, signed: bool = False) -> str:
     return f"{value * 100:+.2f}" if signed else f"{value * 100:.2f}"
 
 
-def _temperatures(config: Any) -> str:
+def _temperatures(result: ConfigurationResult) -> str:
     """How the configuration sets temperatures, in a few characters."""
+    config = result.configuration.config
+    sizes = result.pipeline.get("chunk_tokens")
+    taus = result.pipeline.get("chunk_temperatures")
+    if sizes and taus:
+        text = "chunks " + ",".join(f"{n}:{t:g}" for n, t in zip(sizes, taus, strict=True))
+        if config.query_temperature is not None:
+            text += f"; queries {config.query_temperature:g}"
+        return text
     if config.temperature is not None:
         text = f"{config.temperature:g} global"
     elif config.schedule is not None:
@@ -39,6 +47,33 @@ def _temperatures(config: Any) -> str:
     if config.query_temperature is not None:
         text += f"; queries {config.query_temperature:g}"
     return text
+
+
+def pipeline_label(result: ConfigurationResult) -> str:
+    """How documents are represented, in a few characters: `max 64,128,256` or `vector truncate`."""
+    configuration = result.configuration
+    if configuration.chunking is None:
+        return f"vector {configuration.config.long_text}"
+    return f"{configuration.doc_score} {','.join(map(str, configuration.chunking.sizes))}"
+
+
+def _cost_cells(result: ConfigurationResult) -> list[str]:
+    cost = result.cost
+    if not cost:
+        return ["–", "–", "–"]
+    return [
+        f"{cost['tokens_per_source_token']:.2f}",
+        f"{cost['vectors_per_1k_source_tokens']:.1f}",
+        f"{cost['embedding_seconds']:.1f}",
+    ]
+
+
+_COST_HEAD = ["tokens/src", "vec/1k", "embed s"]
+_COST_NOTE = (
+    "Cost of indexing the documents: tokens/src = tokens embedded per source token; vec/1k = vectors stored per 1,000 "
+    "source tokens; embed s = embedding seconds, each text's share of the measured time of the call that embedded "
+    "it (also for configurations served from the cache; results.json has the wall time measured per configuration)."
+)
 
 
 def markdown_report(results: EvalResults) -> str:
@@ -51,33 +86,37 @@ def markdown_report(results: EvalResults) -> str:
         f"## {task.name}: {n_queries} queries, {n_docs} documents",
         "",
         f"Model `{results.model}` on {results.device or 'the default device'}; scores in percent; "
-        f"Δ is against the tau = 1 baseline with the same window and long-text policy; {results.seconds:.0f} s.",
+        f"Δ is against the tau = 1 baseline of the same pipeline and window; {results.seconds:.0f} s.",
         "",
     ]
     if task.synthetic:
         lengths = list(task.parts)
-        head = ["configuration", "window", "long text", *lengths, f"mean {_label(main)}", "Δ mean", "temperatures"]
-        lines += [_row(head), _rule(head, numeric_from=1)]
+        head = ["configuration", "pipeline", "window", *lengths, f"mean {_label(main)}", "Δ mean", *_COST_HEAD]
+        head.append("temperatures")
+        lines += [_row(head), _rule(head, numeric_from=2)]
         for r in results.results:
-            cells = [r.name, str(r.window), r.configuration.config.long_text]
+            cells = [r.name, pipeline_label(r), str(r.window)]
             cells += [_pct(r.parts[label].mean[main]) for label in lengths]
-            cells += [_pct(r.metrics[main]), _pct(results.delta(r, main), signed=True)]
-            cells.append(_temperatures(r.configuration.config))
+            cells += [_pct(r.metrics[main]), _pct(results.delta(r, main), signed=True), *_cost_cells(r)]
+            cells.append(_temperatures(r))
             lines.append(_row(cells))
         lines += [
             "",
             f"Per length: {_label(main)} (LongEmbed's score for passkey and needle); the mean is over lengths.",
+            _COST_NOTE,
         ]
         return "\n".join(lines) + "\n"
 
     metrics = [m for m in ("ndcg@10", "ndcg@1", "recall@10", "recall@100", "mrr") if m in results.results[0].metrics]
-    head = ["configuration", "window", "long text", *(_label(m) for m in metrics), f"Δ {_label(main)}", "temperatures"]
-    lines += [_row(head), _rule(head, numeric_from=1)]
+    head = ["configuration", "pipeline", "window", *(_label(m) for m in metrics), f"Δ {_label(main)}", *_COST_HEAD]
+    head.append("temperatures")
+    lines += [_row(head), _rule(head, numeric_from=2)]
     for r in results.results:
-        cells = [r.name, str(r.window), r.configuration.config.long_text]
+        cells = [r.name, pipeline_label(r), str(r.window)]
         cells += [_pct(r.metrics[m]) for m in metrics]
-        cells += [_pct(results.delta(r, main), signed=True), _temperatures(r.configuration.config)]
+        cells += [_pct(results.delta(r, main), signed=True), *_cost_cells(r), _temperatures(r)]
         lines.append(_row(cells))
+    lines += ["", _COST_NOTE]
     bins = list(dict.fromkeys(label for r in results.results for label in r.by_doc_length))
     if bins:
         counts = {label: b.count for r in results.results for label, b in r.by_doc_length.items()}
@@ -103,13 +142,13 @@ def _rule(head: list[str], numeric_from: int, text_last: bool = True) -> str:
     return "|" + "|".join(align(i) for i in range(len(head))) + "|"
 
 
-def _setting(config: Any) -> tuple[Any, ...]:
-    """What a configuration does with temperatures, whatever its window and long-text policy."""
-    return (config.temperature, config.query_temperature, config.schedule, config.buckets, config.calibration_file)
+def _setting(result: ConfigurationResult) -> tuple[Any, ...]:
+    """What a configuration does with temperatures, whatever its pipeline and window (its colour in the plot)."""
+    return (result.configuration.setting or result.name,)
 
 
 def plot_results(results: EvalResults, path: str | Path) -> Path:
-    """Write a PNG of the main metric against length: one panel per (window, long-text policy), one line per setting.
+    """Write a PNG of the main metric against length: one panel per (window, pipeline), one line per setting.
 
     A temperature setting keeps its colour in every panel, so panels compare at a glance. Synthetic tasks are
     plotted against the target length (log scale); BEIR tasks against the token-length bin of the relevant
@@ -124,17 +163,17 @@ def plot_results(results: EvalResults, path: str | Path) -> Path:
     main = task.main_metric
     groups: dict[tuple[int, str], list[Any]] = {}
     for r in results.results:
-        groups.setdefault((r.window, r.configuration.config.long_text), []).append(r)
-    settings = list(dict.fromkeys(_setting(r.configuration.config) for r in results.results))
+        groups.setdefault((r.window, pipeline_label(r)), []).append(r)
+    settings = list(dict.fromkeys(_setting(r) for r in results.results))
     palette = plt.get_cmap("tab10" if len(settings) <= 10 else "tab20")
     colours = {setting: palette(i % palette.N) for i, setting in enumerate(settings)}
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups) + 3, 4.8), sharey=True, squeeze=False)
     handles: dict[str, Any] = {}
     bins = list(dict.fromkeys(label for r in results.results for label in r.by_doc_length))
     counts = {label: b.count for r in results.results for label, b in r.by_doc_length.items()}
-    for ax, ((window, policy), members) in zip(axes[0], groups.items(), strict=True):
+    for ax, ((window, pipeline), members) in zip(axes[0], groups.items(), strict=True):
         for r in members:
-            suffix = r.name.removesuffix(f" {policy}").removesuffix(f" @{window}")
+            suffix = r.configuration.setting or r.name
             if task.synthetic:
                 x: list[float] = [int(label) for label in task.parts]
                 y = [r.parts[label].mean[main] * 100 for label in task.parts]
@@ -142,7 +181,7 @@ def plot_results(results: EvalResults, path: str | Path) -> Path:
                 x = list(range(len(bins)))
                 y = [r.by_doc_length[b].mean[main] * 100 if b in r.by_doc_length else math.nan for b in bins]
             style = "-" if r.configuration.baseline is not None else "--"
-            (line,) = ax.plot(x, y, style, marker="o", ms=4, color=colours[_setting(r.configuration.config)])
+            (line,) = ax.plot(x, y, style, marker="o", ms=4, color=colours[_setting(r)])
             handles.setdefault(suffix, line)
         if task.synthetic:
             lengths = [int(label) for label in task.parts]
@@ -154,7 +193,7 @@ def plot_results(results: EvalResults, path: str | Path) -> Path:
         else:
             ax.set_xticks(range(len(bins)), [f"{b}\n({counts[b]} q)" for b in bins], fontsize=8)
             ax.set_xlabel("token length of the relevant document")
-        ax.set_title(f"window {window}, {policy}")
+        ax.set_title(f"{pipeline}, window {window}")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(f"{_label(main)} (%)")
     fig.legend(list(handles.values()), list(handles), loc="center right", fontsize=8, frameon=False)

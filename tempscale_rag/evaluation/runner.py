@@ -1,14 +1,28 @@
 """Side-by-side retrieval evaluation of TempScale configurations, with embeddings shared wherever that is exact.
 
-A run evaluates several `TempScaleConfig`s (the tau = 1 baseline, global taus, bucketed taus, calibration files, a
-schedule) on one task, along two more axes: the long-text policy and the window. Every configuration goes through
-the same engine (`TempScaleEncoder`), the same exact FAISS store and the same metrics (`evaluate_run`).
+A run evaluates several configurations on one task. A configuration is a *pipeline* (how a document becomes what a
+query is compared with) and a temperature setting (the tau = 1 baseline, global taus, bucketed taus, per-chunk-size
+taus, calibration files, a schedule):
+
+- chunked pipelines (`doc_score` one of `tempscale_rag.documents.DOC_SCORES`, the default): what the product does.
+  Every document is chunked by `MultiSizeChunker` (the chunker of `tempscale-rag index`) at every size of a
+  `ChunkingConfig`, each chunk is embedded at the tau its length routes to (each size is its own length bucket,
+  `ChunkingConfig.buckets`), and documents are ranked exactly by `score_documents` over every chunk, as the exact
+  FAISS store ranks them;
+- the `vector` pipeline: one vector per document (the first window, `truncate`, or the mean of windows,
+  `chunk_mean`), LongEmbed's and MTEB's protocol, searched through the exact FAISS store.
 
 Sharing embeddings: the encoder makes a text's vector depend only on the text, the window segments it is cut into,
 each segment's temperature and its padded shape (batches never mix shapes, see `tempscale_rag.encoder`). The
 `EmbeddingCache` therefore keys a vector by the text and that *segment signature*, so a query that every
-configuration routes to tau = 1 is encoded once for all of them, a document truncated to the window at tau = 0.8 is
-shared by `tau=0.8` and bucket configurations that route it to 0.8, and an untruncated text is shared across windows.
+configuration routes to tau = 1 is encoded once for all of them, a chunk embedded at tau = 0.8 is shared by every
+configuration that embeds that chunk text at 0.8 (whatever the document, length or aggregation), and a sweep costs
+one pass per distinct (text, tau). Passkey and needle chunks repeat heavily across documents and lengths: each
+distinct chunk text is embedded once per tau.
+
+Cost: every configuration reports its indexing cost beside its quality (`ConfigurationResult.cost`): tokens embedded
+per source token, vectors stored per 1,000 source tokens and embedding seconds, from the measured time of the calls
+that embedded its texts (see `ConfigurationResult`).
 
 Tasks: a BEIR folder is one retrieval task; LongEmbed's passkey and needle are one task per target length (100
 candidates and 50 queries each), scored per length and averaged over lengths, as LongEmbed does.
@@ -17,6 +31,7 @@ candidates and 50 queries each), scored per length and averaged over lengths, as
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import math
@@ -32,12 +47,15 @@ import numpy.typing as npt
 
 from tempscale_rag.config import (
     DEFAULT_BUCKETS,
+    DEFAULT_DOC_SCORE,
     Bucket,
+    ChunkingConfig,
     LongTextPolicy,
     TempScaleConfig,
     parse_buckets,
     read_calibration,
 )
+from tempscale_rag.documents import DOC_SCORES, ChunkGroups, DocumentScoring, group_vectors, score_documents
 from tempscale_rag.encoder import TempScaleEncoder, padded_length
 from tempscale_rag.evaluation.datasets import RetrievalDataset, load_beir
 from tempscale_rag.evaluation.metrics import LengthBin, MetricsResult, breakdown_by_length, evaluate_run
@@ -188,21 +206,72 @@ def split_by_documents(task: EvalTask, split_file: str | Path, split: str) -> Ev
 
 # -- configurations ------------------------------------------------------------------------------------------------
 
+VECTOR = "vector"
+"""The one-vector-per-document pipeline (LongEmbed's protocol) on the `--doc-score` axis."""
+
+EVAL_DOC_SCORES: tuple[str, ...] = (*DOC_SCORES, VECTOR)
+"""Every value of the `doc_score` axis: the chunk aggregations of `tempscale_rag.documents`, then `vector`."""
+
+
+def check_eval_doc_score(name: str) -> str:
+    """Validate a `doc_score` axis value.
+
+    Raises:
+        ValueError: If `name` is not one of `EVAL_DOC_SCORES`.
+    """
+    if name not in EVAL_DOC_SCORES:
+        raise ValueError(f"unknown document score {name!r}; choose one of {', '.join(EVAL_DOC_SCORES)}")
+    return name
+
 
 @dataclass(frozen=True)
 class EvalConfiguration:
-    """One configuration to evaluate.
+    """One configuration to evaluate: a pipeline and a temperature setting.
 
     Attributes:
-        name: Readable name, unique within a run (`tau=0.8`, `tau=0.8 docs-only`, `default buckets`, ...).
-        config: The complete engine configuration.
-        baseline: Name of the tau = 1 configuration with the same window and long-text policy, or None for a
-            baseline itself; deltas are reported against it.
+        name: Readable name, unique within a run (`tau=0.8`, `taus 64:1,128:1,256:0.8`, `default buckets`, ...).
+        config: The engine configuration: model, window and the temperatures of documents (or chunks) and queries.
+        baseline: Name of the tau = 1 configuration with the same pipeline and window, or None for a baseline
+            itself; deltas are reported against it.
+        doc_score: `vector` (one vector per document), or how a document is scored from its chunks (`max`, ...).
+        chunking: Chunk sizes and overlap of a chunked pipeline (None for `vector`).
+        size_taus: The chunk temperatures are `chunking`'s per-size taus: the evaluator sets `config.buckets` to
+            `chunking.buckets(n_special)` for the model's special-token count (see `resolved`).
+        setting: The temperature setting's part of the name (`tau=0.8`, ...), shared across pipelines; default: the
+            name.
     """
 
     name: str
     config: TempScaleConfig
     baseline: str | None = None
+    doc_score: str = VECTOR
+    chunking: ChunkingConfig | None = None
+    size_taus: bool = False
+    setting: str = ""
+
+    def __post_init__(self) -> None:
+        check_eval_doc_score(self.doc_score)
+        if (self.doc_score == VECTOR) != (self.chunking is None):
+            raise ValueError("a chunked configuration needs a ChunkingConfig, and `vector` takes none")
+        if self.size_taus and self.chunking is None:
+            raise ValueError("size_taus needs a ChunkingConfig")
+
+    @property
+    def chunked(self) -> bool:
+        """Whether documents are ranked from their chunks (every `doc_score` but `vector`)."""
+        return self.chunking is not None
+
+    def resolved(self, n_special: int) -> EvalConfiguration:
+        """This configuration with per-size taus turned into engine buckets (a no-op without `size_taus`).
+
+        Args:
+            n_special: Tokens the engine adds to every document (`TempScaleEncoder.count_tokens([""])[0]`).
+        """
+        if not self.size_taus or self.chunking is None:
+            return self
+        buckets = self.chunking.buckets(n_special)
+        config = self.config.model_copy(update={"buckets": buckets, "temperature": None, "schedule": None})
+        return dataclasses.replace(self, config=config)
 
 
 def format_buckets(buckets: Sequence[Bucket]) -> str:
@@ -220,12 +289,17 @@ def build_configurations(
     long_text: Sequence[LongTextPolicy] = ("truncate",),
     max_seq_lengths: Sequence[int | None] = (None,),
     queries: QueryMode = "same",
+    doc_scores: Sequence[str] = (DEFAULT_DOC_SCORE,),
+    chunkings: Sequence[str | ChunkingConfig] | None = None,
+    overlap_tokens: int | None = None,
 ) -> list[EvalConfiguration]:
-    """The configurations of one evaluation: the product of the temperature settings with the two axes.
+    """The configurations of one evaluation: the product of the temperature settings with the pipeline axes.
 
-    For every (window, long-text policy) pair there is a tau = 1 baseline, then one configuration per global tau,
-    bucket spec, calibration file and schedule. With none of those given, the package's default configuration (the
-    default buckets) is evaluated against the baseline.
+    Pipelines: one per (window, doc score, chunk sizes) for chunked doc scores, one per (window, long-text policy)
+    for `vector`. Each pipeline has a tau = 1 baseline (every chunk size at tau 1), then one configuration per global
+    tau, per-size tau spec, bucket spec, calibration file and schedule. With none of those given, a chunked
+    pipeline is evaluated at its chunking's per-size taus and `vector` at the package's default buckets. A row name
+    carries the pipeline's axis values only where an axis has several values (`tau=0.8 max chunks 64,128,256`).
 
     Args:
         base: Fields shared by every configuration (model, device, dtype, batching, chunk overlap, prompts).
@@ -233,23 +307,33 @@ def build_configurations(
         buckets: Bucket specs (`"0-128:1.0,128-256:0.9,256-:0.8"`, or `"default"`) or bucket lists.
         calibrations: Calibration files from `tempscale-rag calibrate`.
         schedules: Continuous schedules (`"longembed"`).
-        long_text: Long-text policies to compare (an axis).
+        long_text: Long-text policies of the `vector` pipeline (an axis).
         max_seq_lengths: Windows to compare (an axis); None is the model's full window.
         queries: For global taus: `same` encodes queries at tau too (the paper), `plain` keeps queries at tau = 1
-            (documents-only TempScale), `both` evaluates both.
+            (documents-only TempScale), `both` evaluates both. For per-size taus: `same` routes queries by length
+            like any input (what `index`/`search` do), `plain` keeps them at tau = 1.
+        doc_scores: Pipelines (an axis): `vector` and/or chunk aggregations (`max`, `mean`, `hybrid`, `topm`,
+            `softmax`).
+        chunkings: Chunk settings of the chunked pipelines (an axis): `ChunkingConfig`s or specs such as
+            `"64,128,256"` or `"64:1,128:1,256:0.8"` (per-size taus); default: `ChunkingConfig()`, what `index`
+            uses. Specs with the same sizes share one pipeline, each tau spec being one row.
+        overlap_tokens: Chunk overlap of the specs given as strings (None: the per-size default).
 
     Returns:
-        The configurations, baselines first within each (window, policy) pair.
+        The configurations, baselines first within each pipeline.
 
     Raises:
-        ValueError: For an invalid tau, bucket spec, calibration file or schedule, or an empty axis.
+        ValueError: For an invalid tau, bucket spec, chunk spec, doc score, calibration file or schedule, or an
+            empty axis.
     """
     if queries not in ("same", "plain", "both"):
         raise ValueError(f"queries must be 'same', 'plain' or 'both', got {queries!r}")
     policies = list(dict.fromkeys(long_text))
     windows = list(dict.fromkeys(max_seq_lengths))
-    if not policies or not windows:
-        raise ValueError("the long-text and window axes need at least one value each")
+    scores = [check_eval_doc_score(s) for s in dict.fromkeys(doc_scores)]
+    if not policies or not windows or not scores:
+        raise ValueError("the long-text, window and doc-score axes need at least one value each")
+    chunk_groups = _chunk_groups(chunkings, overlap_tokens) if any(s != VECTOR for s in scores) else {}
     fields = base.model_dump()
     for name in ("temperature", "schedule", "query_temperature", "calibration_file", "buckets"):
         fields.pop(name, None)
@@ -264,46 +348,123 @@ def build_configurations(
                 bucket_sets.append((f"buckets {format_buckets(parsed)}", parsed))
         else:
             bucket_sets.append((f"buckets {format_buckets(spec)}", list(spec)))
-    if not (taus or bucket_sets or calibrations or schedules):
-        bucket_sets.append(("default buckets", list(DEFAULT_BUCKETS)))
+    explicit = bool(taus or bucket_sets or calibrations or schedules)
+    calibration_data = {str(path): read_calibration(path) for path in calibrations}
+
+    def settings(
+        common: dict[str, Any], suffix: str, chunking: ChunkingConfig | None
+    ) -> list[tuple[str, TempScaleConfig]]:
+        """(name, config) of every temperature setting but the baseline and the per-size taus."""
+        rows: list[tuple[str, TempScaleConfig]] = []
+        for tau in taus:
+            if tau == 1.0:
+                continue
+            if queries in ("same", "both"):
+                rows.append((f"tau={tau:g}{suffix}", _config(common, temperature=tau)))
+            if queries in ("plain", "both"):
+                rows.append((f"tau={tau:g} docs-only{suffix}", _config(common, temperature=tau, query_temperature=1.0)))
+        # With no setting given, `vector` is compared with the default buckets (a chunked pipeline with its taus).
+        defaults = [("default buckets", list(DEFAULT_BUCKETS))] if not explicit and chunking is None else []
+        for label, bucket_list in bucket_sets or defaults:
+            rows.append((f"{label}{suffix}", _config(common, buckets=bucket_list)))
+        for path in calibrations:
+            data = calibration_data[str(path)]
+            config = TempScaleConfig.with_calibration(path, **common)
+            window = common.get("max_seq_length")
+            made_for = data.get("settings", {}).get("max_seq_length")
+            if made_for is not None and window is not None and made_for != window:
+                logger.warning("calibration %s was made for window %s, used here at %s", path, made_for, window)
+            made_sizes = (data.get("chunking") or {}).get("sizes")
+            if chunking is not None and made_sizes is not None and tuple(made_sizes) != chunking.sizes:
+                logger.warning(
+                    "calibration %s was made for chunk sizes %s, used here with %s",
+                    path,
+                    ",".join(map(str, made_sizes)),
+                    ",".join(map(str, chunking.sizes)),
+                )
+            rows.append((f"calibrated {Path(path).stem}{suffix}", config))
+        for schedule in schedules:
+            rows.append((f"schedule {schedule}{suffix}", _config(common, schedule=schedule)))
+        return rows
 
     out: list[EvalConfiguration] = []
     for window in windows:
-        for policy in policies:
-            suffix = ""
+        for doc_score in scores:
+            parts: list[str] = [doc_score] if len(scores) > 1 else []
             if len(windows) > 1:
-                suffix += f" @{window if window is not None else 'full'}"
-            if len(policies) > 1:
-                suffix += f" {policy}"
-            common = {**fields, "max_seq_length": window, "long_text": policy}
-            baseline = f"tau=1{suffix}"
-            group = [EvalConfiguration(baseline, _config(common, temperature=1.0))]
-            for tau in taus:
-                if tau == 1.0:
-                    continue
-                if queries in ("same", "both"):
-                    group.append(EvalConfiguration(f"tau={tau:g}{suffix}", _config(common, temperature=tau), baseline))
-                if queries in ("plain", "both"):
-                    config = _config(common, temperature=tau, query_temperature=1.0)
-                    group.append(EvalConfiguration(f"tau={tau:g} docs-only{suffix}", config, baseline))
-            for label, bucket_list in bucket_sets:
-                group.append(EvalConfiguration(f"{label}{suffix}", _config(common, buckets=bucket_list), baseline))
-            for path in calibrations:
-                config = TempScaleConfig.with_calibration(path, **common)
-                made_for = read_calibration(path).get("settings", {}).get("max_seq_length")
-                if made_for is not None and window is not None and made_for != window:
-                    logger.warning("calibration %s was made for window %s, used here at %s", path, made_for, window)
-                group.append(EvalConfiguration(f"calibrated {Path(path).stem}{suffix}", config, baseline))
-            for schedule in schedules:
-                group.append(
-                    EvalConfiguration(f"schedule {schedule}{suffix}", _config(common, schedule=schedule), baseline)
-                )
-            out.extend(group)
+                parts.append(f"@{window if window is not None else 'full'}")
+            if doc_score == VECTOR:
+                for policy in policies:
+                    suffix = "".join(f" {p}" for p in [*parts, *([policy] if len(policies) > 1 else [])])
+                    common = {**fields, "max_seq_length": window, "long_text": policy}
+                    baseline = f"tau=1{suffix}"
+                    out.append(EvalConfiguration(baseline, _config(common, temperature=1.0), setting="tau=1"))
+                    for name, config in settings(common, suffix, None):
+                        out.append(EvalConfiguration(name, config, baseline, setting=name.removesuffix(suffix)))
+                continue
+            for (sizes, overlap), members in chunk_groups.items():
+                label = [f"chunks {','.join(map(str, sizes))}"] if len(chunk_groups) > 1 else []
+                if label and overlap is not None and len({k[0] for k in chunk_groups}) < len(chunk_groups):
+                    label[0] += f" overlap {overlap}"
+                suffix = "".join(f" {p}" for p in [*parts[:1], *label, *parts[1:]])
+                common = {**fields, "max_seq_length": window}
+                first = members[0].model_copy(update={"temperatures": None, "doc_score": _chunk_doc_score(doc_score)})
+                baseline = f"tau=1{suffix}"
+                config = _config(common, temperature=1.0)
+                out.append(EvalConfiguration(baseline, config, None, doc_score, first, setting="tau=1"))
+                size_tau_specs = [m for m in members if m.temperatures is not None]
+                if not explicit and not size_tau_specs:
+                    size_tau_specs = [first]
+                for chunking in dict.fromkeys(
+                    m.model_copy(update={"temperatures": m.taus, "doc_score": first.doc_score}) for m in size_tau_specs
+                ):
+                    if all(t == 1.0 for t in chunking.taus):
+                        continue  # the baseline already
+                    # Queries are routed by length like any input (`same`, what the product does: short queries
+                    # land in the smallest size's bucket), or kept at tau = 1 (`plain`).
+                    for setting, query_tau in (
+                        *([(f"taus {chunking.spec()}", None)] if queries in ("same", "both") else []),
+                        *([(f"taus {chunking.spec()} docs-only", 1.0)] if queries in ("plain", "both") else []),
+                    ):
+                        config = _config(common, query_temperature=query_tau)
+                        out.append(
+                            EvalConfiguration(
+                                f"{setting}{suffix}", config, baseline, doc_score, chunking, True, setting
+                            )
+                        )
+                for name, config in settings(common, suffix, first):
+                    out.append(
+                        EvalConfiguration(name, config, baseline, doc_score, first, setting=name.removesuffix(suffix))
+                    )
     names = [c.name for c in out]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"two configurations would share the name {duplicates[0]!r}; give each one only once")
     return out
+
+
+def _chunk_doc_score(doc_score: str) -> str:
+    """The `ChunkingConfig.doc_score` recorded with a chunked configuration."""
+    return doc_score if doc_score in DOC_SCORES else DEFAULT_DOC_SCORE
+
+
+def _chunk_groups(
+    chunkings: Sequence[str | ChunkingConfig] | None, overlap_tokens: int | None
+) -> dict[tuple[tuple[int, ...], int | None], list[ChunkingConfig]]:
+    """Chunk settings grouped by (sizes, overlap): one pipeline each, in the order first given."""
+    parsed: list[ChunkingConfig] = []
+    for spec in chunkings if chunkings else [ChunkingConfig(overlap_tokens=overlap_tokens)]:
+        if isinstance(spec, ChunkingConfig):
+            parsed.append(spec)
+            continue
+        try:
+            parsed.append(ChunkingConfig.parse(spec, overlap_tokens=overlap_tokens))
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError; keep the message to one line
+            raise ValueError(f"invalid chunk sizes {spec!r}: {exc}".replace("\n", " ")) from None
+    groups: dict[tuple[tuple[int, ...], int | None], list[ChunkingConfig]] = {}
+    for chunking in parsed:
+        groups.setdefault((chunking.sizes, chunking.overlap_tokens), []).append(chunking)
+    return groups
 
 
 def _config(common: dict[str, Any], **changes: Any) -> TempScaleConfig:
@@ -326,11 +487,14 @@ class EmbeddingCache:
     """Vectors keyed by (text digest, role, segment signature); see the module docstring for why this is exact.
 
     Attributes:
+        vectors: Key -> vector.
         hits: Vectors served from the cache.
         misses: Vectors that had to be encoded.
     """
 
     vectors: dict[tuple[Any, ...], npt.NDArray[np.float32]] = field(default_factory=dict)
+    seconds: dict[tuple[Any, ...], float] = field(default_factory=dict)
+    """Per key: its share of the measured time of the call that embedded it (by its tokens)."""
     hits: int = 0
     misses: int = 0
 
@@ -375,15 +539,28 @@ def segment_signature(encoder: TempScaleEncoder, n_tokens: int, n_special: int, 
 
 @dataclass
 class ConfigurationResult:
-    """The scores of one configuration on one task.
+    """The scores of one configuration on one task, with what it cost to index.
 
     Attributes:
-        configuration: What was evaluated.
+        configuration: What was evaluated (per-size taus resolved into `config.buckets`).
         window: The window the encoder used (resolved, also when the config says None).
         metrics: Metric -> score: the task's metrics (BEIR), or the mean over lengths (synthetic).
         parts: Part label -> metrics of that part (one per length for synthetic tasks; `all` for BEIR).
         by_doc_length: Bin label -> metrics of the queries whose relevant document falls in that token-length bin.
         encoding: Encoding statistics: seconds, texts encoded and served from the cache, truncation.
+        cost: Indexing cost of the configuration's documents, summed over the task's parts:
+            `source_tokens` (content tokens of the documents), `tokens_embedded` (tokens the model runs over to
+            index them, special tokens included, every chunk or window counted as an index embeds it),
+            `tokens_per_source_token`, `vectors_stored` (chunk vectors, plus one mean vector per (document, chunk
+            size) group for `mean` and `hybrid`; one per document for `vector`), `vectors_per_1k_source_tokens`,
+            `embedding_seconds` (every embedded text's share, by tokens, of the measured time of the call that
+            embedded it, so a configuration served from the cache still reports what embedding it costs; texts
+            repeated across documents are counted each time, as an index embeds them), `embedding_seconds_measured`
+            (wall time of the document embedding calls this configuration made in this run; 0 when every vector
+            came from the cache), `texts_embedded` / `texts_from_cache` (distinct document texts embedded in this
+            configuration's pass / served from the cache).
+        pipeline: `doc_score`, `chunk_tokens` (sizes, None for `vector`), `chunk_overlap_tokens` (per size),
+            `chunk_temperatures` (the tau a full chunk of each size gets), `chunks` (chunk count).
     """
 
     configuration: EvalConfiguration
@@ -392,6 +569,8 @@ class ConfigurationResult:
     parts: dict[str, MetricsResult]
     by_doc_length: dict[str, LengthBin]
     encoding: dict[str, Any]
+    cost: dict[str, Any] = field(default_factory=dict)
+    pipeline: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -424,21 +603,29 @@ class EvalResults:
     def to_json_dict(self, *, per_query: bool = True) -> dict[str, Any]:
         """Every number and the exact configurations, as plain JSON types (scores are fractions in [0, 1]).
 
+        Each configuration carries `doc_score`, `chunk_tokens`, `chunk_temperatures`, `chunk_overlap_tokens` and
+        `chunking` (null for `vector`), its engine `config`, `metrics`, `delta_vs_baseline`, `cost` (see
+        `ConfigurationResult.cost`) and `encoding`.
+
         Args:
             per_query: Include per-query metrics (the bulk of the document).
         """
         configurations = []
         for result in self.results:
+            chunking = result.configuration.chunking
             entry: dict[str, Any] = {
                 "name": result.name,
                 "baseline": result.configuration.baseline,
+                **result.pipeline,
                 "window": result.window,
-                "long_text": result.configuration.config.long_text,
+                "long_text": None if result.configuration.chunked else result.configuration.config.long_text,
+                "chunking": None if chunking is None else chunking.to_json_dict(),
                 "config": result.configuration.config.to_json_dict(),
                 "metrics": _rounded(result.metrics),
                 "delta_vs_baseline": None
                 if result.configuration.baseline is None
                 else {k: round(v, 6) for k in result.metrics if (v := self.delta(result, k)) is not None},
+                "cost": result.cost,
             }
             if self.task.synthetic:
                 entry["by_length"] = {label: _rounded(part.mean) for label, part in result.parts.items()}
@@ -455,7 +642,7 @@ class EvalResults:
                 }
             configurations.append(entry)
         return {
-            "format": "tempscale-rag eval v1",
+            "format": "tempscale-rag eval v2",
             "task": {"name": self.task.name, "kind": self.task.kind, **self.task.info},
             "model": self.model,
             "device": self.device,
@@ -471,6 +658,31 @@ def _rounded(values: Mapping[str, float]) -> dict[str, float]:
 
 
 # -- the evaluator -------------------------------------------------------------------------------------------------
+
+SCORE_BLOCK_ELEMENTS = 1 << 22
+"""Query-by-chunk cosines scored at once (4M floats, 16 MB): queries are ranked in blocks of this many cells."""
+
+
+@dataclass
+class _Embedded:
+    """Vectors of a list of texts, and what embedding them cost."""
+
+    vectors: npt.NDArray[np.float32]
+    seconds: npt.NDArray[np.float64]
+    """Per text: its share of the measured time of the call that embedded it."""
+    tokens: npt.NDArray[np.int64]
+    """Per text: tokens the model ran over (every segment, special tokens included)."""
+
+
+@dataclass
+class _ChunkedPart:
+    """One part's documents chunked at every size: flat chunk lists in document order."""
+
+    texts: list[str]
+    keys: list[str]
+    sizes: list[int]
+    documents: list[str]
+    groups: ChunkGroups
 
 
 class RetrievalEvaluator:
@@ -501,6 +713,11 @@ class RetrievalEvaluator:
         self.length_bins = tuple(length_bins)
         self._n_special = encoder.count_tokens([""])[0]
         self._token_counts: dict[tuple[str, bool, str], int] = {}
+        self._chunkers: dict[tuple[Any, ...], Any] = {}
+        self._chunked: dict[tuple[Any, ...], _ChunkedPart] = {}
+        self._splits: dict[tuple[Any, ...], tuple[list[list[str]], list[list[str]]]] = {}
+        self.texts_encoded = 0
+        """Texts passed to the model so far (every configuration, documents, chunks and queries)."""
 
     # -- public ----------------------------------------------------------------------------------------------------
 
@@ -515,7 +732,7 @@ class RetrievalEvaluator:
             The results, in configuration order.
 
         Raises:
-            ValueError: If names repeat or a baseline is missing.
+            ValueError: If names repeat, a baseline is missing, or a chunk size does not fit the window.
         """
         names = [c.name for c in configurations]
         if len(set(names)) != len(names):
@@ -527,6 +744,7 @@ class RetrievalEvaluator:
         results = []
         for i, configuration in enumerate(configurations, start=1):
             logger.info("[%d/%d] %s on %s", i, len(configurations), configuration.name, task.name)
+            configuration = configuration.resolved(self._n_special)
             encoder = self.encoder_for(configuration.config)
             results.append(self._evaluate(encoder, task, configuration))
         return EvalResults(
@@ -542,15 +760,27 @@ class RetrievalEvaluator:
         """An encoder for `config` that shares this evaluator's loaded model when it can."""
         return self.encoder.with_config(**config.model_dump())
 
-    def score(self, encoder: TempScaleEncoder, task: EvalTask, metric: str | None = None) -> float:
+    def score(
+        self,
+        encoder: TempScaleEncoder,
+        task: EvalTask,
+        metric: str | None = None,
+        *,
+        doc_score: str = VECTOR,
+        chunking: ChunkingConfig | None = None,
+    ) -> float:
         """One number for a configuration on a task (the main metric by default); used by the dev-set search.
 
         Args:
-            encoder: The configuration to score, as an encoder (e.g. from `TempScaleEncoder.with_config`).
+            encoder: The configuration to score, as an encoder (e.g. from `TempScaleEncoder.with_config`); its
+                temperatures apply to documents (or chunks) and queries.
             task: The labelled dev task.
             metric: Metric key; default: nDCG@10 for BEIR, acc@1 averaged over lengths for synthetic tasks.
+            doc_score: The pipeline: `vector` (one vector per document) or a chunk aggregation.
+            chunking: Chunk sizes and overlap of a chunked pipeline.
         """
-        result = self._evaluate(encoder, task, EvalConfiguration("dev", encoder.config))
+        configuration = EvalConfiguration("dev", encoder.config, None, doc_score, chunking)
+        result = self._evaluate(encoder, task, configuration)
         return result.metrics[metric or task.main_metric]
 
     # -- internals -------------------------------------------------------------------------------------------------
@@ -558,23 +788,49 @@ class RetrievalEvaluator:
     def _evaluate(
         self, encoder: TempScaleEncoder, task: EvalTask, configuration: EvalConfiguration
     ) -> ConfigurationResult:
-        stats = {"seconds": 0.0, "encoded": 0, "cached": 0, "segments": 0, "truncated_documents": 0}
+        stats: dict[str, Any] = {"seconds": 0.0, "encoded": 0, "cached": 0, "segments": 0, "truncated_documents": 0}
+        stats["encode_seconds"] = 0.0
+        cost = {"source_tokens": 0, "tokens_embedded": 0, "vectors_stored": 0, "embedding_seconds": 0.0}
+        cost |= {"embedding_seconds_measured": 0.0, "texts_embedded": 0, "texts_from_cache": 0}
         parts: dict[str, MetricsResult] = {}
         doc_lengths: dict[str, int] = {}
         per_query: dict[str, dict[str, float]] = {}
         qrels: dict[str, dict[str, int]] = {}
+        n_chunks = 0
         for label, dataset in task.parts.items():
             started = time.perf_counter()
             doc_ids = list(dataset.corpus)
             doc_texts = [dataset.corpus[d] for d in doc_ids]
             doc_tokens = self._count(encoder, doc_texts, query=False)
-            docs = self._embed(encoder, doc_texts, doc_tokens, query=False, stats=stats)
+            before = dict(stats)
+            if configuration.chunking is not None:
+                chunked = self._chunk(encoder, configuration.chunking, label, doc_ids, doc_texts)
+                chunk_tokens = self._count(encoder, chunked.texts, query=False, keys=chunked.keys)
+                docs = self._embed(encoder, chunked.texts, chunk_tokens, False, stats, chunked.keys)
+                stats["truncated_documents"] += sum(n > encoder.window for n in chunk_tokens)
+                n_chunks += len(chunked.texts)
+            else:
+                docs = self._embed(encoder, doc_texts, doc_tokens, False, stats)
+                stats["truncated_documents"] += sum(n > encoder.window for n in doc_tokens)
+            cost["embedding_seconds_measured"] += stats["encode_seconds"] - before["encode_seconds"]
+            cost["texts_embedded"] += stats["encoded"] - before["encoded"]
+            cost["texts_from_cache"] += stats["cached"] - before["cached"]
+            cost["source_tokens"] += sum(n - self._n_special for n in doc_tokens)
+            cost["tokens_embedded"] += int(docs.tokens.sum())
+            cost["embedding_seconds"] += float(docs.seconds.sum())
             query_ids = list(dataset.queries)
             query_texts = [dataset.queries[q] for q in query_ids]
             queries = self._embed(encoder, query_texts, self._count(encoder, query_texts, query=True), True, stats)
-            stats["seconds"] += time.perf_counter() - started
-            stats["truncated_documents"] += sum(n > encoder.window for n in doc_tokens)
-            run = self._retrieve(encoder, doc_ids, doc_texts, doc_tokens, docs, query_ids, queries)
+            stats["seconds"] = before["seconds"] + time.perf_counter() - started
+            if configuration.chunking is not None:
+                scoring = DocumentScoring(configuration.doc_score)  # type: ignore[arg-type]
+                cost["vectors_stored"] += len(chunked.texts) + (
+                    chunked.groups.n_groups if scoring.needs_group_vectors else 0
+                )
+                run = self._rank_documents(chunked.groups, docs.vectors, scoring, query_ids, queries.vectors)
+            else:
+                cost["vectors_stored"] += len(doc_ids)
+                run = self._retrieve(encoder, doc_ids, doc_texts, doc_tokens, docs.vectors, query_ids, queries.vectors)
             parts[label] = evaluate_run(run, dataset.qrels, self.k_values)
             for doc_id, n in zip(doc_ids, doc_tokens, strict=True):
                 doc_lengths[f"{label}\x00{doc_id}"] = n
@@ -588,6 +844,12 @@ class RetrievalEvaluator:
             metrics = dict(next(iter(parts.values())).mean)
         bins = breakdown_by_length(per_query, doc_lengths, qrels, self.length_bins)
         stats["seconds"] = round(float(stats["seconds"]), 2)
+        stats["encode_seconds"] = round(float(stats["encode_seconds"]), 3)
+        source = max(1, cost["source_tokens"])
+        cost["tokens_per_source_token"] = round(cost["tokens_embedded"] / source, 4)
+        cost["vectors_per_1k_source_tokens"] = round(1000 * cost["vectors_stored"] / source, 4)
+        cost["embedding_seconds"] = round(cost["embedding_seconds"], 3)
+        cost["embedding_seconds_measured"] = round(cost["embedding_seconds_measured"], 3)
         return ConfigurationResult(
             configuration=configuration,
             window=encoder.window,
@@ -595,48 +857,186 @@ class RetrievalEvaluator:
             parts=parts,
             by_doc_length={label: b for label, b in bins.items() if b.count},
             encoding=stats,
+            cost=cost,
+            pipeline=self._pipeline(encoder, configuration, n_chunks),
         )
 
-    def _count(self, encoder: TempScaleEncoder, texts: list[str], query: bool) -> list[int]:
+    def _pipeline(self, encoder: TempScaleEncoder, configuration: EvalConfiguration, n_chunks: int) -> dict[str, Any]:
+        chunking = configuration.chunking
+        if chunking is None:
+            return {
+                "doc_score": VECTOR,
+                "chunk_tokens": None,
+                "chunk_overlap_tokens": None,
+                "chunk_temperatures": None,
+                "chunks": None,
+            }
+        return {
+            "doc_score": configuration.doc_score,
+            "chunk_tokens": list(chunking.sizes),
+            "chunk_overlap_tokens": [chunking.overlap(size) for size in chunking.sizes],
+            # The tau a full chunk of each size is embedded at, whatever set it (size taus, global, buckets...).
+            "chunk_temperatures": [encoder.router.route(size + self._n_special).tau for size in chunking.sizes],
+            "chunks": n_chunks,
+        }
+
+    def _chunk(
+        self, encoder: TempScaleEncoder, chunking: ChunkingConfig, label: str, doc_ids: list[str], texts: list[str]
+    ) -> _ChunkedPart:
+        """Every document of a part chunked as `index` chunks it, cached per (window, sizes, overlap, part).
+
+        `MultiSizeChunker` splits each size independently and returns a document's chunks size by size, smallest
+        first; each size is therefore split once per part with a one-size `MultiSizeChunker` and cached on its own,
+        so configurations that share a size (`256` and `64,128,256`) split it once. Chunk order is the chunker's.
+        """
+        shape = (encoder.window, chunking.sizes, tuple(chunking.overlap(s) for s in chunking.sizes))
+        docs_key = (label, text_key("\x00".join(doc_ids)), text_key("\x00".join(texts)))
+        key = (*shape, *docs_key)
+        if key in self._chunked:
+            return self._chunked[key]
+        per_size = [self._split(encoder, size, chunking.overlap(size), docs_key, texts) for size in chunking.sizes]
+        out_texts: list[str] = []
+        keys: list[str] = []
+        sizes: list[int] = []
+        documents: list[str] = []
+        for i, doc_id in enumerate(doc_ids):
+            for size, (split_texts, split_keys) in zip(chunking.sizes, per_size, strict=True):
+                out_texts += split_texts[i]
+                keys += split_keys[i]
+                sizes += [size] * len(split_texts[i])
+                documents += [doc_id] * len(split_texts[i])
+        if not out_texts:
+            raise ValueError(f"no document of part {label!r} has any text to chunk")
+        part = _ChunkedPart(out_texts, keys, sizes, documents, ChunkGroups.build(documents, sizes))
+        self._chunked[key] = part
+        return part
+
+    def _split(
+        self, encoder: TempScaleEncoder, size: int, overlap: int, docs_key: tuple[str, ...], texts: list[str]
+    ) -> tuple[list[list[str]], list[list[str]]]:
+        """Chunk texts and their digests, per document, of one chunk size (cached)."""
+        from tempscale_rag.ingest.chunking import MultiSizeChunker
+
+        key = (encoder.window, size, overlap, *docs_key)
+        if key not in self._splits:
+            shape = (encoder.window, size, overlap)
+            if shape not in self._chunkers:
+                one = ChunkingConfig(sizes=(size,), overlap_tokens=overlap)
+                self._chunkers[shape] = MultiSizeChunker(encoder, one)
+            chunker = self._chunkers[shape]
+            by_text: dict[str, tuple[list[str], list[str]]] = {}  # a text repeated in the corpus is split once
+            chunk_texts: list[list[str]] = []
+            chunk_keys: list[list[str]] = []
+            for text in texts:
+                if text not in by_text:
+                    pieces = [chunk.text for chunk in chunker.split(text)]
+                    by_text[text] = (pieces, [text_key(piece) for piece in pieces])
+                chunk_texts.append(by_text[text][0])
+                chunk_keys.append(by_text[text][1])
+            self._splits[key] = (chunk_texts, chunk_keys)
+        return self._splits[key]
+
+    def _count(
+        self, encoder: TempScaleEncoder, texts: list[str], query: bool, keys: list[str] | None = None
+    ) -> list[int]:
         prompt = encoder.config.query_prompt if query else encoder.config.document_prompt
-        keys = [(text_key(t), query, prompt) for t in texts]
-        missing = [i for i, k in enumerate(keys) if k not in self._token_counts]
+        full_keys = [(k, query, prompt) for k in (keys if keys is not None else [text_key(t) for t in texts])]
+        missing: dict[tuple[str, bool, str], int] = {}
+        for i, k in enumerate(full_keys):
+            if k not in self._token_counts and k not in missing:
+                missing[k] = i
         if missing:
-            counts = encoder.count_tokens([texts[i] for i in missing], query=query)
-            for i, n in zip(missing, counts, strict=True):
-                self._token_counts[keys[i]] = n
-        return [self._token_counts[k] for k in keys]
+            counts = encoder.count_tokens([texts[i] for i in missing.values()], query=query)
+            for k, n in zip(missing, counts, strict=True):
+                self._token_counts[k] = n
+        return [self._token_counts[k] for k in full_keys]
 
     def _embed(
-        self, encoder: TempScaleEncoder, texts: list[str], tokens: list[int], query: bool, stats: dict[str, Any]
-    ) -> npt.NDArray[np.float32]:
+        self,
+        encoder: TempScaleEncoder,
+        texts: list[str],
+        tokens: list[int],
+        query: bool,
+        stats: dict[str, Any],
+        keys: list[str] | None = None,
+    ) -> _Embedded:
+        config = encoder.config
+        seen = np.asarray(
+            [
+                sum(segment_lengths(n, encoder.window, self._n_special, config.long_text, config.chunk_overlap))
+                for n in tokens
+            ],
+            dtype=np.int64,
+        )
         if self.cache is None:
+            started = time.perf_counter()
             with _quiet_truncation():
                 vectors = encoder.encode(texts, query=query, show_progress=self.show_progress)
+            elapsed = time.perf_counter() - started
+            stats["encode_seconds"] += elapsed
+            self.texts_encoded += len(texts)
             stats["encoded"] += len(texts)
             stats["segments"] += encoder.last_report.segments
-            return vectors
-        keys = [
-            (text_key(t), query, segment_signature(encoder, n, self._n_special, query=query))
-            for t, n in zip(texts, tokens, strict=True)
+            share = elapsed * seen / max(1, int(seen.sum()))
+            return _Embedded(vectors, share.astype(np.float64), seen)
+        text_keys = keys if keys is not None else [text_key(t) for t in texts]
+        full_keys = [
+            (k, query, segment_signature(encoder, n, self._n_special, query=query))
+            for k, n in zip(text_keys, tokens, strict=True)
         ]
         todo: dict[tuple[Any, ...], int] = {}
-        for i, key in enumerate(keys):
+        for i, key in enumerate(full_keys):
             if key not in self.cache.vectors and key not in todo:
                 todo[key] = i
         if todo:
+            started = time.perf_counter()
             with _quiet_truncation():
                 vectors = encoder.encode(
                     [texts[i] for i in todo.values()], query=query, show_progress=self.show_progress
                 )
+            elapsed = time.perf_counter() - started
+            stats["encode_seconds"] += elapsed
+            self.texts_encoded += len(todo)
             stats["segments"] += encoder.last_report.segments
-            for key, vector in zip(todo, vectors, strict=True):
+            todo_seen = seen[list(todo.values())]
+            total = max(1, int(todo_seen.sum()))
+            for key, vector, n in zip(todo, vectors, todo_seen, strict=True):
                 self.cache.vectors[key] = vector
+                self.cache.seconds[key] = elapsed * int(n) / total
         self.cache.misses += len(todo)
-        self.cache.hits += len(keys) - len(todo)
+        self.cache.hits += len(full_keys) - len(todo)
         stats["encoded"] += len(todo)
-        stats["cached"] += len(keys) - len(todo)
-        return np.stack([self.cache.vectors[k] for k in keys]).astype(np.float32, copy=False)
+        stats["cached"] += len(full_keys) - len(todo)
+        vectors = np.stack([self.cache.vectors[k] for k in full_keys]).astype(np.float32, copy=False)
+        seconds = np.fromiter((self.cache.seconds[k] for k in full_keys), np.float64, len(full_keys))
+        return _Embedded(vectors, seconds, seen)
+
+    def _rank_documents(
+        self,
+        groups: ChunkGroups,
+        chunks: npt.NDArray[np.float32],
+        scoring: DocumentScoring,
+        query_ids: list[str],
+        queries: npt.NDArray[np.float32],
+    ) -> dict[str, dict[str, float]]:
+        """Exact document ranking: `score_documents` over every chunk, for blocks of queries (memory stays bounded)."""
+        means = group_vectors(chunks, groups) if scoring.needs_group_vectors else None
+        n_docs = groups.n_documents
+        k = min(n_docs, max(RETRIEVAL_DEPTH, *self.k_values))
+        block = max(1, SCORE_BLOCK_ELEMENTS // max(1, groups.n_chunks))
+        documents = groups.documents
+        run: dict[str, dict[str, float]] = {}
+        for start in range(0, len(query_ids), block):
+            q = queries[start : start + block]
+            group_scores = None if means is None else q @ means.T
+            scores = score_documents(q @ chunks.T, groups, scoring, group_scores)
+            if k < n_docs:
+                top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+            else:
+                top = np.broadcast_to(np.arange(n_docs), (len(q), n_docs))
+            for row, qid in enumerate(query_ids[start : start + block]):
+                run[qid] = {str(documents[j]): float(scores[row, j]) for j in top[row]}
+        return run
 
     def _retrieve(
         self,
