@@ -15,6 +15,7 @@ from tempscale_rag.cli.options import (
     config_from_args,
 )
 from tempscale_rag.config import TempScaleConfig
+from tempscale_rag.distributed.cli import add_ray_flags, run_index_on_ray, wants_ray
 
 DEFAULT_INDEX = "tempscale-index"
 
@@ -37,6 +38,7 @@ def register(subparsers: Any) -> None:
     add_argument(index, "--hnsw", action="store_true", help="FAISS: approximate HNSW index instead of exact search.")
     add_argument(index, "--json", action="store_true", help="Print the summary as JSON on stdout.")
     add_config_flags(index)
+    add_ray_flags(index)
     index.set_defaults(run=run_index)
 
     search = subparsers.add_parser("search", help="Search an index.", description="Rank indexed chunks for a query.")
@@ -99,6 +101,8 @@ def run_index(args: argparse.Namespace) -> int:
         config = TempScaleConfig(**{**stored.config.model_dump(), **runtime})  # validated, unlike model_copy
     else:
         config = config_from_args(args)
+    if wants_ray(args):
+        return run_index_on_ray(args, config, stored)
     encoder = TempScaleEncoder(config=config)
     manifest = _manifest_for(args, config, encoder.model_name, encoder.dimension)
     if stored is not None and args.store is None and not (args.qdrant_url or args.qdrant_path):
