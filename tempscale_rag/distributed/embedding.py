@@ -13,6 +13,7 @@ only group texts of equal padded length), so a retried batch gives the same vect
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -49,8 +50,9 @@ class EncoderActor:
         self.query = query
 
     def describe(self) -> dict[str, Any]:
-        """Model name, dimension and device of this actor's engine."""
+        """Model name, dimension and device of this actor's engine, and its process id."""
         return {
+            "pid": os.getpid(),
             "model": self.encoder.model_name,
             "dimension": self.encoder.dimension,
             "device": str(self.encoder.device),
