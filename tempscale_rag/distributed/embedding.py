@@ -246,8 +246,9 @@ class RayEmbedder:
         if not self._actors and not self._started_ray:
             return
         ray = require_ray()
-        for actor in self._actors:
-            ray.kill(actor)
+        if ray.is_initialized():
+            for actor in self._actors:
+                ray.kill(actor)
         self._actors = []
         if self._started_ray:
             ray.shutdown()
