@@ -34,6 +34,7 @@ from tempscale_rag.config import (
     ChunkingConfig,
     TempScaleConfig,
 )
+from tempscale_rag.distributed.cli import add_ray_flags, run_index_on_ray, wants_ray
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ def register(subparsers: Any) -> None:
     )
     add_argument(index, "--json", action="store_true", help="Print the summary as JSON on stdout.")
     add_config_flags(index)
+    add_ray_flags(index)
     index.set_defaults(run=run_index, loads_model=False)
 
     search = subparsers.add_parser(
@@ -365,6 +367,8 @@ def run_index(args: argparse.Namespace) -> int:
             )
         backend = _requested_backend(args)
     _check_chunk_sizes_fit(config, chunking)
+    if wants_ray(args):
+        return run_index_on_ray(args, config, stored, chunking, derive_buckets)
 
     from tempscale_rag.encoder import TempScaleEncoder
     from tempscale_rag.ingest.chunking import MultiSizeChunker, WindowChunker

@@ -16,7 +16,12 @@ from tempscale_rag import BUNDLED_MODEL, TempScaleEncoder
 from tempscale_rag.adapters import EngineFields
 
 DEFAULT_TEMPSCALE_BATCH_SIZE = 256
-"""Texts per engine call. High because the engine forms its own batches by tokens, whatever this slice is."""
+"""Texts per engine call on the CPU. High because the engine forms its own batches by tokens, whatever this slice is."""
+
+DEFAULT_GPU_BATCH_SIZE = 8192
+"""Texts per engine call when the engine runs on a GPU: every call ends with partial batches (one per temperature and
+padded shape) and restarts the tokenizer pipeline, which a GPU finishes 256 texts of in milliseconds; 8192 texts of
+mixed-length chunks are about 2M tokens, a few tenths of a second of an H200 (`benchmarks/adapters_gpu.py`)."""
 
 
 class TempScaleEmbedding(EngineFields, BaseEmbedding):
@@ -55,8 +60,9 @@ class TempScaleEmbedding(EngineFields, BaseEmbedding):
     embed_batch_size: int = Field(
         default=DEFAULT_TEMPSCALE_BATCH_SIZE,
         gt=0,
-        le=2048,
-        description="Texts per engine call; the engine batches them by tokens, so a high value costs nothing.",
+        le=65536,
+        description="Texts per engine call (default 256 on the CPU, 8192 when the engine runs on a GPU); the engine "
+        "batches them by tokens, so a high value costs nothing.",
     )
 
     show_progress_bar: bool = Field(
@@ -69,6 +75,9 @@ class TempScaleEmbedding(EngineFields, BaseEmbedding):
     ) -> None:
         super().__init__(model_name=BUNDLED_MODEL if model_name is None else model_name, **kwargs)
         self._attach_engine(encoder)
+        if "embed_batch_size" not in kwargs and self._encoder.device.type == "cuda":
+            # LlamaIndex hands over `embed_batch_size` texts per call: too few to keep a GPU busy at 256.
+            self.embed_batch_size = DEFAULT_GPU_BATCH_SIZE
 
     @classmethod
     def class_name(cls) -> str:
