@@ -52,6 +52,8 @@ def run_index_on_ray(
         args: The parsed `index` arguments.
         config: The engine configuration the command resolved (flags, or the stored index's settings).
         stored: The manifest already in `--out`, or None.
+        chunking: The chunk sizes and temperatures (None: a legacy single-size index).
+        derive_buckets: Whether the engine's buckets come from the chunk sizes.
 
     Returns:
         The exit code.

@@ -1,0 +1,265 @@
+"""The sweep that chose the document-ranking defaults: chunk sizes x taus x aggregations on the shared data (GPU).
+
+A research script, not product code: it reproduces the product's pipeline (LlamaIndex SentenceSplitter counting the
+model's tokens, overlap min(32, size // 8), the engine at one tau per chunk size, queries at tau 1, documents scored
+from their chunks as in `tempscale_rag.documents`) with the aggregation done in torch so that thousands of
+combinations of sizes, taus and aggregations are scored from one embedding pass per (size, tau). The defaults it
+chose were then checked with `tempscale-rag eval` (see README.md beside this file).
+
+    # data.json.xz: {task: {part: {corpus, queries, qrels}}} for qmsum, bamboo and the generated passkey/needle parts
+    DATA=data.json.xz MODEL=path/to/all-MiniLM-L6-v2 OUT=out SIZES=48,64,96,128,192,256,384,499 \
+        TAUS=1.0,0.9,0.8,0.7 python sweep.py          # sweep-1; sweep-2: SIZES=24:3,32:4,48:6,48:12,... KS=2,3,4
+"""
+
+import itertools
+import json
+import lzma
+import math
+import multiprocessing as mp
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+REPO = os.environ.get("REPO", os.getcwd())
+sys.path.insert(0, REPO)
+MODEL = os.environ.get("MODEL", "/tmp/xp/model")
+DATA = os.environ.get("DATA", ".xp/data.json.xz")
+OUT = os.environ.get("OUT", "/tmp/xpout")
+SPECS = os.environ.get("SIZES", "32,48,64,96,128,192,256,384,499").split(",")
+SIZES = SPECS  # keys like "48" or "48:12" (size:overlap)
+OVERRIDE = {k: int(k.split(":")[1]) for k in SPECS if ":" in k}
+TAUS = [float(t) for t in os.environ.get("TAUS", "1.0,0.9,0.8,0.7,0.6").split(",")]
+OVERLAP_DIV = int(os.environ.get("OVERLAP_DIV", "8"))
+DEV = os.environ.get("DEV", "cuda")
+OVERLAP_MAX = int(os.environ.get("OVERLAP_MAX", "32"))
+
+
+def overlap(key):
+    if key in OVERRIDE:
+        return OVERRIDE[key]
+    size = int(key.split(":")[0])
+    return min(OVERLAP_MAX, size // OVERLAP_DIV)
+
+
+def nsize(key):
+    return int(key.split(":")[0])
+
+
+_SPLITTERS = {}
+
+
+def _init():
+    global _TOK
+    from tokenizers import Tokenizer
+
+    _TOK = Tokenizer.from_file(os.path.join(MODEL, "tokenizer.json"))
+    _TOK.no_padding()
+    _TOK.no_truncation()
+
+
+def _count(text):
+    return _TOK.encode(text, add_special_tokens=False).ids
+
+
+def _chunk(args):
+    size, text = args
+    from llama_index.core.node_parser import SentenceSplitter
+
+    sp = _SPLITTERS.get(size)
+    if sp is None:
+        sp = _SPLITTERS[size] = SentenceSplitter(chunk_size=nsize(size), chunk_overlap=overlap(size), tokenizer=_count)
+    pieces = [p for p in sp.split_text(text) if p.strip()]
+    return pieces
+
+
+def _ntok(text):
+    return len(_TOK.encode(text, add_special_tokens=False).ids)
+
+
+def main():
+    t0 = time.time()
+    os.makedirs(OUT, exist_ok=True)
+    with lzma.open(DATA, "rt") as f:
+        data = json.load(f)
+    # unique document texts
+    docs = sorted({t for task in data.values() for part in task.values() for t in part["corpus"].values()})
+    doc_index = {t: i for i, t in enumerate(docs)}
+    print(f"{len(docs)} unique docs, load {time.time() - t0:.1f}s", flush=True)
+    with mp.get_context("fork").Pool(int(os.environ.get("PROCS", "15")), initializer=_init) as pool:
+        doc_tokens = pool.map(_ntok, docs, chunksize=8)
+        chunks = {}
+        for size in SIZES:
+            t = time.time()
+            chunks[size] = pool.map(_chunk, [(size, d) for d in docs], chunksize=4)
+            print(f"chunked size {size}: {sum(map(len, chunks[size]))} chunks in {time.time() - t:.1f}s", flush=True)
+    from tempscale_rag.encoder import TempScaleEncoder
+
+    base = TempScaleEncoder(MODEL, temperature=1.0, device=DEV, dtype="float32")
+    encoders = {tau: TempScaleEncoder(MODEL, temperature=tau, device=DEV, dtype="float32", _loaded=base._m) for tau in TAUS}
+    # unique chunk texts per size, and token counts
+    emb = {}  # (size, tau) -> tensor (n_unique, d) on GPU
+    rows = {}  # size -> list per doc of row indices
+    cost = {}
+    for size in SIZES:
+        uniq = {}
+        per_doc = []
+        for pieces in chunks[size]:
+            per_doc.append([uniq.setdefault(p, len(uniq)) for p in pieces])
+        rows[size] = per_doc
+        texts = list(uniq)
+        for tau in TAUS:
+            t = time.time()
+            v = encoders[tau].encode(texts)
+            rep = encoders[tau].last_report
+            emb[(size, tau)] = torch.from_numpy(v).to(DEV)
+            print(f"embedded size {size} tau {tau}: {len(texts)} texts {rep.tokens} tokens {time.time() - t:.1f}s "
+                  f"({rep.tokens / (time.time() - t):.0f} tok/s)", flush=True)
+        ntok = base.count_tokens(texts)
+        cost[size] = {"unique_chunks": len(texts), "unique_tokens": int(sum(ntok))}
+        # tokens embedded per source token on qmsum (real text)
+        q_docs = [doc_index[t] for t in data["qmsum"]["all"]["corpus"].values()]
+        src = sum(doc_tokens[i] for i in q_docs)
+        emb_tokens = sum(ntok[r] for i in q_docs for r in per_doc[i])
+        nvec = sum(len(per_doc[i]) for i in q_docs)
+        cost[size].update(qmsum_tokens_per_source_token=emb_tokens / src, qmsum_vectors_per_1k=1000 * nvec / src)
+        print(size, cost[size], flush=True)
+    # queries: tau 1 and the others (for routed variants)
+    aggs = [("max", None), ("mean", None), ("hybrid", None), ("topm", 2),
+            ("softmax", 0.01), ("softmax", 0.02), ("softmax", 0.03), ("softmax", 0.05)]
+    scores = {}  # (task, part, size, tau, agg) -> tensor nq x nd
+    truth = {}
+    for tname, task in data.items():
+        for pname, part in task.items():
+            dids = list(part["corpus"])
+            qids = list(part["queries"])
+            qv = torch.from_numpy(encoders[1.0].encode([part["queries"][q] for q in qids], query=True)).to(DEV)
+            rel = torch.zeros(len(qids), len(dids), device=DEV)
+            dpos = {d: i for i, d in enumerate(dids)}
+            for qi, q in enumerate(qids):
+                for d, r in part["qrels"].get(q, {}).items():
+                    if d in dpos and r > 0:
+                        rel[qi, dpos[d]] = float(r)
+            truth[(tname, pname)] = rel
+            for size in SIZES:
+                drows = [rows[size][doc_index[part["corpus"][d]]] for d in dids]
+                maxc = max(max(len(r) for r in drows), 1)
+                idx = torch.full((len(dids), maxc), -1, dtype=torch.long)
+                for i, r in enumerate(drows):
+                    if r:
+                        idx[i, : len(r)] = torch.tensor(r)
+                idx = idx.to(DEV)
+                mask = idx >= 0
+                safe = idx.clamp(min=0)
+                counts = mask.sum(1).clamp(min=1)
+                for tau in TAUS:
+                    E = emb[(size, tau)]
+                    gv = E[safe] * mask[..., None]
+                    gmean = torch.nn.functional.normalize(gv.sum(1), dim=-1)
+                    cos_mean = qv @ gmean.T
+                    for qs in range(0, len(qids), 256):
+                        q = qv[qs: qs + 256]
+                        S = (q @ E.T)[:, safe]  # nq x nd x maxc
+                        S = S.masked_fill(~mask, float("-inf"))
+                        mx = S.max(-1).values
+                        srt = S.sort(-1, descending=True).values
+                        res = {}
+                        res[("max", None)] = mx
+                        res[("mean", None)] = cos_mean[qs: qs + 256]
+                        res[("hybrid", None)] = (mx + cos_mean[qs: qs + 256]) / 2
+                        for m in (2,):
+                            k = min(m, maxc)
+                            top = srt[..., :k]
+                            valid = torch.isfinite(top)
+                            res[("topm", m)] = torch.where(valid, top, 0).sum(-1) / valid.sum(-1).clamp(min=1)
+                        for T in (0.01, 0.02, 0.03, 0.05):
+                            lse = torch.logsumexp(S / T, dim=-1) - torch.log(counts.float())[None]
+                            res[("softmax", T)] = T * lse
+                        for a, v in res.items():
+                            key = (tname, pname, size, tau, a)
+                            scores.setdefault(key, []).append(v)
+            for k in [k for k in scores if k[0] == tname and k[1] == pname and isinstance(scores[k], list)]:
+                scores[k] = torch.cat(scores[k])
+            print(f"scored {tname}/{pname} {time.time() - t0:.0f}s", flush=True)
+
+    disc = 1.0 / torch.log2(torch.arange(2, 12, device=DEV).float())
+
+    def metric(tname, pname, S):
+        rel = truth[(tname, pname)]
+        if tname in ("passkey", "needle"):
+            top = S.argmax(1)
+            return float((rel.gather(1, top[:, None]) > 0).float().mean()) * 100
+        k = min(10, S.shape[1])
+        top = S.topk(k, dim=1).indices
+        gains = rel.gather(1, top)
+        dcg = (gains * disc[:k]).sum(1)
+        ideal = rel.sort(1, descending=True).values[:, :k]
+        idcg = (ideal * disc[:k]).sum(1)
+        ok = idcg > 0
+        return float((dcg[ok] / idcg[ok]).mean()) * 100
+
+    parts = [(t, p) for t, task in data.items() for p in task]
+
+    def evaluate(combo, agg, weights=None):
+        out = {}
+        w = weights or [1.0] * len(combo)
+        for t, p in parts:
+            S = sum(wi * scores[(t, p, s, tau, agg)] for wi, (s, tau) in zip(w, combo)) / sum(w)
+            out[f"{t}/{p}"] = metric(t, p, S)
+        summary = {}
+        for t in data:
+            vals = [v for k, v in out.items() if k.split("/")[0] == t]
+            summary[t] = sum(vals) / len(vals)
+            if t in ("passkey", "needle"):
+                summary[t + "_min"] = min(vals)
+        return summary, out
+
+    results = []
+    for size in SIZES:
+        for tau in TAUS:
+            for a in aggs:
+                s, o = evaluate([(size, tau)], a)
+                results.append({"combo": [[size, tau]], "agg": list(a), **s, "parts": o})
+    print(f"single sizes done {time.time() - t0:.0f}s", flush=True)
+    main_aggs = [a for a in aggs if a in (("max", None), ("softmax", 0.01), ("softmax", 0.02), ("softmax", 0.03), ("hybrid", None))]
+    ks = [int(k) for k in os.environ.get("KS", "2,3").split(",")]
+    for k in ks:
+        for sizes in itertools.combinations(SIZES, k):
+            if len({nsize(x) for x in sizes}) < k:
+                continue
+            for taus in itertools.product(TAUS, repeat=k):
+                if any(taus[i] < taus[i + 1] for i in range(k - 1)):
+                    continue  # longer chunks never get a higher tau
+                if k >= 3 and any(t < 0.7 for t in taus):
+                    continue
+                combo = list(zip(sizes, taus, strict=True))
+                for a in main_aggs:
+                    s, o = evaluate(combo, a)
+                    results.append({"combo": [list(c) for c in combo], "agg": list(a), **s, "parts": o})
+        print(f"k={k} done {time.time() - t0:.0f}s, {len(results)} rows", flush=True)
+        pass
+    def crit(r):
+        return min(r["qmsum"] / 60, 1.02) + min(r["bamboo"] / 82, 1.02) + min(r["passkey"] / 96, 1.02) + min(r["passkey_min"] / 90, 1.02) + min(r["needle"] / 85, 1.02)
+
+    top = sorted(results, key=crit, reverse=True)[:300]
+    for r in top:
+        combo = [tuple(c) for c in r["combo"]]
+        for w0 in (0.5, 1.5, 2.0):
+            for w_last in (0.5, 1.0, 1.5):
+                w = [w0] + [1.0] * (len(combo) - 2) + [w_last]
+                s2, o2 = evaluate(combo, tuple(r["agg"]), w)
+                results.append({"combo": [list(c) for c in combo], "agg": r["agg"], "weights": w, **s2, "parts": o2})
+    print(f"weighted done {time.time() - t0:.0f}s", flush=True)
+    keep = [r for r in results if len(r["combo"]) == 1] + sorted(results, key=crit, reverse=True)[:4000]
+    with open(os.path.join(OUT, "sweep.json"), "w") as f:
+        json.dump({"cost": cost, "results": keep}, f)
+    # quick print: best by a balanced criterion
+    for r in sorted(results, key=crit, reverse=True)[:40]:
+        print(r["combo"], r["agg"], r.get("weights"), {k: round(r[k], 2) for k in ("qmsum", "bamboo", "passkey", "passkey_min", "needle")})
+    print(f"total {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
