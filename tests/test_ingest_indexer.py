@@ -384,6 +384,7 @@ def _cli_cmd(*args: str) -> list[str]:
     return [sys.executable, "-c", "import sys; from tempscale_rag.cli import main; sys.exit(main())", *args]
 
 
+@pytest.mark.slow  # three fresh processes, each loading the model; the in-process test above runs by default
 def test_sigkill_inside_a_big_file_loses_at_most_one_batch(tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()

@@ -276,6 +276,10 @@ class FolderIndexer:
         known = self.store.sources()
         self._known = known
         kept: set[str] = set()
+        present = {source_name(p) for p in discovery.files}
+        for source in known:
+            if source not in present and _under(path_of(source), discovery.unlisted_dirs):
+                kept.add(source)  # its folder could not be listed: unknown, not gone
         jobs = self._read_all(discovery.files, known, summary, kept)
         self._embed_all(jobs, summary, kept)
         if prune:
@@ -448,14 +452,10 @@ class FolderIndexer:
     ) -> None:
         present = {source_name(p) for p in discovery.files}
         resolved_roots = [Path(r).expanduser().resolve() for r in roots]
-        unlisted = discovery.unlisted_dirs
         for source in list(known):
             if source in present or source in kept:
                 continue
             path = path_of(source)
-            if any(d == path or d in path.parents for d in unlisted):
-                kept.add(source)  # its folder could not be listed: unknown, not gone
-                continue
             try:
                 os.stat(path)
             except (FileNotFoundError, NotADirectoryError):
@@ -465,7 +465,7 @@ class FolderIndexer:
                 continue
             else:
                 exists = True
-            under_root = any(path == r or r in path.parents for r in resolved_roots)
+            under_root = _under(path, resolved_roots)
             # Gone, or still there under a folder indexed now but skipped by the rules (hidden, unsupported, ...).
             if not exists or under_root:
                 self.store.delete_source(source)
@@ -584,6 +584,10 @@ class _Staging:
                 shutil.rmtree(folder, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.folder.rmdir()  # only when empty
+
+
+def _under(path: Path, folders: Sequence[Path]) -> bool:
+    return any(folder == path or folder in path.parents for folder in folders)
 
 
 @contextlib.contextmanager
