@@ -132,9 +132,10 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
         else:
             if opened:
                 return opened[0]
-            store = QdrantStore(dimension=DIM, path=MEMORY)
+            qdrant = QdrantStore(dimension=DIM, path=MEMORY)
             # Exercise the server's candidate path (Qdrant's grouping API) on local mode too.
-            store.use_grouping_api = kind == "qdrant-grouping"  # type: ignore[attr-defined]
+            qdrant.use_grouping_api = kind == "qdrant-grouping"
+            store = qdrant
         opened.append(store)
         return store
 
@@ -298,10 +299,27 @@ def test_qdrant_document_entry_missing_is_rescored_from_chunks(caplog: pytest.Lo
     query = unit(np.random.default_rng(1), 1)[0]
     with QdrantStore(dimension=DIM, path=MEMORY) as store:
         fill(store, corpus)
-        store._forget_documents([sorted(corpus)[0]])
+        first = sorted(corpus)[0]
+        store._forget_documents([first])
         found = store.search_documents(query, 5, doc_score="hybrid")
         check_against_reference(found, corpus, query, SCORING["hybrid"], 5, evidence=3)
-    assert "rescored from a scan of their chunks" in caplog.text
+        assert "rescored from a scan of their chunks" in caplog.text
+        # The next write to that source rebuilds its entry from all of its chunks, not only the written ones.
+        caplog.clear()
+        extra = ChunkRecord.create(
+            text="one more chunk",
+            vector=unit(np.random.default_rng(3), 1)[0],
+            source=first,
+            position=999,
+            token_length=3,
+            bucket="b",
+            metadata={"chunk_tokens": 64},
+        )
+        store.upsert([extra])
+        corpus[first] = [*corpus[first], extra]
+        found = store.search_documents(query, 5, doc_score="hybrid")
+        check_against_reference(found, corpus, query, SCORING["hybrid"], 5, evidence=3)
+        assert "rescored" not in caplog.text
 
 
 def test_empty_index_and_bad_arguments(opener: Opener) -> None:

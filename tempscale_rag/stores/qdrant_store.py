@@ -140,6 +140,10 @@ class QdrantStore(VectorStore):
         read_only: Refuse writes; with `create` ignored.
         progress: Called as `progress(done, total)` after each uploaded batch.
 
+    Attributes:
+        use_grouping_api: Find candidate documents with Qdrant's grouping API (`query_points_groups`); True for a
+            server, False in local mode, where a plain over-fetching query is much faster.
+
     Raises:
         StoreUnavailableError: If the server cannot be reached, rejects the API key, or the local folder is in use.
         IndexNotFoundError: If the collection is missing and may not be created.
@@ -255,10 +259,17 @@ class QdrantStore(VectorStore):
         points = [self._point(record) for record in check_records(records, self.dimension)]
         if points:
             self._modified = True
-            touched = sorted({str((p.payload or {})["source"]) for p in points})
+            new_chunks: dict[str, list[tuple[str, npt.NDArray[np.float32], int]]] = {}
+            for point in points:
+                new_chunks.setdefault(str((point.payload or {})["source"]), []).append(_size_of(point))
+            touched = sorted(new_chunks)
+            merged = self._merge_documents(new_chunks)
             self._forget_documents(touched)
             self._upload(points)
-            self._refresh_documents(touched)
+            rescan = [source for source in touched if source not in merged]
+            if rescan and self._has_documents_collection:
+                merged.update(self._scan_chunks(rescan))
+            self._write_documents(merged)
 
     def delete_source(self, source: str) -> int:
         """Forget the source's fingerprint, then delete its chunks.
@@ -448,12 +459,44 @@ class QdrantStore(VectorStore):
             list(dict.fromkeys(str((p.payload or {}).get("source", "")) for p in points))[:wanted] for points in found
         ]
 
-    def _load_documents(self, sources: list[str]) -> dict[str, _StoredDocument]:
-        """All chunk ids, sizes and vectors of `sources`, with their group vectors, from the documents collection."""
+    def _merge_documents(
+        self, new_chunks: dict[str, list[tuple[str, npt.NDArray[np.float32], int]]]
+    ) -> dict[str, list[tuple[str, npt.NDArray[np.float32], int]]]:
+        """Before an upsert: each touched source's chunks after it, where known without scanning the collection.
+
+        A source's document point lists its stored chunks; one without a point and without chunks is new.
+        """
+        if not self._has_documents_collection:
+            return {}
+        stored = self._read_documents(sorted(new_chunks))
+        missing = [source for source in new_chunks if source not in stored]
+        new_sources: set[str] = set()
+        if missing:
+            only_missing = models.Filter(must=[_source_in(missing)])
+            found = self._call(
+                "count chunks", lambda: self._client.count(self.collection, count_filter=only_missing, exact=True)
+            ).count
+            if found == 0:
+                new_sources = set(missing)
+        out = {}
+        for source, chunks in new_chunks.items():
+            if source in stored:
+                document = stored[source]
+                replaced = {chunk[0] for chunk in chunks}
+                kept = [
+                    (chunk_id, document.vectors[j], document.sizes[j])
+                    for j, chunk_id in enumerate(document.ids)
+                    if chunk_id not in replaced
+                ]
+                out[source] = kept + chunks
+            elif source in new_sources:
+                out[source] = list(chunks)
+        return out
+
+    def _read_documents(self, sources: list[str]) -> dict[str, _StoredDocument]:
+        """The document points of `sources` that exist and can be decoded."""
         out: dict[str, _StoredDocument] = {}
-        if not sources:
-            return out
-        if self._has_documents_collection:
+        if self._has_documents_collection and sources:
             ids = [_document_point_id(source) for source in sources]
             for start in range(0, len(ids), _SCROLL_PAGE):
                 records = self._call(
@@ -470,6 +513,11 @@ class QdrantStore(VectorStore):
                     document = _StoredDocument.from_payload(record.payload or {}, self.dimension)
                     if document is not None:
                         out[document.source] = document
+        return out
+
+    def _load_documents(self, sources: list[str]) -> dict[str, _StoredDocument]:
+        """All chunk ids, sizes and vectors of `sources`, with their group vectors, from the documents collection."""
+        out = self._read_documents(sources)
         stale = [source for source in sources if source not in out]
         if stale:
             scanned = self._scan_chunks(stale)
@@ -489,6 +537,8 @@ class QdrantStore(VectorStore):
         """Every chunk of `sources` (None: of the whole collection) as (point id, vector, chunk size), by source."""
         flt = None if sources is None else models.Filter(must=[_source_in(sources)])
         found: dict[str, list[tuple[str, npt.NDArray[np.float32], int]]] = {}
+        # Local mode filters and sorts the whole collection for every page: few large pages there.
+        page_size = _SCROLL_PAGE if self._remote else 65536
         offset: Any = None
         while True:
             page, offset = self._call(
@@ -497,7 +547,7 @@ class QdrantStore(VectorStore):
                     self._client.scroll,
                     self.collection,
                     scroll_filter=flt,
-                    limit=_SCROLL_PAGE,
+                    limit=page_size,
                     offset=offset,
                     with_payload=["source", "chunk_tokens", "metadata"],
                     with_vectors=True,
