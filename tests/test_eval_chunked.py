@@ -243,3 +243,35 @@ def test_json_carries_the_pipeline_fields(encoder: TempScaleEncoder, needles: Ev
             "source_tokens",
         }
     assert np.isfinite(chunked["metrics"]["ndcg@10"])
+
+
+def test_chunk_pool_workers_give_the_chunks_of_the_in_process_chunker(
+    encoder: TempScaleEncoder, tiny_passkey: EvalTask
+) -> None:
+    from tempscale_rag.evaluation.chunkpool import ChunkPool
+
+    texts = [*tiny_passkey.parts["192"].corpus.values(), FILLER, "One sentence.", "x" * 500, "mañana 🤖 \x07 end."]
+    engine = encoder.with_config(max_seq_length=64)
+    n_special = engine.count_tokens([""])[0]
+    local = MultiSizeChunker(engine, ChunkingConfig(sizes=(16,), overlap_tokens=3))
+    expected = [[chunk.text for chunk in local.split(text)] for text in texts]
+    assert engine.rust_tokenizer is not None
+    pool = ChunkPool(engine.rust_tokenizer.to_str(), engine.window, n_special, 16, 3, workers=2)
+    assert pool.split(texts) == expected
+
+
+@pytest.mark.slow  # starts eight worker processes, each importing the package (about 10 s of CPU each)
+def test_the_evaluator_with_chunk_workers_gives_the_same_numbers(
+    encoder: TempScaleEncoder, tiny_passkey: EvalTask
+) -> None:
+    configurations = configs(chunkings=["16:1,32:0.8"])
+    pooled = RetrievalEvaluator(encoder, chunk_workers=2)
+    pooled._pool_characters = 0  # use the workers however small the task
+    a = pooled.evaluate(tiny_passkey, configurations)
+    b = RetrievalEvaluator(encoder, chunk_workers=0).evaluate(tiny_passkey, configurations)
+    for x, y in zip(a.results, b.results, strict=True):
+        assert x.pipeline["chunks"] == y.pipeline["chunks"]
+        for label in tiny_passkey.parts:
+            assert x.parts[label].per_query == y.parts[label].per_query
+    with pytest.raises(ValueError, match="chunk_workers"):
+        RetrievalEvaluator(encoder, chunk_workers=-1)

@@ -57,6 +57,7 @@ from tempscale_rag.config import (
 )
 from tempscale_rag.documents import DOC_SCORES, ChunkGroups, DocumentScoring, group_vectors, score_documents
 from tempscale_rag.encoder import TempScaleEncoder, padded_length
+from tempscale_rag.evaluation.chunkpool import MIN_POOL_CHARACTERS, ChunkPool, default_workers
 from tempscale_rag.evaluation.datasets import RetrievalDataset, load_beir
 from tempscale_rag.evaluation.metrics import LengthBin, MetricsResult, breakdown_by_length, evaluate_run
 from tempscale_rag.evaluation.synthetic import LONGEMBED_LENGTHS, make_needle, make_passkey
@@ -695,6 +696,8 @@ class RetrievalEvaluator:
             configuration (slower, same numbers: kept for checking).
         show_progress: Show a progress bar while embedding.
         length_bins: Token-length bin edges of the per-document-length breakdown.
+        chunk_workers: Worker processes that split large corpora into chunks (`ChunkPool`, same chunks); None: one
+            per core but one on hosts with 4+ cores, else none; 0: split in this process.
     """
 
     def __init__(
@@ -705,6 +708,7 @@ class RetrievalEvaluator:
         cache: bool = True,
         show_progress: bool = False,
         length_bins: Sequence[float] = DOC_LENGTH_BINS,
+        chunk_workers: int | None = None,
     ) -> None:
         self.encoder = encoder
         self.k_values = tuple(sorted(set(k_values) | {1, 10}))
@@ -716,6 +720,10 @@ class RetrievalEvaluator:
         self._chunkers: dict[tuple[Any, ...], Any] = {}
         self._chunked: dict[tuple[Any, ...], _ChunkedPart] = {}
         self._splits: dict[tuple[Any, ...], tuple[list[list[str]], list[list[str]]]] = {}
+        if chunk_workers is not None and (isinstance(chunk_workers, bool) or chunk_workers < 0):
+            raise ValueError(f"chunk_workers must be None or an integer >= 0, got {chunk_workers!r}")
+        self.chunk_workers = chunk_workers
+        self._pool_characters = MIN_POOL_CHARACTERS
         self.texts_encoded = 0
         """Texts passed to the model so far (every configuration, documents, chunks and queries)."""
 
@@ -924,16 +932,16 @@ class RetrievalEvaluator:
                 one = ChunkingConfig(sizes=(size,), overlap_tokens=overlap)
                 self._chunkers[shape] = MultiSizeChunker(encoder, one)
             chunker = self._chunkers[shape]
-            by_text: dict[str, tuple[list[str], list[str]]] = {}  # a text repeated in the corpus is split once
-            chunk_texts: list[list[str]] = []
-            chunk_keys: list[list[str]] = []
-            for text in texts:
-                if text not in by_text:
-                    pieces = [chunk.text for chunk in chunker.split(text)]
-                    by_text[text] = (pieces, [text_key(piece) for piece in pieces])
-                chunk_texts.append(by_text[text][0])
-                chunk_keys.append(by_text[text][1])
-            self._splits[key] = (chunk_texts, chunk_keys)
+            unique = list(dict.fromkeys(texts))  # a text repeated in the corpus is split once
+            workers = default_workers() if self.chunk_workers is None else self.chunk_workers
+            rust = getattr(encoder, "rust_tokenizer", None)
+            if workers > 0 and rust is not None and sum(len(t) for t in unique) >= self._pool_characters:
+                pool = ChunkPool(rust.to_str(), encoder.window, self._n_special, size, overlap, workers)
+                pieces = pool.split(unique)
+            else:
+                pieces = [[chunk.text for chunk in chunker.split(text)] for text in unique]
+            by_text = {text: (p, [text_key(piece) for piece in p]) for text, p in zip(unique, pieces, strict=True)}
+            self._splits[key] = ([by_text[t][0] for t in texts], [by_text[t][1] for t in texts])
         return self._splits[key]
 
     def _count(
