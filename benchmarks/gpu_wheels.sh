@@ -3,8 +3,8 @@
 #
 # For: benchmarks/scale_gpu.py (ray[data]), benchmarks/adapters_gpu.py (llama-index-core, langchain-core),
 # benchmarks/faiss_gpu.py and tests/test_faiss_gpu.py (faiss-cuda, the CUDA 13 build), and tempscale_rag itself
-# (pydantic). The GPU image (Python 3.12, torch 2.11+cu130) already has numpy, torch, transformers,
-# sentence-transformers, tokenizers, safetensors, tqdm, pyarrow, pandas, msgpack, grpcio, protobuf, psutil, requests,
+# (pydantic), and pytest for the gpu-marked tests. The GPU image (Python 3.12, torch 2.11+cu130) already has numpy,
+# torch, transformers, sentence-transformers, tokenizers, safetensors, tqdm, pyarrow, pandas, msgpack, grpcio, protobuf, psutil, requests,
 # aiohttp, pyyaml, filelock, click, jinja2, pillow, cloudpickle and their dependencies: those are left out.
 # faiss-cuda is taken without its dependencies: nvidia-cublas and nvidia-cuda-runtime (CUDA 13) come with torch.
 #
@@ -19,7 +19,7 @@ DEST=${1:-.whl-gpu}
 PY=${PYTHON:-python3}
 PART_MB=50
 CARRY_MB=60
-REQUIREMENTS=("ray[data]==2.60.0" "llama-index-core==0.14.25" "langchain-core==1.8.3" "pydantic==2.14.4")
+REQUIREMENTS=("ray[data]==2.60.0" "llama-index-core==0.14.25" "langchain-core==1.8.3" "pydantic==2.14.4" "pytest==9.2.0")
 FAISS="faiss-cuda==1.14.1.post4"   # CUDA 13 build ("GPU-enabled FAISS wheels (CUDA 13, Taylor Geospatial)")
 # Distributions the GPU image has (and what they depend on), normalised names.
 IMAGE="numpy torch transformers sentence-transformers tokenizers safetensors tqdm pyarrow pandas msgpack grpcio

@@ -255,3 +255,26 @@ def test_missing_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(ImportError, match=r"tempscale-rag\[ray\]"):
         require_ray()
+
+
+@pytest.mark.parametrize(
+    ("cpus", "gpus", "settings", "expected"),
+    [
+        # A 2-GPU, 32-core host: one actor per GPU, the CPUs less 1 in 8 (for reading) shared, tokenising with them.
+        (32, 2.0, {}, (2, 1.0, 14, 16384, 14)),
+        (32, 2.0, {"actors": 1}, (1, 1.0, 28, 16384, 28)),
+        (16, 0.0, {}, (1, 0.0, 1, 256, None)),  # CPU cluster: one CPU actor by default
+        (16, 0.0, {"actors": 4, "batch_rows": 64}, (4, 0.0, 1, 64, None)),
+    ],
+)
+def test_pool_sizing(
+    monkeypatch: pytest.MonkeyPatch, cpus: int, gpus: float, settings: dict[str, Any], expected: tuple[Any, ...]
+) -> None:
+    from tempscale_rag.distributed import RaySettings, embedding
+
+    monkeypatch.setattr(embedding, "cluster_resources", lambda: (cpus, gpus))
+    plan = embedding.plan_pool(RaySettings(**settings))
+    assert (plan.actors, plan.gpus_per_actor, plan.cpus_per_actor, plan.batch_rows, plan.tokenize_workers) == expected
+    assert plan.actor_config(CONFIG).tokenize_workers == expected[4]
+    with pytest.raises(ValueError, match="lower --ray-actors"):
+        embedding.plan_pool(RaySettings(actors=int(gpus) + 1 if gpus else cpus))
