@@ -100,6 +100,12 @@ def test_bad_dataset_path_is_one_line_and_exit_1(tmp_path: Path, capsys: pytest.
     assert "--haystack" in capsys.readouterr().err
     assert main(["-q", "calibrate", str(tmp_path / "nope"), "--criterion", "dev"]) == 1
     assert "--dev" in capsys.readouterr().err
+    assert main(["-q", "eval", "passkey", "--doc-score", "vector", "--chunk-tokens", "256"]) == 1
+    assert "chunked --doc-score" in capsys.readouterr().err
+    assert main(["-q", "eval", "passkey", "--long-text", "chunk_mean"]) == 1
+    assert "--doc-score vector only" in capsys.readouterr().err
+    assert main(["-q", "eval", "passkey", "--chunk-tokens", "128,64"]) == 1
+    assert "invalid chunk sizes '128,64'" in capsys.readouterr().err
 
 
 def test_bad_dataset_path_as_a_subprocess(tmp_path: Path) -> None:

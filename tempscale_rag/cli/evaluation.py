@@ -280,6 +280,13 @@ def run_eval(args: argparse.Namespace) -> int:
 
     base = _base_config(args)
     # Every flag is checked before the dataset is generated and the model loaded.
+    doc_scores = args.doc_score or (DEFAULT_DOC_SCORE,)
+    if (args.chunk_tokens or args.chunk_overlap_tokens is not None) and all(s == "vector" for s in doc_scores):
+        raise ValueError(
+            "--chunk-tokens/--chunk-overlap-tokens need a chunked --doc-score (max, mean, ...), not vector"
+        )
+    if args.long_text and "vector" not in doc_scores:
+        raise ValueError("--long-text applies to --doc-score vector only; chunks always fit the window")
     configurations = build_configurations(
         base,
         temperatures=args.temperature or (),
@@ -289,7 +296,7 @@ def run_eval(args: argparse.Namespace) -> int:
         long_text=args.long_text or ("truncate",),
         max_seq_lengths=args.max_seq_length or (None,),
         queries=args.queries,
-        doc_scores=args.doc_score or (DEFAULT_DOC_SCORE,),
+        doc_scores=doc_scores,
         chunkings=args.chunk_tokens or _calibrated_chunkings(args.calibration or (), args.chunk_overlap_tokens),
         overlap_tokens=args.chunk_overlap_tokens,
     )
