@@ -288,7 +288,8 @@ print(f"{{time.perf_counter() - start:.2f}}")
     print(f"--help, info and five refused commands: {seconds} s without torch")
 
 
-def test_help_shows_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+def test_help_shows_defaults(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "250")  # argparse wraps at hyphens; a wide terminal keeps each default whole
     with pytest.raises(SystemExit):
         main(["index", "--help"])
     out = " ".join(capsys.readouterr().out.split())

@@ -84,7 +84,7 @@ def add_argument(
     help_text = action.help or ""
     if (
         default not in (None, False, argparse.SUPPRESS, [])
-        and "default" not in help_text.lower()
+        and "(default" not in help_text.lower()
         and variable not in os.environ
     ):
         shown = " ".join(map(str, default)) if isinstance(default, list | tuple) else default
