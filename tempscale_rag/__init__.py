@@ -18,7 +18,14 @@ if TYPE_CHECKING:
         UnsupportedArchitectureError,
         patch_attention_temperature,
     )
-    from tempscale_rag.config import BUNDLED_MODEL, DEFAULT_BUCKETS, Bucket, TempScaleConfig, parse_buckets
+    from tempscale_rag.config import (
+        BUNDLED_MODEL,
+        DEFAULT_BUCKETS,
+        Bucket,
+        ChunkingConfig,
+        TempScaleConfig,
+        parse_buckets,
+    )
     from tempscale_rag.encoder import BucketReport, EncodeReport, TempScaleEncoder
     from tempscale_rag.routing import LengthRouter
 
@@ -30,6 +37,7 @@ _EXPORTS = {
     "BUNDLED_MODEL": "tempscale_rag.config",
     "DEFAULT_BUCKETS": "tempscale_rag.config",
     "Bucket": "tempscale_rag.config",
+    "ChunkingConfig": "tempscale_rag.config",
     "TempScaleConfig": "tempscale_rag.config",
     "parse_buckets": "tempscale_rag.config",
     "BucketReport": "tempscale_rag.encoder",
@@ -45,6 +53,7 @@ __all__ = [
     "AttentionTemperature",
     "Bucket",
     "BucketReport",
+    "ChunkingConfig",
     "EncodeReport",
     "LengthRouter",
     "TempScaleConfig",

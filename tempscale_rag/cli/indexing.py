@@ -384,7 +384,11 @@ def run_index(args: argparse.Namespace) -> int:
     else:
         chunker = MultiSizeChunker(encoder, chunking)
         if derive_buckets:
-            encoder = encoder.with_config(buckets=chunker.routing_buckets())
+            # Queries are not chunks: the chunk sizes' buckets (tau 0.8 from ~52 tokens on) would put a long question
+            # at a chunk's temperature, where the collapse measurement says tau < 1 hurts texts under ~128 tokens.
+            # Queries stay at tau 1 unless --query-temperature says otherwise (recorded in the manifest).
+            query_tau = 1.0 if config.query_temperature is None else config.query_temperature
+            encoder = encoder.with_config(buckets=chunker.routing_buckets(), query_temperature=query_tau)
     if stored is not None:
         # The index's own identity, even when its model folder was moved (`_check_model_flag` proved it the same).
         manifest = stored.model_copy(update={"config": encoder.config})

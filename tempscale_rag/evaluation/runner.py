@@ -421,12 +421,14 @@ def build_configurations(
                 ):
                     if all(t == 1.0 for t in chunking.taus):
                         continue  # the baseline already
-                    # Queries are routed by length like any input (`same`, what the product does: short queries
-                    # land in the smallest size's bucket), or kept at tau = 1 (`plain`).
-                    for setting, query_tau in (
-                        *([(f"taus {chunking.spec()}", None)] if queries in ("same", "both") else []),
-                        *([(f"taus {chunking.spec()} docs-only", 1.0)] if queries in ("plain", "both") else []),
-                    ):
+                    # `same` is what `index` and `search` do with per-size taus: queries at `query_temperature`, tau 1
+                    # unless set (a query is not a chunk); `plain` keeps them at tau = 1, a separate row only when that
+                    # differs.
+                    product_tau = common.get("query_temperature") or 1.0
+                    rows = [(f"taus {chunking.spec()}", product_tau)] if queries in ("same", "both") else []
+                    if queries in ("plain", "both") and (not rows or product_tau != 1.0):
+                        rows.append((f"taus {chunking.spec()} docs-only", 1.0))
+                    for setting, query_tau in rows:
                         config = _config(common, query_temperature=query_tau)
                         out.append(
                             EvalConfiguration(
