@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from tempscale_rag.config import Bucket, ChunkingConfig, read_calibration
+from tempscale_rag.config import Bucket, ChunkingConfig, read_calibration, read_chunking
 from tempscale_rag.diagnostics.collapse import collapse_stats, sample_windows
 from tempscale_rag.encoder import TempScaleEncoder
 from tempscale_rag.evaluation.datasets import RetrievalDataset
@@ -115,22 +115,6 @@ class Calibration:
         )
 
 
-def read_chunking(path: str | Path) -> ChunkingConfig | None:
-    """The chunk sizes and per-size temperatures a calibration file was made for, or None for a bucket calibration.
-
-    `index --calibration FILE` and `eval --calibration FILE` use it so that the sizes match the file's buckets.
-
-    Raises:
-        ValueError: If the file is unusable (see `read_calibration`) or its `chunking` entry is invalid.
-    """
-    data = read_calibration(path)
-    entry = data.get("chunking")
-    if entry is None:
-        return None
-    try:
-        return ChunkingConfig.model_validate(entry)
-    except ValueError as exc:
-        raise ValueError(f"calibration file {path} has an invalid 'chunking' entry: {exc}".replace("\n", " ")) from None
 
 
 def _settings(encoder: TempScaleEncoder) -> dict[str, Any]:

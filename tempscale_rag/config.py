@@ -458,3 +458,20 @@ class ChunkingConfig(BaseModel):
     def to_json_dict(self) -> dict[str, Any]:
         """The config as plain JSON types, as stored in index manifests."""
         return self.model_dump(mode="json")
+
+def read_chunking(path: str | Path) -> ChunkingConfig | None:
+    """The chunk sizes and per-size temperatures a calibration file was made for, or None for a bucket calibration.
+
+    `index --calibration FILE` and `eval --calibration FILE` use it so that the sizes match the file's buckets.
+
+    Raises:
+        ValueError: If the file is unusable (see `read_calibration`) or its `chunking` entry is invalid.
+    """
+    data = read_calibration(path)
+    entry = data.get("chunking")
+    if entry is None:
+        return None
+    try:
+        return ChunkingConfig.model_validate(entry)
+    except ValueError as exc:
+        raise ValueError(f"calibration file {path} has an invalid 'chunking' entry: {exc}".replace("\n", " ")) from None

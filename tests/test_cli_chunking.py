@@ -68,7 +68,7 @@ def store_query_vector(store: object) -> object:
 
 def test_info_and_search_show_the_chunking(multi_index: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(capsys, "info", "--out", str(multi_index))
-    assert code == 0 and "sizes 32:1,64:0.9" in out and "document score max" in out
+    assert code == 0 and "sizes 32:1,64:0.9" in out and "document score softmax" in out
     info = json.loads(run_cli(capsys, "info", "--out", str(multi_index), "--json")[1])
     assert info["chunking"]["sizes"] == [32, 64] and info["format_version"] == 2
     code, out, _ = run_cli(capsys, "search", "ninety days notice", "--out", str(multi_index), "--json", "-k", "2")
@@ -134,7 +134,6 @@ def test_legacy_index_without_chunking_still_opens_and_refuses_new_chunk_setting
         assert store.manifest.chunking is None, "a legacy index stays legacy: never mixed"
 
 
-@pytest.mark.xfail(strict=False, reason="needs docstore: FaissStore.search_documents (helper docstore)")
 def test_search_documents_one_entry_per_file(multi_index: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run_cli(
         capsys,
@@ -168,3 +167,20 @@ def test_doc_score_is_validated_before_loading_anything(multi_index: Path, capsy
     assert code == 1 and "unknown document score 'best'" in err
     code, _, err = run_cli(capsys, "search", "soup", "--out", str(multi_index), "--doc-score", "max")
     assert code == 1 and "--documents" in err
+
+
+def test_index_with_a_per_size_calibration_file_uses_its_sizes_and_taus(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tempscale_rag.config import ChunkingConfig
+
+    chunking = ChunkingConfig(sizes=(24, 48), temperatures=(1.0, 0.7))
+    calibration = tmp_path / "cal.json"
+    buckets = [b.model_dump(mode="json") for b in chunking.buckets(2)]
+    calibration.write_text(json.dumps({"buckets": buckets, "chunking": chunking.to_json_dict()}), encoding="utf-8")
+    docs = write_docs(tmp_path / "docs", repeat=2)
+    code, _, err = run_cli(capsys, "index", str(docs), "--out", str(tmp_path / "i"), "--calibration", str(calibration))
+    assert code == 0, err
+    info = json.loads(run_cli(capsys, "info", "--out", str(tmp_path / "i"), "--json")[1])
+    assert info["chunking"]["sizes"] == [24, 48] and info["chunking"]["temperatures"] == [1.0, 0.7]
+    assert [b["tau"] for b in info["config"]["buckets"]] == [1.0, 0.7]

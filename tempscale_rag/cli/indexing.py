@@ -33,6 +33,7 @@ from tempscale_rag.config import (
     DEFAULT_DOC_SCORE,
     ChunkingConfig,
     TempScaleConfig,
+    read_chunking,
 )
 from tempscale_rag.distributed.cli import add_ray_flags, run_index_on_ray, wants_ray
 
@@ -243,6 +244,10 @@ def _chunking_from_args(args: argparse.Namespace) -> ChunkingConfig:
         fields["doc_score"] = args.doc_score
     if args.chunk_tokens is not None:
         return ChunkingConfig.parse(args.chunk_tokens, **fields)
+    calibrated = read_chunking(args.calibration) if getattr(args, "calibration", None) else None
+    if calibrated is not None:
+        # A per-chunk-size calibration file (`calibrate`) carries its sizes and their taus: index at those sizes.
+        return calibrated.model_copy(update=fields)
     return ChunkingConfig(**fields)
 
 
@@ -359,7 +364,8 @@ def run_index(args: argparse.Namespace) -> int:
     else:
         config = config_from_args(args)
         chunking = _chunking_from_args(args)
-        derive_buckets = not temperature_flags_given(args)
+        from_calibration = args.chunk_tokens is None and bool(getattr(args, "calibration", None))
+        derive_buckets = not temperature_flags_given(args) or (from_calibration and chunking.temperatures is not None)
         if not derive_buckets and chunking.temperatures is not None:
             raise ValueError(
                 "temperatures given twice: --chunk-tokens SIZE:TAU sets one per chunk size, and --temperature, "

@@ -1,0 +1,101 @@
+"""What the default multi-size chunk index costs: `tempscale-rag index` at the default sizes vs one 499-token size.
+
+Documents: QMSum meeting transcripts from ../shared/data/qmsum (written as .txt files into a temporary folder). Each
+configuration is one `tempscale-rag index` run in a fresh process (imports, model loading, reading, chunking,
+embedding and writing included, as a user experiences it), the configurations interleaved, `--repeats` rounds. Printed
+per configuration: median wall seconds and CPU seconds (user + system of the process), their ratio to the one-size
+index, chunks (vectors) stored, tokens embedded per source token and vectors per 1,000 source tokens (from the
+index's own summary).
+
+    python benchmarks/index_cost.py [--docs 8] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+QMSUM = ROOT.parent / "shared" / "data" / "qmsum" / "corpus.jsonl"
+
+CONFIGS = {
+    "one size, 499 tokens (tau 0.8)": ["--chunk-tokens", "499"],
+    "default: 48, 192, 499 (tau 1, 0.8, 0.8)": [],
+}
+
+
+def run(folder: Path, out: Path, flags: list[str]) -> tuple[float, float, dict[str, object]]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    command = [sys.executable, "-m", "tempscale_rag", "-q", "index", str(folder), "--out", str(out), "--json", *flags]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return wall, cpu, json.loads(done.stdout)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--docs", type=int, default=8, help="QMSum transcripts to index")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    if not QMSUM.exists():
+        sys.exit(f"needs {QMSUM} (the shared QMSum data)")
+    work = Path(tempfile.mkdtemp(prefix="index-cost-"))
+    try:
+        folder = work / "docs"
+        folder.mkdir()
+        with QMSUM.open(encoding="utf-8") as lines:
+            for i, line in enumerate(lines):
+                if i >= args.docs:
+                    break
+                record = json.loads(line)
+                (folder / f"{record['_id']}.txt").write_text(record["text"], encoding="utf-8")
+        results: dict[str, list[tuple[float, float, dict[str, object]]]] = {name: [] for name in CONFIGS}
+        for r in range(args.repeats):
+            for name, flags in CONFIGS.items():
+                out = work / f"index-{r}-{len(results[name])}-{abs(hash(name))}"
+                results[name].append(run(folder, out, flags))
+                print(f"round {r + 1}: {name}: {results[name][-1][0]:.1f} s wall, {results[name][-1][1]:.1f} s CPU",
+                      flush=True)
+        from tokenizers import Tokenizer
+
+        from tempscale_rag.models import bundled_model_path
+
+        tok = Tokenizer.from_file(str(Path(bundled_model_path()) / "tokenizer.json"))
+        tok.no_padding()
+        tok.no_truncation()
+        texts = [p.read_text(encoding="utf-8") for p in sorted(folder.iterdir())]
+        source_tokens = sum(len(e.ids) - 2 for e in tok.encode_batch(texts))
+        base_wall = statistics.median(w for w, _, _ in results[next(iter(CONFIGS))])
+        base_cpu = statistics.median(c for _, c, _ in results[next(iter(CONFIGS))])
+        print(f"\n{args.docs} QMSum transcripts, {source_tokens:,} source tokens; {platform.machine()}, "
+              f"{os.cpu_count()} CPUs, Python {platform.python_version()}; medians of {args.repeats} fresh processes")
+        print(f"{'configuration':42} {'wall s':>7} {'x':>5} {'CPU s':>7} {'x':>5} {'vectors':>8} "
+              f"{'tok/src':>8} {'vec/1k':>7}")
+        for name, runs in results.items():
+            wall = statistics.median(w for w, _, _ in runs)
+            cpu = statistics.median(c for _, c, _ in runs)
+            summary = runs[-1][2]
+            chunks = int(summary["chunks"])  # type: ignore[call-overload]
+            tokens = int(summary["tokens"])  # type: ignore[call-overload]
+            print(f"{name:42} {wall:7.1f} {wall / base_wall:5.2f} {cpu:7.1f} {cpu / base_cpu:5.2f} {chunks:8d} "
+                  f"{tokens / source_tokens:8.2f} {1000 * chunks / source_tokens:7.1f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
