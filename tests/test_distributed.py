@@ -318,6 +318,26 @@ def test_interrupted_job_rerun_converges(
     assert_same_index(tmp_path / "single", tmp_path / "ray", queries)
 
 
+@pytest.mark.parametrize("chunking", [CHUNKING, None], ids=["multi-size", "legacy"])
+def test_reading_task_chunks_as_the_single_process_indexer(
+    encoder: TempScaleEncoder, tmp_path: Path, chunking: ChunkingConfig | None
+) -> None:
+    from tempscale_rag.distributed.indexing import ChunkingSpec, read_files
+    from tempscale_rag.ingest.chunking import WindowChunker
+    from tempscale_rag.ingest.indexer import read_file
+    from tempscale_rag.ingest.readers import find_files, source_name
+
+    # The task's function, run here: a legacy index (no chunking recorded) is chunked by the window chunker.
+    docs = make_docs(tmp_path / "docs", seed=5)
+    files = find_files([docs]).files
+    chunker = MultiSizeChunker(encoder, chunking) if chunking else WindowChunker(encoder)
+    doc0 = docs / "doc0.txt"
+    stored = {source_name(doc0): read_file(doc0, chunker).fingerprint}
+    spec = ChunkingSpec(CONFIG.model_dump_json(), chunking.model_dump_json() if chunking else None)
+    assert read_files(files, stored, spec) == [read_file(f, chunker, stored=stored.get(source_name(f))) for f in files]
+    assert read_files([doc0], stored, spec)[0].unchanged and not read_files([doc0], {}, spec)[0].unchanged
+
+
 def test_too_many_actors_is_a_clear_error(ray_module: Any) -> None:
     from tempscale_rag.distributed import RayEmbedder, RaySettings
 
