@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -458,6 +459,25 @@ class ChunkingConfig(BaseModel):
     def to_json_dict(self) -> dict[str, Any]:
         """The config as plain JSON types, as stored in index manifests."""
         return self.model_dump(mode="json")
+
+def chunk_routing(config: TempScaleConfig, buckets: Sequence[Bucket]) -> dict[str, Any]:
+    """The config changes that route an index's chunks by chunk size: one bucket per size, and queries at tau 1.
+
+    Queries are not chunks: the chunk sizes' buckets (tau < 1 from a few dozen tokens on with the defaults) would give
+    a long question a chunk's temperature, where the length-collapse measurement says tau < 1 hurts texts under about
+    128 tokens. So queries keep `config.query_temperature` when it is set and tau 1 otherwise (recorded in the index's
+    manifest with the rest of the config).
+
+    Args:
+        config: The configuration asked for.
+        buckets: `ChunkingConfig.buckets(...)` for the model's special tokens.
+
+    Returns:
+        `buckets` and `query_temperature`, for `TempScaleEncoder.with_config(**changes)`.
+    """
+    query_tau = 1.0 if config.query_temperature is None else config.query_temperature
+    return {"buckets": tuple(buckets), "query_temperature": query_tau}
+
 
 def read_chunking(path: str | Path) -> ChunkingConfig | None:
     """The chunk sizes and per-size temperatures a calibration file was made for, or None for a bucket calibration.

@@ -1,12 +1,14 @@
 """Distributed indexing and embedding on a real local Ray cluster (2 CPUs) with the bundled model.
 
 One cluster serves the whole module and one actor pool most of its tests: Ray start-up and model loading take seconds
-each here.
+each here. Every index is compared with the one the single-process `FolderIndexer` (or `tempscale-rag index`) builds
+from the same files with the default multi-size chunking: chunks, vectors, metadata, manifest, search results, summary.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import sqlite3
 import sys
@@ -18,12 +20,14 @@ import numpy as np
 import pytest
 
 from tempscale_rag import TempScaleEncoder
-from tempscale_rag.config import TempScaleConfig
-from tempscale_rag.ingest.chunking import WindowChunker
+from tempscale_rag.cli.options import EXIT_PARTIAL
+from tempscale_rag.config import ChunkingConfig, TempScaleConfig
+from tempscale_rag.ingest.chunking import MultiSizeChunker
 from tempscale_rag.ingest.indexer import FolderIndexer, IndexSummary
 from tempscale_rag.stores import IndexManifest, open_store
 
 CONFIG = TempScaleConfig(device="cpu")
+CHUNKING = ChunkingConfig()  # the default sizes, temperatures and document score, as `tempscale-rag index` uses
 WORDS = [
     "the",
     "committee",
@@ -73,66 +77,108 @@ def ray_module() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
+def single(encoder: TempScaleEncoder) -> tuple[TempScaleEncoder, MultiSizeChunker]:
+    """The single-process engine and chunker, set up as `tempscale-rag index` sets them up."""
+    chunker = MultiSizeChunker(encoder, CHUNKING)
+    return encoder.with_config(buckets=chunker.routing_buckets()), chunker
+
+
+@pytest.fixture(scope="module")
 def embedder(ray_module: Any) -> Iterator[Any]:
     from tempscale_rag.distributed import RayEmbedder, RaySettings
+    from tempscale_rag.distributed.indexing import routing_config
 
-    # Batches of 4 chunks: several batches per run, so an actor can be killed while work is queued on it.
-    with RayEmbedder(CONFIG, RaySettings(batch_rows=4, files_per_task=2)) as pool:
+    # The buckets are derived in a Ray task; the manifests compared below prove them equal to the local derivation.
+    # Batches of 4 chunks: many batches per run, so an actor can be killed while work is queued on it.
+    config = routing_config(CONFIG, CHUNKING)
+    with RayEmbedder(config, RaySettings(batch_rows=4, files_per_task=2)) as pool:
         yield pool
 
 
 def make_docs(folder: Path, seed: int = 0) -> Path:
+    """Files of every kind the indexer meets: text at many lengths, markdown, cp1252, a non-UTF-8 name, and files it
+    skips (unsupported, hidden, empty) or rejects (binary)."""
     rng = random.Random(seed)
     folder.mkdir(parents=True, exist_ok=True)
-    for i, words in enumerate([20, 150, 700, 1200, 60, 1900, 400]):
+    for i, words in enumerate([20, 150, 450, 800, 60, 600, 300]):
         (folder / f"doc{i}.txt").write_text(_text(rng, words), encoding="utf-8")
     (folder / "sub").mkdir(exist_ok=True)
-    (folder / "sub" / "notes.md").write_text("# Notes\n\n" + _text(rng, 300), encoding="utf-8")
+    (folder / "sub" / "notes.md").write_text("# Notes\n\n" + _text(rng, 200), encoding="utf-8")
+    french = "Le caf\u00e9 \u00ab cr\u00e8me \u00bb co\u00fbte deux euros \u2013 c\u2019est l\u2019\u00e9t\u00e9. " * 6
+    (folder / "latin.txt").write_bytes(french.encode("cp1252"))
+    with open(os.fsencode(folder) + b"/caf\xe9.txt", "wb") as handle:
+        handle.write(b"The espresso machine needs descaling with citric acid every month. " * 3)
     (folder / "binary.txt").write_bytes(b"\x00\x01\x02 not text")
     (folder / "image.xyz").write_text("unsupported", encoding="utf-8")
+    (folder / ".hidden.txt").write_text("hidden " * 20, encoding="utf-8")
+    (folder / "empty.txt").write_text("  \n", encoding="utf-8")
     return folder
 
 
-def index_single(encoder: TempScaleEncoder, folder: Path, docs: Path, *, prune: bool = False) -> IndexSummary:
-    manifest = IndexManifest.new(model=encoder.model_name, dimension=encoder.dimension, config=CONFIG)
+INDEXED = 10  # doc0-6, notes.md, latin.txt, caf\xe9.txt
+
+
+def index_single(
+    single: tuple[TempScaleEncoder, MultiSizeChunker], folder: Path, docs: Path, *, prune: bool = False
+) -> IndexSummary:
+    encoder, chunker = single
+    manifest = IndexManifest.new(
+        model=encoder.model_name, dimension=encoder.dimension, config=encoder.config, chunking=CHUNKING
+    )
     with open_store(folder, manifest) as store:
-        return FolderIndexer(encoder, store, chunker=WindowChunker(encoder), show_progress=False).run(
-            [docs], prune=prune
-        )
+        indexer = FolderIndexer(encoder, store, chunker=chunker, show_progress=False, index_dir=folder)
+        return indexer.run([docs], prune=prune)
 
 
 def index_ray(embedder: Any, folder: Path, docs: Path, *, prune: bool = False, **options: Any) -> IndexSummary:
     from tempscale_rag.distributed import RayIndexer
 
-    manifest = IndexManifest.new(model=embedder.model_name, dimension=embedder.dimension, config=CONFIG)
+    manifest = IndexManifest.new(
+        model=embedder.model_name, dimension=embedder.dimension, config=embedder.config, chunking=CHUNKING
+    )
     with open_store(folder, manifest) as store:
-        return RayIndexer(embedder, store, show_progress=False, **options).run([docs], prune=prune)
+        indexer = RayIndexer(embedder, store, chunking=CHUNKING, show_progress=False, index_dir=folder, **options)
+        return indexer.run([docs], prune=prune)
 
 
 def stored_chunks(folder: Path) -> dict[str, tuple[Any, ...]]:
+    """chunk id -> (source, position, token_length, bucket, text, metadata, vector), as the store holds them."""
     db = sqlite3.connect(folder / "chunks.sqlite")
     try:
-        rows = db.execute("SELECT chunk_id, source, position, token_length, bucket, text, vector FROM chunks")
-        return {r[0]: (*r[1:6], np.frombuffer(r[6], dtype="<f4")) for r in rows}
+        rows = db.execute("SELECT chunk_id, source, position, token_length, bucket, text, metadata, vector FROM chunks")
+        return {r[0]: (*r[1:6], json.loads(r[6]), np.frombuffer(r[7], dtype="<f4")) for r in rows}
     finally:
         db.close()
 
 
-def assert_same_index(expected: Path, actual: Path) -> None:
+def assert_same_index(expected: Path, actual: Path, queries: np.ndarray) -> None:
     a, b = stored_chunks(expected), stored_chunks(actual)
     assert sorted(a) == sorted(b), "chunk sets differ"
     for chunk_id, row in a.items():
-        assert row[:5] == b[chunk_id][:5]
-        np.testing.assert_allclose(row[5], b[chunk_id][5], atol=2e-6)
+        assert row[:6] == b[chunk_id][:6]  # source, position, token length, bucket, text, metadata
+        np.testing.assert_allclose(row[6], b[chunk_id][6], atol=1e-5)
+    sizes = {row[5]["chunk_tokens"] for row in a.values()}
+    assert sizes == set(CHUNKING.sizes), "every chunk carries its chunk size, and all sizes are there"
     with open_store(expected, read_only=True) as one, open_store(actual, read_only=True) as two:
         assert one.sources() == two.sources()
         m1, m2 = one.manifest, two.manifest
-        assert m1 is not None and m2 is not None
+        assert m1 is not None and m2 is not None and m2.chunking == CHUNKING
         skip = {"created_at", "updated_at"}
         assert m1.model_dump(exclude=skip) == m2.model_dump(exclude=skip)
-        queries = np.stack([row[5] for row in list(a.values())[:5]])
-        hits1, hits2 = one.search_many(queries, k=5), two.search_many(queries, k=5)
+        queries = np.concatenate([queries, np.stack([row[6] for row in list(a.values())[:4]])])
+        hits1, hits2 = one.search_many(queries, k=8), two.search_many(queries, k=8)
         assert [[h.id for h in q] for q in hits1] == [[h.id for h in q] for q in hits2]
+        for query in queries:
+            docs1 = one.search_documents(query, 5, doc_score=CHUNKING.doc_score)
+            docs2 = two.search_documents(query, 5, doc_score=CHUNKING.doc_score)
+            assert [d.source for d in docs1] == [d.source for d in docs2]
+            np.testing.assert_allclose([d.score for d in docs1], [d.score for d in docs2], atol=1e-5)
+            assert [[h.id for h in d.chunks] for d in docs1] == [[h.id for h in d.chunks] for d in docs2]
+
+
+@pytest.fixture(scope="module")
+def queries(single: tuple[TempScaleEncoder, MultiSizeChunker]) -> np.ndarray:
+    return single[0].encode(["kinetic battery in a rubber case", "descaling the espresso machine"], query=True)
 
 
 def comparable(summary: IndexSummary) -> dict[str, Any]:
@@ -159,51 +205,79 @@ def test_embed_dataset_adds_the_engines_vectors(ray_module: Any, encoder: TempSc
     np.testing.assert_allclose(vectors, encoder.encode(texts), atol=2e-6)
 
 
-def test_cli_index_ray_builds_a_searchable_index(
-    ray_module: Any, encoder: TempScaleEncoder, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_cli_index_ray_builds_the_index_the_cli_builds(
+    ray_module: Any, queries: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from tempscale_rag.cli import main
 
     docs = make_docs(tmp_path / "docs", seed=4)
-    out = tmp_path / "index"
-    assert (
-        main(["-q", "index", str(docs), "--out", str(out), "--ray", "--ray-actors", "1", "--device", "cpu", "--json"])
-        == 0
-    )
-    summary = json.loads(capsys.readouterr().out)
-    assert summary["files_indexed"] == 8 and len(summary["files_failed"]) == 2
-    assert main(["search", "kinetic battery", "--out", str(out), "--json"]) == 0
-    assert len(json.loads(capsys.readouterr().out)) == 5
+    outputs = {}
+    for name, flags in (("single", []), ("ray", ["--ray", "--ray-actors", "1"])):
+        out = str(tmp_path / name)
+        code = main(["-q", "index", str(docs), "--out", out, "--device", "cpu", "--json", *flags])
+        assert code == EXIT_PARTIAL  # binary.txt is rejected: a partial run, on both paths
+        summary = json.loads(capsys.readouterr().out)
+        summary.pop("seconds")
+        assert main(["search", "kinetic battery", "--out", out, "--json", "--documents", "-k", "4"]) == 0
+        documents = json.loads(capsys.readouterr().out)
+        outputs[name] = (summary, documents)
+    (summary, documents), (ray_summary, ray_documents) = outputs["single"], outputs["ray"]
+    assert ray_summary == summary and list(ray_summary) == list(summary)  # same fields, same order, same values
+    assert summary["files_indexed"] == INDEXED and [f["kind"] for f in summary["files_failed"]] == ["rejected"]
+    assert summary["skipped_by_kind"] == {"empty": 1, "hidden": 1, "unsupported": 1}
+    assert [(d["source"], [c["position"] for c in d["chunks"]]) for d in ray_documents] == [
+        (d["source"], [c["position"] for c in d["chunks"]]) for d in documents
+    ]
+    np.testing.assert_allclose([d["score"] for d in ray_documents], [d["score"] for d in documents], atol=1e-5)
+    assert_same_index(tmp_path / "single", tmp_path / "ray", queries)
     assert ray_module.is_initialized()  # the CLI reused the running cluster and left it up
 
+    # An existing index: its recorded settings (chunking, buckets) are used, unchanged files are skipped.
+    code = main(["-q", "index", str(docs), "--out", str(tmp_path / "ray"), "--json", "--ray"])
+    again = json.loads(capsys.readouterr().out)
+    assert code == EXIT_PARTIAL and (again["files_indexed"], again["files_unchanged"]) == (0, INDEXED)
 
-def test_ray_index_equals_single_process_index(embedder: Any, encoder: TempScaleEncoder, tmp_path: Path) -> None:
+
+def test_ray_index_equals_single_process_index(
+    embedder: Any, single: tuple[TempScaleEncoder, MultiSizeChunker], queries: np.ndarray, tmp_path: Path
+) -> None:
     docs = make_docs(tmp_path / "docs")
-    single = index_single(encoder, tmp_path / "single", docs)
-    distributed = index_ray(embedder, tmp_path / "ray", docs)
-    assert single.chunks_added > 8  # several embedding batches
-    assert comparable(distributed) == comparable(single)
-    assert_same_index(tmp_path / "single", tmp_path / "ray")
+    one = index_single(single, tmp_path / "single", docs)
+    two = index_ray(embedder, tmp_path / "ray", docs)
+    assert one.chunks_added > 8 * 4  # many embedding batches
+    assert comparable(two) == comparable(one)
+    assert two.files_indexed == INDEXED and [e["encoding"] for e in two.encodings] == ["cp1252"]
+    assert_same_index(tmp_path / "single", tmp_path / "ray", queries)
 
-    # A second run adds nothing; then a change, an addition and a removal match the single-process indexer's run.
+    # A second run adds nothing.
     again = index_ray(embedder, tmp_path / "ray", docs)
-    assert (again.files_indexed, again.chunks_added, again.files_skipped) == (0, 0, 8)
-    assert_same_index(tmp_path / "single", tmp_path / "ray")
+    assert (again.files_indexed, again.chunks_added, again.files_unchanged, again.tokens) == (0, 0, INDEXED, 0)
+    assert comparable(again) == comparable(index_single(single, tmp_path / "single", docs))
+    assert_same_index(tmp_path / "single", tmp_path / "ray", queries)
+
+    # A file turned binary loses its chunks; a change, an addition and a removal (pruned) match too.
+    (docs / "doc3.txt").write_bytes(b"\x00\x9f\x00 binary now" * 10)
     (docs / "doc1.txt").write_text(_text(random.Random(7), 500), encoding="utf-8")
     (docs / "doc7.txt").write_text(_text(random.Random(8), 90), encoding="utf-8")
     (docs / "doc0.txt").unlink()
-    single = index_single(encoder, tmp_path / "single", docs, prune=True)
-    distributed = index_ray(embedder, tmp_path / "ray", docs, prune=True)
-    assert (distributed.files_indexed, distributed.files_pruned, distributed.files_skipped) == (2, 1, 6)
-    assert comparable(distributed) == comparable(single)
-    assert_same_index(tmp_path / "single", tmp_path / "ray")
+    one = index_single(single, tmp_path / "single", docs, prune=True)
+    two = index_ray(embedder, tmp_path / "ray", docs, prune=True)
+    assert comparable(two) == comparable(one)
+    assert (two.files_indexed, two.files_pruned, two.files_unchanged) == (2, 1, INDEXED - 3)
+    assert [r["path"] for r in two.files_removed] == [str(docs / "doc3.txt")]
+    assert str(docs / "doc3.txt") not in {row[0] for row in stored_chunks(tmp_path / "ray").values()}
+    assert_same_index(tmp_path / "single", tmp_path / "ray", queries)
 
 
 def test_killed_embedding_actor_is_replaced_and_the_index_is_complete(
-    embedder: Any, encoder: TempScaleEncoder, tmp_path: Path, ray_module: Any
+    embedder: Any,
+    single: tuple[TempScaleEncoder, MultiSizeChunker],
+    queries: np.ndarray,
+    tmp_path: Path,
+    ray_module: Any,
 ) -> None:
     docs = make_docs(tmp_path / "docs", seed=1)
-    index_single(encoder, tmp_path / "single", docs)
+    index_single(single, tmp_path / "single", docs)
     actor = embedder.actors[0]
     pid_before = ray_module.get(actor.describe.remote())["pid"]
     killed: list[int] = []
@@ -217,19 +291,21 @@ def test_killed_embedding_actor_is_replaced_and_the_index_is_complete(
     summary = index_ray(embedder, tmp_path / "ray", docs, progress=kill_once)
     assert killed and killed[0] < summary.chunks_added  # killed mid-run, with chunks left to embed
     assert ray_module.get(actor.describe.remote())["pid"] != pid_before  # a new process replaced it
-    assert_same_index(tmp_path / "single", tmp_path / "ray")
+    assert_same_index(tmp_path / "single", tmp_path / "ray", queries)
     assert summary.chunks == summary.chunks_added == len(stored_chunks(tmp_path / "ray"))
 
 
-def test_interrupted_job_rerun_converges(embedder: Any, encoder: TempScaleEncoder, tmp_path: Path) -> None:
+def test_interrupted_job_rerun_converges(
+    embedder: Any, single: tuple[TempScaleEncoder, MultiSizeChunker], queries: np.ndarray, tmp_path: Path
+) -> None:
     docs = make_docs(tmp_path / "docs", seed=2)
-    index_single(encoder, tmp_path / "single", docs)
+    index_single(single, tmp_path / "single", docs)
 
     calls: list[int] = []
 
     def interrupt(done: int, read: int) -> None:
         calls.append(done)
-        if len(calls) == 3:  # Ctrl-C in the middle of the run: files committed so far stay, the rest is redone
+        if len(calls) == 6:  # Ctrl-C in the middle of the run: files committed so far stay, the rest is redone
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
@@ -238,8 +314,28 @@ def test_interrupted_job_rerun_converges(embedder: Any, encoder: TempScaleEncode
         partial = store.count()
     assert 0 < partial < len(stored_chunks(tmp_path / "single"))  # some files were committed, not all
     rerun = index_ray(embedder, tmp_path / "ray", docs)
-    assert rerun.files_skipped > 0 and rerun.files_indexed > 0
-    assert_same_index(tmp_path / "single", tmp_path / "ray")
+    assert rerun.files_unchanged > 0 and rerun.files_indexed > 0
+    assert_same_index(tmp_path / "single", tmp_path / "ray", queries)
+
+
+@pytest.mark.parametrize("chunking", [CHUNKING, None], ids=["multi-size", "legacy"])
+def test_reading_task_chunks_as_the_single_process_indexer(
+    encoder: TempScaleEncoder, tmp_path: Path, chunking: ChunkingConfig | None
+) -> None:
+    from tempscale_rag.distributed.indexing import ChunkingSpec, read_files
+    from tempscale_rag.ingest.chunking import WindowChunker
+    from tempscale_rag.ingest.indexer import read_file
+    from tempscale_rag.ingest.readers import find_files, source_name
+
+    # The task's function, run here: a legacy index (no chunking recorded) is chunked by the window chunker.
+    docs = make_docs(tmp_path / "docs", seed=5)
+    files = find_files([docs]).files
+    chunker = MultiSizeChunker(encoder, chunking) if chunking else WindowChunker(encoder)
+    doc0 = docs / "doc0.txt"
+    stored = {source_name(doc0): read_file(doc0, chunker).fingerprint}
+    spec = ChunkingSpec(CONFIG.model_dump_json(), chunking.model_dump_json() if chunking else None)
+    assert read_files(files, stored, spec) == [read_file(f, chunker, stored=stored.get(source_name(f))) for f in files]
+    assert read_files([doc0], stored, spec)[0].unchanged and not read_files([doc0], {}, spec)[0].unchanged
 
 
 def test_too_many_actors_is_a_clear_error(ray_module: Any) -> None:

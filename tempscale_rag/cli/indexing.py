@@ -33,6 +33,7 @@ from tempscale_rag.config import (
     DEFAULT_DOC_SCORE,
     ChunkingConfig,
     TempScaleConfig,
+    chunk_routing,
     read_chunking,
 )
 from tempscale_rag.distributed.cli import add_ray_flags, run_index_on_ray, wants_ray
@@ -374,13 +375,12 @@ def run_index(args: argparse.Namespace) -> int:
         backend = _requested_backend(args)
     _check_chunk_sizes_fit(config, chunking)
     if wants_ray(args):
-        return run_index_on_ray(args, config, stored, chunking, derive_buckets)
+        return run_index_on_ray(args, config, stored, chunking, derive_buckets, backend)
 
     from tempscale_rag.encoder import TempScaleEncoder
     from tempscale_rag.ingest.chunking import MultiSizeChunker, WindowChunker
     from tempscale_rag.ingest.indexer import FolderIndexer, progress_printer
     from tempscale_rag.stores import open_store
-    from tempscale_rag.stores.manifest import IndexManifest, model_digest
 
     quiet_model_loading()
     encoder = TempScaleEncoder(config=config)
@@ -390,26 +390,8 @@ def run_index(args: argparse.Namespace) -> int:
     else:
         chunker = MultiSizeChunker(encoder, chunking)
         if derive_buckets:
-            # Queries are not chunks: the chunk sizes' buckets (tau 0.8 from ~52 tokens on) would put a long question
-            # at a chunk's temperature, where the collapse measurement says tau < 1 hurts texts under ~128 tokens.
-            # Queries stay at tau 1 unless --query-temperature says otherwise (recorded in the manifest).
-            query_tau = 1.0 if config.query_temperature is None else config.query_temperature
-            encoder = encoder.with_config(buckets=chunker.routing_buckets(), query_temperature=query_tau)
-    if stored is not None:
-        # The index's own identity, even when its model folder was moved (`_check_model_flag` proved it the same).
-        manifest = stored.model_copy(update={"config": encoder.config})
-        if encoder.dimension != stored.dimension:
-            _refuse([f"the model makes {encoder.dimension}-dim vectors, the index holds {stored.dimension}"], folder)
-    else:
-        digest = None if encoder.model_name == BUNDLED_MODEL else model_digest(encoder.model_name)
-        manifest = IndexManifest.new(
-            model=encoder.model_name,
-            dimension=encoder.dimension,
-            config=encoder.config,
-            backend=backend,
-            chunking=chunking,
-            model_digest=digest,
-        )
+            encoder = encoder.with_config(**chunk_routing(config, chunker.routing_buckets()))
+    manifest = index_manifest(stored, encoder.config, encoder.model_name, encoder.dimension, backend, chunking, folder)
     show = not args.quiet
     with open_store(folder, manifest, progress=progress_printer(show)) as store:
         indexer = FolderIndexer(
@@ -428,6 +410,47 @@ def run_index(args: argparse.Namespace) -> int:
     else:
         _print_summary(summary, folder, details=args.verbose > 0)
     return EXIT_PARTIAL if summary.files_failed else EXIT_OK
+
+
+def index_manifest(
+    stored: Any,
+    config: TempScaleConfig,
+    model_name: str,
+    dimension: int,
+    backend: Any,
+    chunking: ChunkingConfig | None,
+    folder: Path,
+) -> Any:
+    """The manifest `index` writes: the stored one with the engine config in use, or a new one.
+
+    Args:
+        stored: The manifest already in `folder`, or None.
+        config: The engine configuration the chunks are embedded with (routing buckets included).
+        model_name: The loaded model's name.
+        dimension: Its vector dimension.
+        backend: The store settings of a new index.
+        chunking: The chunk sizes of a new index (None: legacy).
+        folder: The index folder (for messages).
+
+    Raises:
+        IndexMismatchError: If the model makes vectors of another dimension than the stored index holds.
+    """
+    from tempscale_rag.stores.manifest import IndexManifest, model_digest
+
+    if stored is not None:
+        if dimension != stored.dimension:
+            _refuse([f"the model makes {dimension}-dim vectors, the index holds {stored.dimension}"], folder)
+        # The index's own identity, even when its model folder was moved (`_check_model_flag` proved it the same).
+        return stored.model_copy(update={"config": config})
+    digest = None if model_name == BUNDLED_MODEL else model_digest(model_name)
+    return IndexManifest.new(
+        model=model_name,
+        dimension=dimension,
+        config=config,
+        backend=backend,
+        chunking=chunking,
+        model_digest=digest,
+    )
 
 
 def _check_chunk_sizes_fit(config: TempScaleConfig, chunking: ChunkingConfig | None) -> None:

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tempscale_rag.config import TempScaleConfig
+from tempscale_rag.config import ChunkingConfig, TempScaleConfig
 
 
 def add_ray_flags(parser: argparse.ArgumentParser) -> None:
@@ -44,49 +44,64 @@ def wants_ray(args: argparse.Namespace) -> bool:
 
 
 def run_index_on_ray(
-    args: argparse.Namespace, config: TempScaleConfig, stored: Any, chunking: Any = None, derive_buckets: bool = False
+    args: argparse.Namespace,
+    config: TempScaleConfig,
+    stored: Any,
+    chunking: ChunkingConfig | None,
+    derive_buckets: bool,
+    backend: Any,
 ) -> int:
-    """`tempscale-rag index` on a Ray cluster: the same index, summary and `--json` as the single-process command.
+    """`tempscale-rag index` on a Ray cluster: the same index, summary, `--json` and exit code as without `--ray`.
 
     Args:
-        args: The parsed `index` arguments.
+        args: The parsed `index` arguments (already checked by `run_index`).
         config: The engine configuration the command resolved (flags, or the stored index's settings).
         stored: The manifest already in `--out`, or None.
         chunking: The chunk sizes and temperatures (None: a legacy single-size index).
-        derive_buckets: Whether the engine's buckets come from the chunk sizes.
+        derive_buckets: Whether the engine's buckets come from the chunk sizes (one bucket per size).
+        backend: The store settings of a new index.
 
     Returns:
-        The exit code.
+        The exit code (`EXIT_PARTIAL` when some file could not be indexed).
     """
-    from tempscale_rag.cli.indexing import _manifest_for, _print_summary
+    from tempscale_rag.cli.indexing import _print_summary, index_manifest
+    from tempscale_rag.cli.options import EXIT_OK, EXIT_PARTIAL
+    from tempscale_rag.distributed.cluster import connect, require_ray
     from tempscale_rag.distributed.embedding import RayEmbedder
-    from tempscale_rag.distributed.indexing import RayIndexer
+    from tempscale_rag.distributed.indexing import RayIndexer, routing_config
     from tempscale_rag.distributed.settings import RaySettings
     from tempscale_rag.ingest.indexer import progress_printer
     from tempscale_rag.stores import open_store
 
-    if chunking is not None and len(chunking.sizes) > 1:
-        raise ValueError("--ray indexes one chunk size for now: pass --chunk-tokens with one size")
     folder = Path(args.out)
     show = not args.quiet
     settings = RaySettings(address=args.ray_address, actors=args.ray_actors)
-    with RayEmbedder(config, settings) as embedder:
-        manifest = _manifest_for(args, config, embedder.model_name, embedder.dimension)
-        if stored is not None and args.store is None and not (args.qdrant_url or args.qdrant_path):
-            manifest = manifest.model_copy(update={"store": stored.store, "backend": stored.backend})
-        with open_store(folder, manifest, progress=progress_printer(show)) as store:
-            indexer = RayIndexer(
-                embedder,
-                store,
-                chunk_tokens=args.chunk_tokens,
-                overlap_tokens=args.chunk_overlap_tokens,
-                max_file_bytes=int(args.max_file_mb * 1e6),
-                batch_chunks=args.commit_every,
-                show_progress=show,
+    started = connect(settings)
+    try:
+        if derive_buckets and chunking is not None:
+            # The buckets the single-process command derives from its chunker, so the actors embed with them.
+            config = routing_config(config, chunking)
+        with RayEmbedder(config, settings) as embedder:
+            manifest = index_manifest(
+                stored, embedder.config, embedder.model_name, embedder.dimension, backend, chunking, folder
             )
-            summary = indexer.run(args.paths, prune=args.prune)
+            with open_store(folder, manifest, progress=progress_printer(show)) as store:
+                indexer = RayIndexer(
+                    embedder,
+                    store,
+                    chunking=chunking,
+                    max_file_bytes=int(args.max_file_mb * 1e6),
+                    batch_chunks=args.commit_every,
+                    show_progress=show,
+                    include_hidden=args.include_hidden,
+                    index_dir=folder,
+                )
+                summary = indexer.run(args.paths, prune=args.prune)
+    finally:
+        if started:
+            require_ray().shutdown()
     if args.json:
-        print(json.dumps(summary.to_dict(), indent=2))
+        print(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
     else:
-        _print_summary(summary, folder)
-    return 0
+        _print_summary(summary, folder, details=args.verbose > 0)
+    return EXIT_PARTIAL if summary.files_failed else EXIT_OK

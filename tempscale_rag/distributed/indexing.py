@@ -1,125 +1,154 @@
 """`RayIndexer`: `FolderIndexer` spread over a Ray cluster, building the same index.
 
-The driver lists the files (`readers.find_files`) and reads the fingerprints already stored; Ray tasks read, fingerprint
-and chunk groups of files with the same functions `FolderIndexer` uses (`read_bytes`, `fingerprint`, `extract_text`,
-`WindowChunker`), skipping files whose fingerprint is stored; the chunks go to the `RayEmbedder` actor pool in
-batches as they arrive; the driver is the one writer: once every chunk of a file has its vector, the file's chunks
-replace its old ones (`replace_source`, atomic per file) and the store commits every `batch_chunks` chunks. A run
-killed at any point leaves whole files only, and running it again redoes exactly the files not committed.
+The driver runs `FolderIndexer.run` unchanged: discovery (`find_files` with the same skip rules), the stored
+fingerprints, removals, pruning and the summary. Only its reading-and-embedding step is spread out: Ray tasks call
+`read_file` (the function `FolderIndexer` reads, fingerprints, extracts and chunks each file with) on groups of files,
+with the same chunker (`MultiSizeChunker` for the chunking the index records, `WindowChunker` for a legacy index);
+the chunks go to the `RayEmbedder` actor pool in batches as they arrive, embedded with the engine configuration the
+index records (its routing buckets included); the driver is the one writer: it takes the read results in file order
+(`FolderIndexer._accept`: unchanged, failures, removals, encodings), and once every chunk of a file has its vector it
+stores the file (`FolderIndexer._finish`, atomic per file, with each chunk's `chunk_tokens`), committing every
+`batch_chunks` chunks. A run killed at any point leaves whole files only, and running it again redoes exactly the
+files not committed.
 """
 
 from __future__ import annotations
 
 import logging
-import time
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from tqdm.auto import tqdm
 
-from tempscale_rag.config import TempScaleConfig
+from tempscale_rag.config import ChunkingConfig, TempScaleConfig, chunk_routing
 from tempscale_rag.distributed.cluster import require_ray
 from tempscale_rag.distributed.embedding import RayEmbedder
-from tempscale_rag.ingest.indexer import DEFAULT_BATCH_CHUNKS, FolderIndexer, IndexSummary
-from tempscale_rag.ingest.readers import DEFAULT_MAX_FILE_BYTES, DocumentError, extract_text, find_files, fingerprint
-from tempscale_rag.ingest.readers import read_bytes as read_file_bytes
-from tempscale_rag.stores import ChunkRecord, VectorStore
+from tempscale_rag.ingest.chunking import Chunk, MultiSizeChunker, WindowChunker
+from tempscale_rag.ingest.indexer import (
+    DEFAULT_BATCH_CHUNKS,
+    STAGING_DIR,
+    FileRead,
+    FolderIndexer,
+    IndexSummary,
+    _Job,
+    _Staging,
+    read_file,
+)
+from tempscale_rag.ingest.readers import DEFAULT_MAX_FILE_BYTES, source_name
+from tempscale_rag.stores import VectorStore
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class ChunkingSpec:
-    """What a reading task needs to chunk as the single-process indexer does: the engine config and chunk sizes."""
+    """What a reading task needs to chunk as the single-process indexer does (JSON strings, so it pickles small).
+
+    Attributes:
+        config: The engine configuration (`TempScaleConfig.model_dump_json()`): the tokenizer and window.
+        chunking: The chunk sizes (`ChunkingConfig.model_dump_json()`); None: a legacy index, one window-filling
+            size (`WindowChunker`).
+        max_file_bytes: Larger files are rejected.
+    """
 
     config: str
-    chunk_tokens: int | None
-    overlap_tokens: int
-    max_file_bytes: int
-
-
-@dataclass
-class FileResult:
-    """One file as read by a task: skipped (fingerprint already stored), failed (with the reason) or chunked."""
-
-    source: str
-    status: str  # "chunked", "skipped" or "failed"
-    fingerprint: str = ""
-    reason: str = ""
-    chunks: list[str] = field(default_factory=list)
+    chunking: str | None
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
 
 
 # One chunker per worker process and spec: Ray reuses worker processes, so the tokenizer is loaded once per worker.
-_CHUNKERS: dict[ChunkingSpec, Any] = {}
+_CHUNKERS: dict[ChunkingSpec, WindowChunker | MultiSizeChunker] = {}
 
 
-def _chunker(spec: ChunkingSpec) -> Any:
+def _chunker(spec: ChunkingSpec) -> WindowChunker | MultiSizeChunker:
     if spec not in _CHUNKERS:
         from tempscale_rag.encoder import TempScaleEncoder
-        from tempscale_rag.ingest.chunking import WindowChunker
 
         # Chunking needs the tokenizer and window only: a CPU engine, whatever device the actors embed on.
         config = TempScaleConfig.model_validate_json(spec.config).model_copy(
             update={"device": "cpu", "tokenize_workers": 0}
         )
-        _CHUNKERS[spec] = WindowChunker(TempScaleEncoder(config=config), spec.chunk_tokens, spec.overlap_tokens)
+        encoder = TempScaleEncoder(config=config)
+        _CHUNKERS[spec] = (
+            WindowChunker(encoder)
+            if spec.chunking is None
+            else MultiSizeChunker(encoder, ChunkingConfig.model_validate_json(spec.chunking))
+        )
     return _CHUNKERS[spec]
 
 
-def read_and_chunk(paths: list[str], known: dict[str, str], spec: ChunkingSpec) -> list[FileResult]:
-    """Ray task: read, fingerprint and chunk files, skipping those whose fingerprint is in `known`.
+def read_files(paths: list[Path], stored: dict[str, str], spec: ChunkingSpec) -> list[FileRead]:
+    """Ray task: `read_file` for each of `paths` with the spec's chunker.
 
     Args:
-        paths: Files as listed by `find_files` (absolute).
-        known: The stored fingerprints of these files (only theirs).
-        spec: The engine config and chunk sizes.
+        paths: Files as listed by `find_files`.
+        stored: The fingerprints the store holds for these files (by `source_name`).
+        spec: The engine config, chunk sizes and size limit.
 
     Returns:
-        One result per file, in the order of `paths`.
+        One record per file, in the order of `paths`.
     """
-    results = []
-    for source in paths:
-        path = Path(source)
-        try:
-            data = read_file_bytes(path, spec.max_file_bytes)
-            digest = fingerprint(data)
-            if known.get(source) == digest:
-                results.append(FileResult(source, "skipped", digest))
-                continue
-            chunks = _chunker(spec).split(extract_text(path, data))
-        except DocumentError as exc:
-            results.append(FileResult(source, "failed", reason=exc.reason))
-            continue
-        results.append(FileResult(source, "chunked", digest, chunks=[c.text for c in chunks]))
-    return results
+    chunker = _chunker(spec)
+    return [
+        read_file(path, chunker, max_file_bytes=spec.max_file_bytes, stored=stored.get(source_name(path)))
+        for path in paths
+    ]
+
+
+def _routing_buckets(spec: ChunkingSpec) -> Any:
+    if spec.chunking is None:
+        raise ValueError("a legacy index (one window-filling chunk size) has no per-size buckets to derive")
+    chunker = _chunker(spec)
+    if not isinstance(chunker, MultiSizeChunker):  # for mypy: a spec with chunking builds a MultiSizeChunker
+        raise TypeError("expected a MultiSizeChunker")
+    return chunker.routing_buckets()
+
+
+def routing_config(config: TempScaleConfig, chunking: ChunkingConfig) -> TempScaleConfig:
+    """`config` with one length bucket per chunk size (`MultiSizeChunker.routing_buckets`), computed in a Ray task.
+
+    What `tempscale-rag index` does with its local engine (`encoder.with_config(buckets=chunker.routing_buckets())`)
+    when no temperature flag is given, without loading the model in the driver. Ray must be connected.
+    """
+    ray = require_ray()
+    spec = ChunkingSpec(config.model_dump_json(), chunking.model_dump_json())
+    buckets = ray.get(ray.remote(_routing_buckets).options(num_cpus=1).remote(spec))
+    return TempScaleConfig(**{**config.model_dump(), **chunk_routing(config, buckets)})
 
 
 @dataclass
-class _OpenFile:
-    """A chunked file waiting for its vectors."""
+class _Pending:
+    """A file's chunks on their way through the actors: vectors by position, filled as batches come back."""
 
-    fingerprint: str
-    texts: list[str]
-    vectors: list[np.ndarray | None]
-    tokens: list[int]
-    buckets: list[str]
-    missing: int
+    job: _Job
+    chunks: list[Chunk]
+    vectors: list[npt.NDArray[np.float32] | None] = field(default_factory=list)
+    tokens: list[int] = field(default_factory=list)
+    buckets: list[str] = field(default_factory=list)
+    missing: int = 0
 
 
 class RayIndexer(FolderIndexer):
-    """Indexes files and folders into a store on a Ray cluster; the index is the one `FolderIndexer` builds.
+    """Indexes files and folders into a store on a Ray cluster: the index and summary `FolderIndexer` would give.
 
     Args:
-        embedder: The actor pool (its config is the engine config used for chunking too).
+        embedder: The actor pool; its config is the index's engine config (with the routing buckets already derived
+            from the chunk sizes, see `routing_config`).
         store: An open, writable store whose manifest matches the embedder's model and config.
-        chunk_tokens: Chunk size in model tokens; None fills the window.
-        overlap_tokens: Tokens shared by consecutive chunks.
-        max_file_bytes: Larger files are skipped and reported.
+        chunking: The chunk sizes and temperatures, as `MultiSizeChunker` takes them; None: one window-filling size
+            (`WindowChunker`, a legacy index), as `FolderIndexer` without a chunker.
+        max_file_bytes: Larger files are rejected and reported.
         batch_chunks: Chunks stored between two commits.
         show_progress: A progress bar on stderr.
+        include_hidden: Also index hidden files and folders (and `__pycache__`, `node_modules`).
+        index_dir: The index's own folder: never walked (batches an interrupted single-process run staged there are
+            discarded once their file is indexed here).
+        exclude: More folders never to walk.
         progress: Called as `progress(chunks_embedded, chunks_read)` after each embedded batch.
     """
 
@@ -128,149 +157,127 @@ class RayIndexer(FolderIndexer):
         embedder: RayEmbedder,
         store: VectorStore,
         *,
-        chunk_tokens: int | None = None,
-        overlap_tokens: int = 32,
+        chunking: ChunkingConfig | None = None,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
         batch_chunks: int = DEFAULT_BATCH_CHUNKS,
         show_progress: bool = True,
+        include_hidden: bool = False,
+        index_dir: str | os.PathLike[str] | None = None,
+        exclude: Sequence[str | os.PathLike[str]] = (),
         progress: Callable[[int, int], None] | None = None,
     ) -> None:
-        # FolderIndexer's own engine and chunker live in the actors and tasks here; only the writer side is shared.
+        # FolderIndexer's engine and chunker live in the actors and tasks here; the driver keeps its run() and writer.
         if batch_chunks < 1:
             raise ValueError(f"batch_chunks must be >= 1, got {batch_chunks}")
         self.embedder = embedder
         self.store = store
+        self.chunking = chunking
         self.max_file_bytes = max_file_bytes
         self.batch_chunks = batch_chunks
         self.show_progress = show_progress
+        self.include_hidden = include_hidden
+        self.index_dir = Path(index_dir) if index_dir is not None else None
+        self.exclude = [Path(p) for p in exclude] + ([self.index_dir] if self.index_dir is not None else [])
+        # Batches are not staged here (results come back out of order); the staging folder is only cleaned.
+        self._staging = _Staging(self.index_dir / STAGING_DIR, "") if self.index_dir is not None else None
+        self._known = {}
         self.progress = progress
-        self.spec = ChunkingSpec(embedder.config.model_dump_json(), chunk_tokens, overlap_tokens, max_file_bytes)
+        self.spec = ChunkingSpec(
+            embedder.config.model_dump_json(), chunking.model_dump_json() if chunking else None, max_file_bytes
+        )
 
-    def run(self, paths: Sequence[str | Path], *, prune: bool = False) -> IndexSummary:
-        """Index `paths` (files or folders, recursively); skip unchanged files; optionally prune removed ones.
-
-        Returns:
-            The summary, as `FolderIndexer.run` gives it.
-        """
-        start = time.perf_counter()
-        summary = IndexSummary()
-        files, problems = find_files(paths)
-        for problem in problems:
-            summary.files_failed.append({"path": str(problem.path), "reason": problem.reason})
-        known = self.store.sources()
-        order = {str(p): i for i, p in enumerate(files)}
-        failed: dict[str, str] = {}
-        open_files: dict[str, _OpenFile] = {}
-        done: list[str] = []  # files whose every chunk has a vector, not written yet
+    def _index_files(self, files: list[Path], known: dict[str, str], summary: IndexSummary, kept: set[str]) -> None:
+        pending: dict[str, _Pending] = {}
+        finished: list[_Pending] = []  # every chunk has its vector; stored at the next commit
         counts = {"read": 0, "embedded": 0, "staged": 0}
         bar = tqdm(total=len(files), desc="Indexing", unit="file", disable=not self.show_progress, leave=False)
 
-        def on_read(result: FileResult) -> list[tuple[str, int]]:
+        def on_read(read: FileRead) -> list[tuple[str, int]]:
             bar.update(1)
-            if result.status == "skipped":
-                summary.files_skipped += 1
-            elif result.status == "failed":
-                failed[result.source] = result.reason
-                logger.warning("skipped %s: %s", result.source, result.reason)
-            else:
-                n = len(result.chunks)
-                open_files[result.source] = _OpenFile(
-                    result.fingerprint, result.chunks, [None] * n, [0] * n, [""] * n, n
-                )
-                counts["read"] += n
-                if n == 0:
-                    done.append(result.source)
-                return [(result.source, i) for i in range(n)]
-            return []
+            job = self._accept(read, known, summary, kept)
+            if job is None or job.chunks is None:
+                return []
+            state = _Pending(job, job.chunks, [None] * job.n_chunks, [0] * job.n_chunks, [""] * job.n_chunks)
+            state.missing = job.n_chunks
+            counts["read"] += job.n_chunks
+            if job.n_chunks == 0:
+                finished.append(state)
+                return []
+            pending[job.source] = state
+            return [(job.source, i) for i in range(job.n_chunks)]
 
         try:
-            batches = self._batches(files, known, on_read)
-            for rows, vectors, report in self.embedder.imap_unordered(batches):
+            for rows, vectors, report in self.embedder.imap_unordered(self._batches(files, known, on_read)):
                 summary.embedding.merge(report)
                 summary.tokens += report.tokens
                 for row, (source, position) in enumerate(rows):
-                    state = open_files[source]
-                    if state.vectors[position] is not None:
-                        continue  # defensive: a chunk's vector arrives once per run
-                    state.vectors[position] = vectors[row]
-                    state.tokens[position] = report.input_tokens[row]
-                    state.buckets[position] = report.input_buckets[row]
+                    state = pending[source]
+                    state.vectors[position] = np.asarray(vectors[row], dtype=np.float32)
+                    state.tokens[position] = int(report.input_tokens[row])
+                    state.buckets[position] = str(report.input_buckets[row])
                     state.missing -= 1
                     if state.missing == 0:
-                        done.append(source)
-                        counts["staged"] += len(state.texts)
+                        finished.append(pending.pop(source))
+                        counts["staged"] += len(state.chunks)
                 counts["embedded"] += len(rows)
                 if self.progress is not None:
                     self.progress(counts["embedded"], counts["read"])
                 if counts["staged"] >= self.batch_chunks:
-                    self._write(done, open_files, summary)
+                    self._store(finished, summary)
                     counts["staged"] = 0
                     bar.set_postfix(chunks=summary.chunks_added)
-            self._write(done, open_files, summary)
-            summary.files_failed += [
-                {"path": source, "reason": failed[source]} for source in sorted(failed, key=order.__getitem__)
-            ]
-            if prune:
-                summary.files_pruned = self._prune(known, files, paths)
-                if summary.files_pruned:
-                    self.store.commit()
+            self._store(finished, summary)
         finally:
             bar.close()
-        summary.chunks = self.store.count()
-        summary.files = len(self.store.sources())
-        summary.seconds = time.perf_counter() - start
-        return summary
 
     def _batches(
-        self, files: list[Path], known: dict[str, str], on_read: Callable[[FileResult], list[tuple[str, int]]]
+        self, files: list[Path], known: dict[str, str], on_read: Callable[[FileRead], list[tuple[str, int]]]
     ) -> Iterator[tuple[list[tuple[str, int]], list[str]]]:
-        """Read and chunk files in Ray tasks; yield `(rows, texts)` batches of `batch_rows` chunks as results arrive."""
+        """Read files in Ray tasks; yield `(rows, texts)` batches of `batch_rows` chunks as results arrive.
+
+        Results are handed to `on_read` in file order (a group that finishes early waits for the ones before it), so
+        failures, removals and encodings are recorded in the order `FolderIndexer` records them.
+        """
         ray = require_ray()
-        task = ray.remote(read_and_chunk).options(num_cpus=1, max_retries=3)
+        task = ray.remote(read_files).options(num_cpus=1, max_retries=3)
         spec_ref = ray.put(self.spec)
         step = self.embedder.settings.files_per_task
-        groups = [[str(p) for p in files[i : i + step]] for i in range(0, len(files), step)]
+        groups = [files[i : i + step] for i in range(0, len(files), step)]
         limit = 2 * max(1, int(ray.cluster_resources().get("CPU", 1)))
-        pending: list[Any] = []
-        next_group = 0
+        in_flight: dict[Any, int] = {}
+        arrived: dict[int, list[FileRead]] = {}
+        next_group = next_result = 0
         rows: list[tuple[str, int]] = []
         texts: list[str] = []
         batch_rows = self.embedder.plan.batch_rows
-        while next_group < len(groups) or pending:
-            while next_group < len(groups) and len(pending) < limit:
+        while next_result < len(groups):
+            while next_group < len(groups) and len(in_flight) < limit:
                 group = groups[next_group]
-                pending.append(task.remote(group, {s: known[s] for s in group if s in known}, spec_ref))
+                stored = {s: known[s] for s in map(source_name, group) if s in known}
+                in_flight[task.remote(group, stored, spec_ref)] = next_group
                 next_group += 1
-            ready, pending = ray.wait(pending, num_returns=1)
-            for result in ray.get(ready[0]):
-                for row in on_read(result):
-                    rows.append(row)
-                    texts.append(result.chunks[row[1]])
-                    if len(rows) == batch_rows:
-                        yield rows, texts
-                        rows, texts = [], []
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            arrived[in_flight.pop(ready[0])] = ray.get(ready[0])
+            while next_result in arrived:
+                for read in arrived.pop(next_result):
+                    for row in on_read(read):
+                        rows.append(row)
+                        texts.append(read.chunks[row[1]].text if read.chunks else "")
+                        if len(rows) == batch_rows:
+                            yield rows, texts
+                            rows, texts = [], []
+                next_result += 1
         if rows:
             yield rows, texts
 
-    def _write(self, done: list[str], open_files: dict[str, _OpenFile], summary: IndexSummary) -> None:
-        """Store every finished file (each atomically), then commit."""
-        if not done:
+    def _store(self, finished: list[_Pending], summary: IndexSummary) -> None:
+        """Store every finished file (each atomically, as `FolderIndexer` does), then commit."""
+        if not finished:
             return
-        for source in done:
-            state = open_files.pop(source)
-            records = [
-                ChunkRecord.create(
-                    text=text,
-                    vector=np.asarray(state.vectors[i]),
-                    source=source,
-                    position=i,
-                    token_length=state.tokens[i],
-                    bucket=state.buckets[i],
-                )
-                for i, text in enumerate(state.texts)
-            ]
-            self.store.replace_source(source, state.fingerprint, records)
-            summary.files_indexed += 1
-            summary.chunks_added += len(records)
-        done.clear()
+        for state in finished:
+            job = state.job
+            job.vectors = [v for v in state.vectors if v is not None]
+            job.tokens, job.buckets = state.tokens, state.buckets
+            self._finish(job, state.chunks, summary)
+        finished.clear()
         self.store.commit()

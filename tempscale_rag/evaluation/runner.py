@@ -424,7 +424,7 @@ def build_configurations(
                     # `same` is what `index` and `search` do with per-size taus: queries at `query_temperature`, tau 1
                     # unless set (a query is not a chunk); `plain` keeps them at tau = 1, a separate row only when that
                     # differs.
-                    product_tau = common.get("query_temperature") or 1.0
+                    product_tau = common.get("query_temperature") or 1.0  # as `chunk_routing` gives `index`
                     rows = [(f"taus {chunking.spec()}", product_tau)] if queries in ("same", "both") else []
                     if queries in ("plain", "both") and (not rows or product_tau != 1.0):
                         rows.append((f"taus {chunking.spec()} docs-only", 1.0))

@@ -197,6 +197,67 @@ class IndexSummary:
 
 
 @dataclass
+class FileRead:
+    """One file read, fingerprinted and chunked: what `read_file` gives, in this process or in a Ray task.
+
+    Attributes:
+        path: The file.
+        source: Its printable name (`source_name`), the key of its chunks in the store.
+        fingerprint: The content fingerprint ("" when the file could not be read).
+        unchanged: The fingerprint equals the stored one: nothing to do.
+        chunks: The chunks to embed; None when unchanged or not indexable (`kind`, `reason`).
+        encoding: The detected encoding of a text file that is not UTF-8, else None.
+        kind: Why the file is not indexed (a `DocumentError` kind), "" otherwise.
+        reason: The reason, for the summary.
+    """
+
+    path: Path
+    source: str
+    fingerprint: str = ""
+    unchanged: bool = False
+    chunks: list[Chunk] | None = None
+    encoding: str | None = None
+    kind: str = ""
+    reason: str = ""
+
+    def error(self) -> DocumentError:
+        """The problem as the `DocumentError` reading raised (kept as plain fields so the record pickles)."""
+        return DocumentError(self.path, self.reason, self.kind)
+
+
+def read_file(
+    path: Path,
+    chunker: WindowChunker | MultiSizeChunker,
+    *,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    stored: str | None = None,
+) -> FileRead:
+    """Read, fingerprint, extract and chunk one file, as every indexer does; problems are returned, not raised.
+
+    Args:
+        path: A file listed by `find_files`.
+        chunker: The indexer's chunker.
+        max_file_bytes: Larger files are rejected.
+        stored: The fingerprint the store holds for this file, if any (an equal one means unchanged).
+
+    Returns:
+        The file's chunks, or why it has none.
+    """
+    source = source_name(path)
+    try:
+        data = read_bytes(path, max_file_bytes)
+        digest = fingerprint(data)
+        if stored == digest:
+            return FileRead(path, source, digest, unchanged=True)
+        extracted = extract(path, data)
+        chunks = chunker.split(extracted.text)
+    except DocumentError as exc:
+        return FileRead(path, source, kind=exc.kind, reason=exc.reason)
+    encoding = extracted.encoding if extracted.detected else None
+    return FileRead(path, source, digest, chunks=chunks, encoding=encoding)
+
+
+@dataclass
 class _Job:
     """One file to (re)embed: its chunks, and the vectors embedded so far."""
 
@@ -280,8 +341,7 @@ class FolderIndexer:
         for source in known:
             if source not in present and _under(path_of(source), discovery.unlisted_dirs):
                 kept.add(source)  # its folder could not be listed: unknown, not gone
-        jobs = self._read_all(discovery.files, known, summary, kept)
-        self._embed_all(jobs, summary, kept)
+        self._index_files(discovery.files, known, summary, kept)
         if prune:
             self._prune(known, discovery, kept, paths, summary)
         if summary.files_removed or summary.pruned:
@@ -293,6 +353,10 @@ class FolderIndexer:
         summary.files = len(self.store.sources())
         summary.seconds = time.perf_counter() - start
         return summary
+
+    def _index_files(self, files: list[Path], known: dict[str, str], summary: IndexSummary, kept: set[str]) -> None:
+        """Read, chunk, embed and store `files` (the part of a run that `RayIndexer` spreads over a cluster)."""
+        self._embed_all(self._read_all(files, known, summary, kept), summary, kept)
 
     # Reading ---------------------------------------------------------------------------------------------------
 
@@ -317,22 +381,24 @@ class FolderIndexer:
         self, path: Path, known: dict[str, str], summary: IndexSummary, kept: set[str], *, keep_text: bool
     ) -> _Job | None:
         """Read and split one file; None when there is nothing to embed (unchanged, or a problem handled here)."""
-        source = source_name(path)
-        try:
-            data = read_bytes(path, self.max_file_bytes)
-            digest = fingerprint(data)
-            if known.get(source) == digest:
-                summary.files_unchanged += 1
-                return None
-            extracted = extract(path, data)
-            chunks = self.chunker.split(extracted.text)
-        except DocumentError as exc:
-            self._problem(exc, source, known, summary, kept)
+        read = read_file(path, self.chunker, max_file_bytes=self.max_file_bytes, stored=known.get(source_name(path)))
+        return self._accept(read, known, summary, kept, keep_text=keep_text)
+
+    def _accept(
+        self, read: FileRead, known: dict[str, str], summary: IndexSummary, kept: set[str], *, keep_text: bool = True
+    ) -> _Job | None:
+        """Record what reading one file gave (unchanged, a problem, a detected encoding); the job to embed, if any."""
+        if read.unchanged:
+            summary.files_unchanged += 1
             return None
-        if extracted.detected and extracted.encoding is not None:
-            summary.encodings.append({"path": source, "encoding": extracted.encoding})
-            logger.info("%s: decoded as %s", source, extracted.encoding)
-        return _Job(path, source, digest, len(chunks), chunks if keep_text else None)
+        if read.chunks is None:
+            self._problem(read.error(), read.source, known, summary, kept)
+            return None
+        if read.encoding is not None:
+            summary.encodings.append({"path": read.source, "encoding": read.encoding})
+            logger.info("%s: decoded as %s", read.source, read.encoding)
+        chunks = read.chunks
+        return _Job(read.path, read.source, read.fingerprint, len(chunks), chunks if keep_text else None)
 
     def _problem(
         self, exc: DocumentError, source: str, known: dict[str, str], summary: IndexSummary, kept: set[str]
