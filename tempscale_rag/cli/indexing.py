@@ -340,6 +340,17 @@ def _stored_manifest(folder: Path) -> Any:
 # --- index ------------------------------------------------------------------------------------------------------------
 
 
+def indexer_options(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """The `index` flags every indexer takes (`FolderIndexer`, and `RayIndexer` for `--ray`)."""
+    return {
+        "max_file_bytes": int(args.max_file_mb * 1e6),
+        "batch_chunks": args.commit_every,
+        "show_progress": not args.quiet,
+        "include_hidden": args.include_hidden,
+        "index_dir": folder,
+    }
+
+
 def run_index(args: argparse.Namespace) -> int:
     """Index PATHs into the store at --out."""
     if not args.paths:
@@ -394,16 +405,7 @@ def run_index(args: argparse.Namespace) -> int:
     manifest = index_manifest(stored, encoder.config, encoder.model_name, encoder.dimension, backend, chunking, folder)
     show = not args.quiet
     with open_store(folder, manifest, progress=progress_printer(show)) as store:
-        indexer = FolderIndexer(
-            encoder,
-            store,
-            chunker=chunker,
-            max_file_bytes=int(args.max_file_mb * 1e6),
-            batch_chunks=args.commit_every,
-            show_progress=show,
-            include_hidden=args.include_hidden,
-            index_dir=folder,
-        )
+        indexer = FolderIndexer(encoder, store, chunker=chunker, **indexer_options(args, folder))
         summary = indexer.run(args.paths, prune=args.prune)
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))

@@ -64,7 +64,7 @@ def run_index_on_ray(
     Returns:
         The exit code (`EXIT_PARTIAL` when some file could not be indexed).
     """
-    from tempscale_rag.cli.indexing import _print_summary, index_manifest
+    from tempscale_rag.cli.indexing import _print_summary, index_manifest, indexer_options
     from tempscale_rag.cli.options import EXIT_OK, EXIT_PARTIAL
     from tempscale_rag.distributed.cluster import connect, require_ray
     from tempscale_rag.distributed.embedding import RayEmbedder
@@ -86,16 +86,7 @@ def run_index_on_ray(
                 stored, embedder.config, embedder.model_name, embedder.dimension, backend, chunking, folder
             )
             with open_store(folder, manifest, progress=progress_printer(show)) as store:
-                indexer = RayIndexer(
-                    embedder,
-                    store,
-                    chunking=chunking,
-                    max_file_bytes=int(args.max_file_mb * 1e6),
-                    batch_chunks=args.commit_every,
-                    show_progress=show,
-                    include_hidden=args.include_hidden,
-                    index_dir=folder,
-                )
+                indexer = RayIndexer(embedder, store, chunking=chunking, **indexer_options(args, folder))
                 summary = indexer.run(args.paths, prune=args.prune)
     finally:
         if started:
