@@ -6,14 +6,22 @@ Documents: chapters of *The Rust Programming Language* as installed with a Rust 
 (`<code>`) sits in the middle of sentences.
 
 - *before*: the previous reader, BeautifulSoup's `get_text("\\n")` (every tag boundary becomes a line break, all
-  page chrome kept);
+  page chrome kept), patched in for the build;
 - *after*: the current reader, `tempscale_rag.ingest.readers` (trafilatura main-content extraction, BeautifulSoup
   fallback).
 
-Both indexes use the same engine (bundled all-MiniLM-L6-v2, default TempScale buckets), the same chunker and exact
-FAISS. Five questions (the issue's), then all sixteen (one per chapter), each answered by one chapter; a question's
-rank is the rank of the first chunk from that chapter among the top 10 chunks. Printed: top-1 accuracy, MRR@10,
-chunks indexed, chunks holding page chrome, and lines of a chunk that are a lone code word (split inline code).
+Both indexes are built exactly as `tempscale-rag index DOCS --out OUT` builds one by default (the CLI itself runs:
+bundled all-MiniLM-L6-v2, every page chunked at each default `ChunkingConfig` size with its own temperature, queries
+at tau 1, exact FAISS), and queried as `tempscale-rag search` does (the query encoder from the index's manifest).
+Five questions (the issue's), then all sixteen (one per chapter), each answered by one chapter. Two measures:
+
+- *pages*: the rank of the answering page in `store.search_documents(query, 10)` (whole files ranked from their
+  chunks with the index's `doc_score`, softmax by default; what `tempscale-rag search --documents` shows);
+- *first chunk*: the rank of the answering page in the order in which pages first appear among the top 10 chunks of
+  `store.search(query, 10)` (chunks of every size mixed, what `tempscale-rag search` shows).
+
+Printed per measure: top-1 accuracy and MRR@10; per index: chunks indexed (and per size), chunks holding page chrome,
+and lines of a chunk that are a lone code word (split inline code).
 
 A second folder, the 22 function pages of `std::fs` from the same installed documentation (rustdoc HTML), gets five
 questions of its own.
@@ -24,16 +32,15 @@ questions of its own.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from tempscale_rag import TempScaleEncoder
+from typing import Any
 
 QUESTIONS = [
     ("What are the three rules of ownership?", "ch04-01-what-is-ownership.html"),
@@ -124,33 +131,50 @@ def old_html_text(path: Path, data: bytes) -> str:
 
 
 def build_and_score(
-    label: str, docs: Path, folder: Path, encoder: TempScaleEncoder, questions: list[tuple[str, str]], first: int
+    label: str, docs: Path, folder: Path, questions: list[tuple[str, str]], first: int
 ) -> dict[str, Any]:
-    from tempscale_rag.ingest.indexer import FolderIndexer
-    from tempscale_rag.stores import IndexManifest, open_store
+    """Index `docs` with `tempscale-rag index` (defaults) and score `questions` on pages and on chunks."""
+    from tempscale_rag.cli import main as cli_main
+    from tempscale_rag.encoder import TempScaleEncoder
+    from tempscale_rag.stores import open_store
 
-    manifest = IndexManifest.new(
-        model=encoder.model_name,
-        dimension=encoder.dimension,
-        config=encoder.config,
-    )
     start = time.perf_counter()
-    with open_store(folder, manifest) as store:
-        summary = FolderIndexer(encoder, store, show_progress=False).run([docs])
-        seconds = time.perf_counter() - start
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli_main(["-q", "index", str(docs), "--out", str(folder), "--json"])
+    seconds = time.perf_counter() - start
+    if code != 0:
+        raise SystemExit(f"tempscale-rag index failed ({code}) for {label}: {out.getvalue()[-2000:]}")
+    summary = json.loads(out.getvalue())
+    with open_store(folder, read_only=True) as store:
+        manifest = store.manifest
+        if manifest is None or manifest.chunking is None:
+            raise SystemExit(f"{folder}: no multi-size chunking recorded; the CLI's defaults changed")
+        # As `tempscale-rag search` does: the query encoder from the index's own recorded settings.
+        encoder = TempScaleEncoder(config=manifest.config)
         vectors = encoder.encode([q for q, _ in questions], query=True)
-        all_hits = store.search_many(vectors, k=10)
+        chunk_hits = store.search_many(vectors, k=10)
+        page_hits = store.search_documents_many(vectors, k=10, doc_score=manifest.chunking.doc_score)
         chunks = store.search(vectors[0], k=store.count())
-    ranks: list[int | None] = []
+        chunking = manifest.chunking
+        query_tau = manifest.config.query_temperature
+    chunk_ranks: list[int | None] = []
+    page_ranks: list[int | None] = []
     top1: list[str] = []
-    for (_question, answer), hits in zip(questions, all_hits, strict=True):
+    for (_question, answer), hits, pages in zip(questions, chunk_hits, page_hits, strict=True):
         files: list[str] = []
         for hit in hits:
             name = Path(hit.source).name
             if name not in files:
                 files.append(name)
-        ranks.append(files.index(answer) + 1 if answer in files else None)
-        top1.append(files[0] if files else "")
+        chunk_ranks.append(files.index(answer) + 1 if answer in files else None)
+        ranked = [Path(doc.source).name for doc in pages]
+        page_ranks.append(ranked.index(answer) + 1 if answer in ranked else None)
+        top1.append(ranked[0] if ranked else "")
+    by_size: dict[str, int] = {}
+    for c in chunks:
+        size = str(c.metadata.get("chunk_tokens"))
+        by_size[size] = by_size.get(size, 0) + 1
     chrome = sum(any(marker in c.text for marker in CHROME) for c in chunks)
     split_code = sum(
         1
@@ -160,14 +184,17 @@ def build_and_score(
     )
     return {
         "reader": label,
-        "files": summary.files_indexed,
-        "chunks": summary.chunks,
-        "tokens": summary.tokens,
+        "chunking": chunking.spec(),
+        "doc_score": chunking.doc_score,
+        "query_temperature": query_tau,
+        "files": summary["files_indexed"],
+        "chunks": summary["chunks"],
+        "chunks_by_size": by_size,
+        "tokens": summary["tokens"],
         "seconds": round(seconds, 1),
-        "five": _scores(ranks[:first]),
-        "all": _scores(ranks),
-        "ranks": ranks,
-        "top1_files": top1,
+        "pages": {"five": _scores(page_ranks[:first]), "all": _scores(page_ranks), "ranks": page_ranks},
+        "first_chunk": {"five": _scores(chunk_ranks[:first]), "all": _scores(chunk_ranks), "ranks": chunk_ranks},
+        "top1_pages": top1,
         "chunks_with_page_chrome": chrome,
         "lines_that_are_a_lone_code_word": split_code,
     }
@@ -184,15 +211,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=Path, default=None, help="The mdBook HTML folder (default: the Rust book).")
     parser.add_argument("--book-only", action="store_true", help="Skip the std::fs reference pages.")
+    parser.add_argument(
+        "--log",
+        type=Path,
+        default=Path(__file__).parent / "results" / "html_extraction.log",
+        help="Also write the table and JSON here (default: benchmarks/results/html_extraction.log).",
+    )
     args = parser.parse_args()
+    lines: list[str] = []
+
+    def out(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
     book = args.docs or find_book()
     if book is None:
         raise SystemExit("the Rust book HTML was not found; install a Rust toolchain (rustup) or pass --docs DIR")
 
-    from tempscale_rag import TempScaleEncoder
     from tempscale_rag.ingest import readers
 
-    encoder = TempScaleEncoder(device="cpu")
     corpora = [
         (f"{len(CHAPTERS)} chapters of the Rust book", book, CHAPTERS, QUESTIONS + MORE_QUESTIONS),
         ("22 function pages of Rust's std::fs reference", book.parent / "std" / "fs", None, FS_QUESTIONS),
@@ -200,7 +237,7 @@ def main() -> None:
     results = []
     for title, source, names, questions in corpora:
         if not source.exists():
-            print(f"{title}: {source} not found, skipped")
+            out(f"{title}: {source} not found, skipped")
             continue
         pages = names or sorted(p.name for p in source.glob("fn.*.html"))
         with tempfile.TemporaryDirectory() as tmp:
@@ -212,28 +249,37 @@ def main() -> None:
             rows = []
             try:
                 readers._html_text = old_html_text
-                rows.append(
-                    build_and_score("before: BeautifulSoup get_text", docs, Path(tmp) / "b", encoder, questions, 5)
-                )
+                rows.append(build_and_score("before: BeautifulSoup get_text", docs, Path(tmp) / "b", questions, 5))
             finally:
                 readers._html_text = new_reader
-            rows.append(
-                build_and_score("after: trafilatura main content", docs, Path(tmp) / "a", encoder, questions, 5)
-            )
+            rows.append(build_and_score("after: trafilatura main content", docs, Path(tmp) / "a", questions, 5))
         results.append({"corpus": title, "folder": str(source), "results": rows})
         n_all = len(questions)
-        print(f"\n{title} ({source})")
-        print(f"{'reader':34} {'5 questions':>15} {f'all {n_all}':>15} {'chunks':>7} {'chrome':>7} {'lone code':>9}")
-        print(f"{'':34} {'top-1   MRR@10':>15} {'top-1   MRR@10':>15}")
+        spec = f"chunk sizes {rows[0]['chunking']}, doc score {rows[0]['doc_score']}"
+        out(f"\n{title} ({source})")
+        out(f"index: `tempscale-rag index` defaults ({spec}); queries as `tempscale-rag search`")
+        head = f"{'5 questions':>15} {f'all {n_all}':>15} {'chunks':>7} {'chrome':>7} {'lone code':>9}"
+        out(f"{'reader':32} {'measure':12} {head}")
+        out(f"{'':32} {'':12} {'top-1   MRR@10':>15} {'top-1   MRR@10':>15}")
         for r in rows:
-            five, every = r["five"], r["all"]
-            print(
-                f"{r['reader']:34} {five['top1']:6.2f} {five['mrr@10']:8.3f} {every['top1']:6.2f} "
-                f"{every['mrr@10']:8.3f} {r['chunks']:7d} {r['chunks_with_page_chrome']:7d} "
-                f"{r['lines_that_are_a_lone_code_word']:9d}"
-            )
-            print(f"{'':34} ranks {r['ranks']}")
-    print("\n" + json.dumps(results, indent=2))
+            counts = f"{r['chunks']:7d} {r['chunks_with_page_chrome']:7d} {r['lines_that_are_a_lone_code_word']:9d}"
+            for key, measure, name, tail in (
+                ("pages", "pages", r["reader"], counts),
+                ("first_chunk", "first chunk", "", ""),
+            ):
+                five, every = r[key]["five"], r[key]["all"]
+                out(
+                    f"{name:32} {measure:12} {five['top1']:6.2f} {five['mrr@10']:8.3f} {every['top1']:6.2f} "
+                    f"{every['mrr@10']:8.3f} {tail}".rstrip()
+                )
+            out(f"{'':32} page ranks {r['pages']['ranks']}")
+            out(f"{'':32} first-chunk ranks {r['first_chunk']['ranks']}")
+            out(f"{'':32} chunks by size {r['chunks_by_size']}, {r['tokens']} tokens, built in {r['seconds']} s")
+    out("\n" + json.dumps(results, indent=2))
+    if args.log is not None:
+        args.log.parent.mkdir(parents=True, exist_ok=True)
+        args.log.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        print(f"\nwritten to {args.log}")
 
 
 if __name__ == "__main__":
