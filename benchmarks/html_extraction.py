@@ -26,7 +26,13 @@ and lines of a chunk that are a lone code word (split inline code).
 A second folder, the 22 function pages of `std::fs` from the same installed documentation (rustdoc HTML), gets five
 questions of its own.
 
-    python benchmarks/html_extraction.py [--docs DIR] [--book-only]
+A third folder is Sphinx HTML, the kind of page the issue describes (site navigation, a sidebar table of contents,
+previous/next topic, "Report a Bug", "Show Source"): 23 file- and data-format pages of Python's own library reference
+as installed by Debian's `python3-doc` (`/usr/share/doc/python3.X/html/library`, or give `--python-docs DIR`), with
+five questions, then eighteen more, each answered by one page. Sphinx renders every cross-reference (`str`, `None`,
+a function name) as its own `<code>`/`<span>` inline, so the old reader also splits sentences there.
+
+    python benchmarks/html_extraction.py [--docs DIR] [--python-docs DIR] [--sets book,fs,python] [--log FILE]
 """
 
 from __future__ import annotations
@@ -98,6 +104,61 @@ FS_QUESTIONS = [
     ("How do I delete a directory together with everything inside it?", "fn.remove_dir_all.html"),
     ("How do I iterate over the entries of a directory?", "fn.read_dir.html"),
 ]
+# The Sphinx folder: pages of the "File and Directory Access", "Data Persistence", "Data Compression and Archiving",
+# "File Formats" and "Generic Operating System Services" chapters of Python 3's library reference (os.html itself is
+# left out: at 750 kB it is larger than the other 23 together). Each question is answered by one page only.
+PY_PAGES = [
+    "os.path.html",
+    "pathlib.html",
+    "shutil.html",
+    "glob.html",
+    "fnmatch.html",
+    "tempfile.html",
+    "filecmp.html",
+    "stat.html",
+    "fileinput.html",
+    "linecache.html",
+    "json.html",
+    "csv.html",
+    "configparser.html",
+    "tomllib.html",
+    "pickle.html",
+    "shelve.html",
+    "zipfile.html",
+    "tarfile.html",
+    "gzip.html",
+    "bz2.html",
+    "lzma.html",
+    "zlib.html",
+    "io.html",
+]
+PY_QUESTIONS = [
+    ("How do I create a temporary file that is deleted automatically when it is closed?", "tempfile.html"),
+    ("How do I write a Python object to a file as JSON with indentation?", "json.html"),
+    ("How do I read the rows of a CSV file as dictionaries keyed by the header row?", "csv.html"),
+    ("How do I copy a whole directory tree to another location?", "shutil.html"),
+    ("How do I extract all members of a zip archive into a folder?", "zipfile.html"),
+]
+PY_MORE_QUESTIONS = [
+    ("How do I parse a TOML configuration file?", "tomllib.html"),
+    ("How do I read an INI file with sections and key = value options?", "configparser.html"),
+    ("How do I compare two directories and list the files that differ?", "filecmp.html"),
+    ("How do I keep Python objects in a persistent dictionary stored in a file?", "shelve.html"),
+    ("How do I serialize an arbitrary Python object to bytes and load it back?", "pickle.html"),
+    ("How do I compress a file with gzip and read it back?", "gzip.html"),
+    ("How do I get one particular line of a source file by its line number?", "linecache.html"),
+    ("How do I loop over the lines of several input files or standard input in one loop?", "fileinput.html"),
+    ("How do I join path components with the / operator on a path object?", "pathlib.html"),
+    ("How do I tell from an os.stat mode whether a file is a directory or a symbolic link?", "stat.html"),
+    ("How do I list the members of a tar archive?", "tarfile.html"),
+    ("How do I use an in-memory bytes buffer as a binary file object?", "io.html"),
+    ("How do I compress data with the LZMA algorithm into an .xz file?", "lzma.html"),
+    ("How do I compute a CRC-32 checksum of some bytes?", "zlib.html"),
+    ("How do I open a bzip2-compressed file?", "bz2.html"),
+    ("How do I escape special characters so that a literal file name is matched by glob?", "glob.html"),
+    ("How do I filter a list of names by a Unix shell-style wildcard pattern?", "fnmatch.html"),
+    ("How do I find the longest common sub-path of several path strings?", "os.path.html"),
+]
 CHROME = (
     "Keyboard shortcuts",
     "to navigate between chapters",
@@ -106,7 +167,15 @@ CHROME = (
     "Print this book",
     "Skip to main content",
     "Copy item path",
+    # Sphinx (Python docs): sidebar, related bar and footer.
+    "Show Source",
+    "Report a Bug",
+    "Previous topic",
+    "Next topic",
+    "Please donate",
 )
+# Inline code that the old reader leaves alone on a line (Rust pages, then Python's cross-references).
+LONE_CODE = {"String", "Option<T>", "match", "Path", "<", ">", "None", "str", "bytes", "True", "False"}
 
 
 def find_book() -> Path | None:
@@ -117,6 +186,12 @@ def find_book() -> Path | None:
     candidates = [Path(sysroot.strip()) / "share/doc/rust/html/book"] if sysroot.strip() else []
     candidates += sorted(Path.home().glob(".rustup/toolchains/*/share/doc/rust/html/book"))
     return next((c for c in candidates if (c / CHAPTERS[0]).exists()), None)
+
+
+def find_python_docs() -> Path | None:
+    """Python's library reference as installed by Debian/Ubuntu's `python3-doc` (Sphinx HTML)."""
+    candidates = sorted(Path("/usr/share/doc").glob("python3*/html/library"), reverse=True)
+    return next((c for c in candidates if all((c / name).exists() for name in PY_PAGES)), None)
 
 
 def old_html_text(path: Path, data: bytes) -> str:
@@ -176,12 +251,7 @@ def build_and_score(
         size = str(c.metadata.get("chunk_tokens"))
         by_size[size] = by_size.get(size, 0) + 1
     chrome = sum(any(marker in c.text for marker in CHROME) for c in chunks)
-    split_code = sum(
-        1
-        for c in chunks
-        for line in c.text.splitlines()
-        if line.strip() in {"String", "Option<T>", "match", "Path", "<", ">"}
-    )
+    split_code = sum(1 for c in chunks for line in c.text.splitlines() if line.strip() in LONE_CODE)
     return {
         "reader": label,
         "chunking": chunking.spec(),
@@ -210,7 +280,18 @@ def _scores(ranks: list[int | None]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=Path, default=None, help="The mdBook HTML folder (default: the Rust book).")
-    parser.add_argument("--book-only", action="store_true", help="Skip the std::fs reference pages.")
+    parser.add_argument("--book-only", action="store_true", help="Only the Rust book (same as --sets book).")
+    parser.add_argument(
+        "--python-docs",
+        type=Path,
+        default=None,
+        help="Python's Sphinx library reference folder (default: /usr/share/doc/python3*/html/library).",
+    )
+    parser.add_argument(
+        "--sets",
+        default="book,fs,python",
+        help="Comma-separated folders to measure: book (Rust book), fs (std::fs), python (Sphinx). Default: all.",
+    )
     parser.add_argument(
         "--log",
         type=Path,
@@ -224,16 +305,38 @@ def main() -> None:
         print(line, flush=True)
         lines.append(line)
 
-    book = args.docs or find_book()
-    if book is None:
-        raise SystemExit("the Rust book HTML was not found; install a Rust toolchain (rustup) or pass --docs DIR")
+    sets = ["book"] if args.book_only else [name.strip() for name in args.sets.split(",") if name.strip()]
+    unknown = sorted(set(sets) - {"book", "fs", "python"})
+    if unknown:
+        raise SystemExit(f"--sets: unknown folder(s) {', '.join(unknown)}; choose from book, fs, python")
 
     from tempscale_rag.ingest import readers
 
-    corpora = [
-        (f"{len(CHAPTERS)} chapters of the Rust book", book, CHAPTERS, QUESTIONS + MORE_QUESTIONS),
-        ("22 function pages of Rust's std::fs reference", book.parent / "std" / "fs", None, FS_QUESTIONS),
-    ][: 1 if args.book_only else 2]
+    corpora: list[tuple[str, Path, list[str] | None, list[tuple[str, str]]]] = []
+    if "book" in sets or "fs" in sets:
+        book = args.docs or find_book()
+        if book is None:
+            raise SystemExit("the Rust book HTML was not found; install a Rust toolchain (rustup) or pass --docs DIR")
+        if "book" in sets:
+            corpora.append((f"{len(CHAPTERS)} chapters of the Rust book", book, CHAPTERS, QUESTIONS + MORE_QUESTIONS))
+        if "fs" in sets:
+            corpora.append(
+                ("22 function pages of Rust's std::fs reference", book.parent / "std" / "fs", None, FS_QUESTIONS)
+            )
+    if "python" in sets:
+        python_docs = args.python_docs or find_python_docs()
+        if python_docs is None:
+            raise SystemExit(
+                "Python's HTML documentation was not found; `apt-get install python3-doc` or pass --python-docs DIR"
+            )
+        corpora.append(
+            (
+                f"{len(PY_PAGES)} pages of Python's library reference (Sphinx)",
+                python_docs,
+                PY_PAGES,
+                PY_QUESTIONS + PY_MORE_QUESTIONS,
+            )
+        )
     results = []
     for title, source, names, questions in corpora:
         if not source.exists():
