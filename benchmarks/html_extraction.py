@@ -190,7 +190,8 @@ def find_book() -> Path | None:
 
 def find_python_docs() -> Path | None:
     """Python's library reference as installed by Debian/Ubuntu's `python3-doc` (Sphinx HTML)."""
-    candidates = sorted(Path("/usr/share/doc").glob("python3*/html/library"), reverse=True)
+    # Debian links python3.X-venv, python3.X-dev ... to python3.X: resolve so that the log names the real folder.
+    candidates = sorted({c.resolve() for c in Path("/usr/share/doc").glob("python3*/html/library")}, reverse=True)
     return next((c for c in candidates if all((c / name).exists() for name in PY_PAGES)), None)
 
 
