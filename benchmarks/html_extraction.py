@@ -6,34 +6,47 @@ Documents: chapters of *The Rust Programming Language* as installed with a Rust 
 (`<code>`) sits in the middle of sentences.
 
 - *before*: the previous reader, BeautifulSoup's `get_text("\\n")` (every tag boundary becomes a line break, all
-  page chrome kept);
+  page chrome kept), patched in for the build;
 - *after*: the current reader, `tempscale_rag.ingest.readers` (trafilatura main-content extraction, BeautifulSoup
   fallback).
 
-Both indexes use the same engine (bundled all-MiniLM-L6-v2, default TempScale buckets), the same chunker and exact
-FAISS. Five questions (the issue's), then all sixteen (one per chapter), each answered by one chapter; a question's
-rank is the rank of the first chunk from that chapter among the top 10 chunks. Printed: top-1 accuracy, MRR@10,
-chunks indexed, chunks holding page chrome, and lines of a chunk that are a lone code word (split inline code).
+Both indexes are built exactly as `tempscale-rag index DOCS --out OUT` builds one by default (the CLI itself runs:
+bundled all-MiniLM-L6-v2, every page chunked at each default `ChunkingConfig` size with its own temperature, queries
+at tau 1, exact FAISS), and queried as `tempscale-rag search` does (the query encoder from the index's manifest).
+Five questions (the issue's), then all sixteen (one per chapter), each answered by one chapter. Two measures:
+
+- *pages*: the rank of the answering page in `store.search_documents(query, 10)` (whole files ranked from their
+  chunks with the index's `doc_score`, softmax by default; what `tempscale-rag search --documents` shows);
+- *first chunk*: the rank of the answering page in the order in which pages first appear among the top 10 chunks of
+  `store.search(query, 10)` (chunks of every size mixed, what `tempscale-rag search` shows).
+
+Printed per measure: top-1 accuracy and MRR@10; per index: chunks indexed (and per size), chunks holding page chrome,
+and lines of a chunk that are a lone code word (split inline code).
 
 A second folder, the 22 function pages of `std::fs` from the same installed documentation (rustdoc HTML), gets five
 questions of its own.
 
-    python benchmarks/html_extraction.py [--docs DIR] [--book-only]
+A third folder is Sphinx HTML, the kind of page the issue describes (site navigation, a sidebar table of contents,
+previous/next topic, "Report a Bug", "Show Source"): 23 file- and data-format pages of Python's own library reference
+as installed by Debian's `python3-doc` (`/usr/share/doc/python3.X/html/library`, or give `--python-docs DIR`), with
+five questions, then eighteen more, each answered by one page. Sphinx renders every cross-reference (`str`, `None`,
+a function name) as its own `<code>`/`<span>` inline, so the old reader also splits sentences there.
+
+    python benchmarks/html_extraction.py [--docs DIR] [--python-docs DIR] [--sets book,fs,python] [--log FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import shutil
 import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from tempscale_rag import TempScaleEncoder
+from typing import Any
 
 QUESTIONS = [
     ("What are the three rules of ownership?", "ch04-01-what-is-ownership.html"),
@@ -91,6 +104,61 @@ FS_QUESTIONS = [
     ("How do I delete a directory together with everything inside it?", "fn.remove_dir_all.html"),
     ("How do I iterate over the entries of a directory?", "fn.read_dir.html"),
 ]
+# The Sphinx folder: pages of the "File and Directory Access", "Data Persistence", "Data Compression and Archiving",
+# "File Formats" and "Generic Operating System Services" chapters of Python 3's library reference (os.html itself is
+# left out: at 750 kB it is larger than the other 23 together). Each question is answered by one page only.
+PY_PAGES = [
+    "os.path.html",
+    "pathlib.html",
+    "shutil.html",
+    "glob.html",
+    "fnmatch.html",
+    "tempfile.html",
+    "filecmp.html",
+    "stat.html",
+    "fileinput.html",
+    "linecache.html",
+    "json.html",
+    "csv.html",
+    "configparser.html",
+    "tomllib.html",
+    "pickle.html",
+    "shelve.html",
+    "zipfile.html",
+    "tarfile.html",
+    "gzip.html",
+    "bz2.html",
+    "lzma.html",
+    "zlib.html",
+    "io.html",
+]
+PY_QUESTIONS = [
+    ("How do I create a temporary file that is deleted automatically when it is closed?", "tempfile.html"),
+    ("How do I write a Python object to a file as JSON with indentation?", "json.html"),
+    ("How do I read the rows of a CSV file as dictionaries keyed by the header row?", "csv.html"),
+    ("How do I copy a whole directory tree to another location?", "shutil.html"),
+    ("How do I extract all members of a zip archive into a folder?", "zipfile.html"),
+]
+PY_MORE_QUESTIONS = [
+    ("How do I parse a TOML configuration file?", "tomllib.html"),
+    ("How do I read an INI file with sections and key = value options?", "configparser.html"),
+    ("How do I compare two directories and list the files that differ?", "filecmp.html"),
+    ("How do I keep Python objects in a persistent dictionary stored in a file?", "shelve.html"),
+    ("How do I serialize an arbitrary Python object to bytes and load it back?", "pickle.html"),
+    ("How do I compress a file with gzip and read it back?", "gzip.html"),
+    ("How do I get one particular line of a source file by its line number?", "linecache.html"),
+    ("How do I loop over the lines of several input files or standard input in one loop?", "fileinput.html"),
+    ("How do I join path components with the / operator on a path object?", "pathlib.html"),
+    ("How do I tell from an os.stat mode whether a file is a directory or a symbolic link?", "stat.html"),
+    ("How do I list the members of a tar archive?", "tarfile.html"),
+    ("How do I use an in-memory bytes buffer as a binary file object?", "io.html"),
+    ("How do I compress data with the LZMA algorithm into an .xz file?", "lzma.html"),
+    ("How do I compute a CRC-32 checksum of some bytes?", "zlib.html"),
+    ("How do I open a bzip2-compressed file?", "bz2.html"),
+    ("How do I escape special characters so that a literal file name is matched by glob?", "glob.html"),
+    ("How do I filter a list of names by a Unix shell-style wildcard pattern?", "fnmatch.html"),
+    ("How do I find the longest common sub-path of several path strings?", "os.path.html"),
+]
 CHROME = (
     "Keyboard shortcuts",
     "to navigate between chapters",
@@ -99,7 +167,15 @@ CHROME = (
     "Print this book",
     "Skip to main content",
     "Copy item path",
+    # Sphinx (Python docs): sidebar, related bar and footer.
+    "Show Source",
+    "Report a Bug",
+    "Previous topic",
+    "Next topic",
+    "Please donate",
 )
+# Inline code that the old reader leaves alone on a line (Rust pages, then Python's cross-references).
+LONE_CODE = {"String", "Option<T>", "match", "Path", "<", ">", "None", "str", "bytes", "True", "False"}
 
 
 def find_book() -> Path | None:
@@ -110,6 +186,13 @@ def find_book() -> Path | None:
     candidates = [Path(sysroot.strip()) / "share/doc/rust/html/book"] if sysroot.strip() else []
     candidates += sorted(Path.home().glob(".rustup/toolchains/*/share/doc/rust/html/book"))
     return next((c for c in candidates if (c / CHAPTERS[0]).exists()), None)
+
+
+def find_python_docs() -> Path | None:
+    """Python's library reference as installed by Debian/Ubuntu's `python3-doc` (Sphinx HTML)."""
+    # Debian links python3.X-venv, python3.X-dev ... to python3.X: resolve so that the log names the real folder.
+    candidates = sorted({c.resolve() for c in Path("/usr/share/doc").glob("python3*/html/library")}, reverse=True)
+    return next((c for c in candidates if all((c / name).exists() for name in PY_PAGES)), None)
 
 
 def old_html_text(path: Path, data: bytes) -> str:
@@ -124,50 +207,65 @@ def old_html_text(path: Path, data: bytes) -> str:
 
 
 def build_and_score(
-    label: str, docs: Path, folder: Path, encoder: TempScaleEncoder, questions: list[tuple[str, str]], first: int
+    label: str, docs: Path, folder: Path, questions: list[tuple[str, str]], first: int
 ) -> dict[str, Any]:
-    from tempscale_rag.ingest.indexer import FolderIndexer
-    from tempscale_rag.stores import IndexManifest, open_store
+    """Index `docs` with `tempscale-rag index` (defaults) and score `questions` on pages and on chunks."""
+    from tempscale_rag.cli import main as cli_main
+    from tempscale_rag.encoder import TempScaleEncoder
+    from tempscale_rag.stores import open_store
 
-    manifest = IndexManifest.new(
-        model=encoder.model_name,
-        dimension=encoder.dimension,
-        config=encoder.config,
-    )
     start = time.perf_counter()
-    with open_store(folder, manifest) as store:
-        summary = FolderIndexer(encoder, store, show_progress=False).run([docs])
-        seconds = time.perf_counter() - start
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli_main(["-q", "index", str(docs), "--out", str(folder), "--json"])
+    seconds = time.perf_counter() - start
+    if code != 0:
+        raise SystemExit(f"tempscale-rag index failed ({code}) for {label}: {out.getvalue()[-2000:]}")
+    summary = json.loads(out.getvalue())
+    with open_store(folder, read_only=True) as store:
+        manifest = store.manifest
+        if manifest is None or manifest.chunking is None:
+            raise SystemExit(f"{folder}: no multi-size chunking recorded; the CLI's defaults changed")
+        # As `tempscale-rag search` does: the query encoder from the index's own recorded settings.
+        encoder = TempScaleEncoder(config=manifest.config)
         vectors = encoder.encode([q for q, _ in questions], query=True)
-        all_hits = store.search_many(vectors, k=10)
+        chunk_hits = store.search_many(vectors, k=10)
+        page_hits = store.search_documents_many(vectors, k=10, doc_score=manifest.chunking.doc_score)
         chunks = store.search(vectors[0], k=store.count())
-    ranks: list[int | None] = []
+        chunking = manifest.chunking
+        query_tau = manifest.config.query_temperature
+    chunk_ranks: list[int | None] = []
+    page_ranks: list[int | None] = []
     top1: list[str] = []
-    for (_question, answer), hits in zip(questions, all_hits, strict=True):
+    for (_question, answer), hits, pages in zip(questions, chunk_hits, page_hits, strict=True):
         files: list[str] = []
         for hit in hits:
             name = Path(hit.source).name
             if name not in files:
                 files.append(name)
-        ranks.append(files.index(answer) + 1 if answer in files else None)
-        top1.append(files[0] if files else "")
+        chunk_ranks.append(files.index(answer) + 1 if answer in files else None)
+        ranked = [Path(doc.source).name for doc in pages]
+        page_ranks.append(ranked.index(answer) + 1 if answer in ranked else None)
+        top1.append(ranked[0] if ranked else "")
+    by_size: dict[str, int] = {}
+    for c in chunks:
+        size = str(c.metadata.get("chunk_tokens"))
+        by_size[size] = by_size.get(size, 0) + 1
     chrome = sum(any(marker in c.text for marker in CHROME) for c in chunks)
-    split_code = sum(
-        1
-        for c in chunks
-        for line in c.text.splitlines()
-        if line.strip() in {"String", "Option<T>", "match", "Path", "<", ">"}
-    )
+    split_code = sum(1 for c in chunks for line in c.text.splitlines() if line.strip() in LONE_CODE)
     return {
         "reader": label,
-        "files": summary.files_indexed,
-        "chunks": summary.chunks,
-        "tokens": summary.tokens,
+        "chunking": chunking.spec(),
+        "doc_score": chunking.doc_score,
+        "query_temperature": query_tau,
+        "files": summary["files_indexed"],
+        "chunks": summary["chunks"],
+        "chunks_by_size": by_size,
+        "tokens": summary["tokens"],
         "seconds": round(seconds, 1),
-        "five": _scores(ranks[:first]),
-        "all": _scores(ranks),
-        "ranks": ranks,
-        "top1_files": top1,
+        "pages": {"five": _scores(page_ranks[:first]), "all": _scores(page_ranks), "ranks": page_ranks},
+        "first_chunk": {"five": _scores(chunk_ranks[:first]), "all": _scores(chunk_ranks), "ranks": chunk_ranks},
+        "top1_pages": top1,
         "chunks_with_page_chrome": chrome,
         "lines_that_are_a_lone_code_word": split_code,
     }
@@ -183,24 +281,67 @@ def _scores(ranks: list[int | None]) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=Path, default=None, help="The mdBook HTML folder (default: the Rust book).")
-    parser.add_argument("--book-only", action="store_true", help="Skip the std::fs reference pages.")
+    parser.add_argument("--book-only", action="store_true", help="Only the Rust book (same as --sets book).")
+    parser.add_argument(
+        "--python-docs",
+        type=Path,
+        default=None,
+        help="Python's Sphinx library reference folder (default: /usr/share/doc/python3*/html/library).",
+    )
+    parser.add_argument(
+        "--sets",
+        default="book,fs,python",
+        help="Comma-separated folders to measure: book (Rust book), fs (std::fs), python (Sphinx). Default: all.",
+    )
+    parser.add_argument(
+        "--log",
+        type=Path,
+        default=Path(__file__).parent / "results" / "html_extraction.log",
+        help="Also write the table and JSON here (default: benchmarks/results/html_extraction.log).",
+    )
     args = parser.parse_args()
-    book = args.docs or find_book()
-    if book is None:
-        raise SystemExit("the Rust book HTML was not found; install a Rust toolchain (rustup) or pass --docs DIR")
+    lines: list[str] = []
 
-    from tempscale_rag import TempScaleEncoder
+    def out(line: str) -> None:
+        print(line, flush=True)
+        lines.append(line)
+
+    sets = ["book"] if args.book_only else [name.strip() for name in args.sets.split(",") if name.strip()]
+    unknown = sorted(set(sets) - {"book", "fs", "python"})
+    if unknown:
+        raise SystemExit(f"--sets: unknown folder(s) {', '.join(unknown)}; choose from book, fs, python")
+
     from tempscale_rag.ingest import readers
 
-    encoder = TempScaleEncoder(device="cpu")
-    corpora = [
-        (f"{len(CHAPTERS)} chapters of the Rust book", book, CHAPTERS, QUESTIONS + MORE_QUESTIONS),
-        ("22 function pages of Rust's std::fs reference", book.parent / "std" / "fs", None, FS_QUESTIONS),
-    ][: 1 if args.book_only else 2]
+    corpora: list[tuple[str, Path, list[str] | None, list[tuple[str, str]]]] = []
+    if "book" in sets or "fs" in sets:
+        book = args.docs or find_book()
+        if book is None:
+            raise SystemExit("the Rust book HTML was not found; install a Rust toolchain (rustup) or pass --docs DIR")
+        if "book" in sets:
+            corpora.append((f"{len(CHAPTERS)} chapters of the Rust book", book, CHAPTERS, QUESTIONS + MORE_QUESTIONS))
+        if "fs" in sets:
+            corpora.append(
+                ("22 function pages of Rust's std::fs reference", book.parent / "std" / "fs", None, FS_QUESTIONS)
+            )
+    if "python" in sets:
+        python_docs = args.python_docs or find_python_docs()
+        if python_docs is None:
+            raise SystemExit(
+                "Python's HTML documentation was not found; `apt-get install python3-doc` or pass --python-docs DIR"
+            )
+        corpora.append(
+            (
+                f"{len(PY_PAGES)} pages of Python's library reference (Sphinx)",
+                python_docs,
+                PY_PAGES,
+                PY_QUESTIONS + PY_MORE_QUESTIONS,
+            )
+        )
     results = []
     for title, source, names, questions in corpora:
         if not source.exists():
-            print(f"{title}: {source} not found, skipped")
+            out(f"{title}: {source} not found, skipped")
             continue
         pages = names or sorted(p.name for p in source.glob("fn.*.html"))
         with tempfile.TemporaryDirectory() as tmp:
@@ -212,28 +353,37 @@ def main() -> None:
             rows = []
             try:
                 readers._html_text = old_html_text
-                rows.append(
-                    build_and_score("before: BeautifulSoup get_text", docs, Path(tmp) / "b", encoder, questions, 5)
-                )
+                rows.append(build_and_score("before: BeautifulSoup get_text", docs, Path(tmp) / "b", questions, 5))
             finally:
                 readers._html_text = new_reader
-            rows.append(
-                build_and_score("after: trafilatura main content", docs, Path(tmp) / "a", encoder, questions, 5)
-            )
+            rows.append(build_and_score("after: trafilatura main content", docs, Path(tmp) / "a", questions, 5))
         results.append({"corpus": title, "folder": str(source), "results": rows})
         n_all = len(questions)
-        print(f"\n{title} ({source})")
-        print(f"{'reader':34} {'5 questions':>15} {f'all {n_all}':>15} {'chunks':>7} {'chrome':>7} {'lone code':>9}")
-        print(f"{'':34} {'top-1   MRR@10':>15} {'top-1   MRR@10':>15}")
+        spec = f"chunk sizes {rows[0]['chunking']}, doc score {rows[0]['doc_score']}"
+        out(f"\n{title} ({source})")
+        out(f"index: `tempscale-rag index` defaults ({spec}); queries as `tempscale-rag search`")
+        head = f"{'5 questions':>15} {f'all {n_all}':>15} {'chunks':>7} {'chrome':>7} {'lone code':>9}"
+        out(f"{'reader':32} {'measure':12} {head}")
+        out(f"{'':32} {'':12} {'top-1   MRR@10':>15} {'top-1   MRR@10':>15}")
         for r in rows:
-            five, every = r["five"], r["all"]
-            print(
-                f"{r['reader']:34} {five['top1']:6.2f} {five['mrr@10']:8.3f} {every['top1']:6.2f} "
-                f"{every['mrr@10']:8.3f} {r['chunks']:7d} {r['chunks_with_page_chrome']:7d} "
-                f"{r['lines_that_are_a_lone_code_word']:9d}"
-            )
-            print(f"{'':34} ranks {r['ranks']}")
-    print("\n" + json.dumps(results, indent=2))
+            counts = f"{r['chunks']:7d} {r['chunks_with_page_chrome']:7d} {r['lines_that_are_a_lone_code_word']:9d}"
+            for key, measure, name, tail in (
+                ("pages", "pages", r["reader"], counts),
+                ("first_chunk", "first chunk", "", ""),
+            ):
+                five, every = r[key]["five"], r[key]["all"]
+                out(
+                    f"{name:32} {measure:12} {five['top1']:6.2f} {five['mrr@10']:8.3f} {every['top1']:6.2f} "
+                    f"{every['mrr@10']:8.3f} {tail}".rstrip()
+                )
+            out(f"{'':32} page ranks {r['pages']['ranks']}")
+            out(f"{'':32} first-chunk ranks {r['first_chunk']['ranks']}")
+            out(f"{'':32} chunks by size {r['chunks_by_size']}, {r['tokens']} tokens, built in {r['seconds']} s")
+    out("\n" + json.dumps(results, indent=2))
+    if args.log is not None:
+        args.log.parent.mkdir(parents=True, exist_ok=True)
+        args.log.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        print(f"\nwritten to {args.log}")
 
 
 if __name__ == "__main__":
