@@ -368,6 +368,10 @@ def _decode_text(path: Path, data: bytes) -> Extracted:
         return Extracted(detected[0], detected[1], detected=True)
 
 
+_CP1252_MARGIN = 0.1
+"""How much more mess (charset-normalizer chaos) cp1252 may show than the best guess and still be preferred."""
+
+
 def detect_encoding(data: bytes) -> tuple[str, str] | None:
     """Decode bytes that are not UTF-8 with the encoding charset-normalizer is confident about.
 
@@ -398,6 +402,10 @@ def detect_encoding(data: bytes) -> tuple[str, str] | None:
         if len(texts) != 1:
             return None
     candidates = {name for m in tied for name in m.could_be_from_charset}
+    # charset-normalizer can rank cp1257 or cp1250 first for short French text (0xE8 is 'è' in cp1252, 'č' there);
+    # cp1252, by far the most common legacy Western encoding, wins when it decodes with nearly as little mess.
+    near = [m for m in matches if m.chaos <= best.chaos + _CP1252_MARGIN and m.coherence >= best.coherence - 0.1]
+    candidates |= {name for m in near for name in m.could_be_from_charset if name == "cp1252"}
     for encoding in (("cp1252",) if "cp1252" in candidates else ()) + (best.encoding,):
         try:
             return data.decode(encoding), encoding
