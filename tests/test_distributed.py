@@ -21,7 +21,7 @@ import pytest
 
 from tempscale_rag import TempScaleEncoder
 from tempscale_rag.cli.options import EXIT_PARTIAL
-from tempscale_rag.config import ChunkingConfig, TempScaleConfig
+from tempscale_rag.config import ChunkingConfig, TempScaleConfig, chunk_routing
 from tempscale_rag.ingest.chunking import MultiSizeChunker
 from tempscale_rag.ingest.indexer import FolderIndexer, IndexSummary
 from tempscale_rag.stores import IndexManifest, open_store
@@ -80,7 +80,7 @@ def ray_module() -> Iterator[Any]:
 def single(encoder: TempScaleEncoder) -> tuple[TempScaleEncoder, MultiSizeChunker]:
     """The single-process engine and chunker, set up as `tempscale-rag index` sets them up."""
     chunker = MultiSizeChunker(encoder, CHUNKING)
-    return encoder.with_config(buckets=chunker.routing_buckets()), chunker
+    return encoder.with_config(**chunk_routing(encoder.config, chunker.routing_buckets())), chunker
 
 
 @pytest.fixture(scope="module")
