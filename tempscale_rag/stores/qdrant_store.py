@@ -38,7 +38,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -306,25 +306,23 @@ class QdrantStore(VectorStore):
         if not self._has_sources_collection:
             return {}
         found: dict[str, str] = {}
+        points = self._scroll("list sources", self.sources_collection, _SCROLL_PAGE, with_payload=True, with_vectors=False)
+        for point in points:
+            payload = point.payload or {}
+            if isinstance(payload.get("source"), str) and isinstance(payload.get("fingerprint"), str):
+                found[payload["source"]] = payload["fingerprint"]
+        return dict(sorted(found.items()))
+
+    def _scroll(self, what: str, collection: str, page_size: int, **options: Any) -> Iterator[Any]:
+        """Every point of `collection` (one scroll request per page, through `_call`'s error handling)."""
         offset: Any = None
         while True:
             page, offset = self._call(
-                "list sources",
-                partial(
-                    self._client.scroll,
-                    self.sources_collection,
-                    limit=_SCROLL_PAGE,
-                    offset=offset,
-                    with_payload=True,
-                    with_vectors=False,
-                ),
+                what, partial(self._client.scroll, collection, limit=page_size, offset=offset, **options)
             )
-            for point in page:
-                payload = point.payload or {}
-                if isinstance(payload.get("source"), str) and isinstance(payload.get("fingerprint"), str):
-                    found[payload["source"]] = payload["fingerprint"]
+            yield from page
             if offset is None:
-                return dict(sorted(found.items()))
+                return
 
     def count(self) -> int:
         """The number of stored chunks."""
@@ -539,29 +537,22 @@ class QdrantStore(VectorStore):
         found: dict[str, list[tuple[str, npt.NDArray[np.float32], int]]] = {}
         # Local mode filters and sorts the whole collection for every page: few large pages there.
         page_size = _SCROLL_PAGE if self._remote else 65536
-        offset: Any = None
-        while True:
-            page, offset = self._call(
-                "scan chunks",
-                partial(
-                    self._client.scroll,
-                    self.collection,
-                    scroll_filter=flt,
-                    limit=page_size,
-                    offset=offset,
-                    with_payload=["source", "chunk_tokens", "metadata"],
-                    with_vectors=True,
-                ),
-            )
-            for point in page:
-                payload = point.payload or {}
-                size = payload.get("chunk_tokens")
-                if not isinstance(size, int):
-                    size = chunk_size_of(payload.get("metadata") or {})
-                vector = np.asarray(point.vector, dtype=np.float32)
-                found.setdefault(str(payload.get("source", "")), []).append((str(point.id), vector, size))
-            if offset is None:
-                return found
+        points = self._scroll(
+            "scan chunks",
+            self.collection,
+            page_size,
+            scroll_filter=flt,
+            with_payload=["source", "chunk_tokens", "metadata"],
+            with_vectors=True,
+        )
+        for point in points:
+            payload = point.payload or {}
+            size = payload.get("chunk_tokens")
+            if not isinstance(size, int):
+                size = chunk_size_of(payload.get("metadata") or {})
+            vector = np.asarray(point.vector, dtype=np.float32)
+            found.setdefault(str(payload.get("source", "")), []).append((str(point.id), vector, size))
+        return found
 
     def _forget_documents(self, sources: list[str]) -> None:
         """Delete the document points of `sources` (before their chunks change, so none is ever out of date)."""
