@@ -306,7 +306,8 @@ class QdrantStore(VectorStore):
         if not self._has_sources_collection:
             return {}
         found: dict[str, str] = {}
-        points = self._scroll("list sources", self.sources_collection, _SCROLL_PAGE, with_payload=True, with_vectors=False)
+        sources_collection = self.sources_collection
+        points = self._scroll("list sources", sources_collection, _SCROLL_PAGE, with_payload=True, with_vectors=False)
         for point in points:
             payload = point.payload or {}
             if isinstance(payload.get("source"), str) and isinstance(payload.get("fingerprint"), str):
