@@ -374,3 +374,22 @@ def test_pool_sizing(
     assert plan.actor_config(CONFIG).tokenize_workers == expected[4]
     with pytest.raises(ValueError, match="lower --ray-actors"):
         embedding.plan_pool(RaySettings(actors=int(gpus) + 1 if gpus else cpus))
+
+
+@pytest.mark.parametrize(
+    ("n", "actors", "batch_rows", "expected"),
+    [
+        (200_000, 1, 16_384, 100_000),  # capped at 8 x 16,384: two equal calls, not 13 of 16,384
+        (200_000, 2, 16_384, 100_000),  # one call per actor
+        (40_000, 2, 16_384, 20_000),  # not 16,384 + 16,384 + 7,232, which leaves one GPU idle a third of the time
+        (10, 3, 256, 4),
+        (0, 2, 256, 1),
+    ],
+)
+def test_encode_splits_a_list_equally_between_actors(n: int, actors: int, batch_rows: int, expected: int) -> None:
+    from tempscale_rag.distributed import embedding
+
+    embedder = object.__new__(embedding.RayEmbedder)
+    embedder._actors = [object()] * actors
+    embedder.plan = embedding.PoolPlan(actors, 1.0, 1, batch_rows, None)
+    assert embedder.call_rows(n) == expected

@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
 
 K = TypeVar("K")
 
+CALL_BATCHES = 8
+"""The largest actor call `RayEmbedder.encode` makes, in units of `batch_rows`."""
+
 
 class EncoderActor:
     """Holds one engine (the model loaded once) inside a Ray actor; also a Ray Data `map_batches` callable class.
@@ -194,7 +197,7 @@ class RayEmbedder:
             A float32 array of shape `(len(texts), dimension)`.
         """
         texts = list(texts)
-        step = self.plan.batch_rows
+        step = self.call_rows(len(texts))
         out = np.zeros((len(texts), self.dimension), dtype=np.float32)
         report = EncodeReport()
         batches = ((start, texts[start : start + step]) for start in range(0, len(texts), step))
@@ -203,6 +206,18 @@ class RayEmbedder:
             report.merge(part)
         self.last_report = report
         return out
+
+    def call_rows(self, n: int) -> int:
+        """Texts per actor call when `encode` splits a list of `n` texts.
+
+        Every call pays a pipeline fill and drain (the GPU waits while the first part is tokenised, and each length
+        group's last, part-filled batch runs alone), so a list goes out in the fewest calls that split it equally
+        between the actors; a call is capped at `CALL_BATCHES` x `batch_rows` texts to bound the objects Ray moves.
+        """
+        actors = max(1, len(self._actors))
+        per_actor = -(-max(1, n) // actors)
+        calls_each = -(-per_actor // (self.plan.batch_rows * CALL_BATCHES))
+        return max(1, -(-per_actor // calls_each))
 
     def imap_unordered(self, batches: Iterable[tuple[K, list[str]]]) -> Iterator[tuple[K, np.ndarray, EncodeReport]]:
         """Embed `(key, texts)` batches; yields `(key, vectors, report)` as batches finish, in any order.
