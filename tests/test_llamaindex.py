@@ -250,13 +250,16 @@ def test_callback_and_instrumentation_events_are_emitted(
 ) -> None:
     debug = LlamaDebugHandler()
     embed_model = TempScaleEmbedding.from_encoder(encoder, callback_manager=CallbackManager([debug]))
-    embed_model.get_text_embedding_batch(FEW[:3])
+    vectors = embed_model.get_text_embedding_batch(FEW[:3])
     embed_model.get_query_embedding("remote control")
+    sliced = TempScaleEmbedding.from_encoder(encoder, callback_manager=CallbackManager([debug]), embed_batch_size=2)
+    assert sliced.get_text_embedding_batch(FEW[:3]) == vectors
     pairs = debug.get_event_pairs(CBEventType.EMBEDDING)
-    assert len(pairs) == 2
-    assert pairs[0][1].payload is not None and len(pairs[0][1].payload["embeddings"]) == 3
+    assert len(pairs) == 4
+    assert pairs[0][1].payload is not None and pairs[0][1].payload["embeddings"] == vectors
     ends = [e for e in instrumentation_events if isinstance(e, EmbeddingEndEvent)]
-    assert [len(e.chunks) for e in ends] == [3, 1]
+    assert [len(e.chunks) for e in ends] == [3, 1, 2, 1]
+    assert ends[0].chunks == FEW[:3] and ends[0].embeddings == vectors
 
 
 # -- real pipelines ---------------------------------------------------------------------------------------------------
