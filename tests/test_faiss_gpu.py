@@ -44,9 +44,9 @@ def test_gpu_store_search_equals_cpu_search(store_folder: tuple[Path, np.ndarray
         assert gpu.uses_gpu and not cpu.uses_gpu
         expected = cpu.search_many(queries, k=10)
         found = gpu.search_many(queries, k=10)
-        # One GPU: a GpuIndexFlatIP; several: IndexReplicas of them (faiss.index_cpu_to_all_gpus).
+        # One GPU: a GpuIndexFlat (GpuIndexFlatIP in older wheels); several: IndexReplicas of them.
         kind = type(gpu._gpu_index).__name__
-        assert kind in {"GpuIndexFlatIP", "IndexReplicas"}, kind
+        assert kind in {"GpuIndexFlat", "GpuIndexFlatIP", "IndexReplicas"}, kind
     assert [[h.id for h in q] for q in found] == [[h.id for h in q] for q in expected]
     np.testing.assert_allclose(
         [[h.score for h in q] for q in found], [[h.score for h in q] for q in expected], atol=1e-5
@@ -61,9 +61,9 @@ def test_index_moves_to_the_gpu_and_back_unchanged(store_folder: tuple[Path, np.
     cpu.add(data)
     resources = faiss.StandardGpuResources()
     gpu = faiss.index_cpu_to_gpu(resources, 0, cpu)
-    assert type(gpu).__name__ == "GpuIndexFlatIP" and gpu.ntotal == len(data)
+    assert type(gpu).__name__ in {"GpuIndexFlat", "GpuIndexFlatIP"} and gpu.ntotal == len(data)
     back = faiss.index_gpu_to_cpu(gpu)
-    assert isinstance(back, faiss.IndexFlatIP)
+    assert isinstance(back, faiss.IndexFlat) and back.metric_type == faiss.METRIC_INNER_PRODUCT  # IndexFlat in 1.14
     np.testing.assert_array_equal(back.reconstruct_n(0, len(data)), data)
     scores, ids = gpu.search(data[:100], 5)
     assert (ids[:, 0] == np.arange(100)).all()
