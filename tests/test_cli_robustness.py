@@ -275,6 +275,8 @@ with contextlib.redirect_stdout(io.StringIO()):
     with contextlib.redirect_stderr(io.StringIO()):
         assert main(["index", {str(tmp_path / "nope")!r}, "--out", {str(tmp_path / "i")!r}]) == 1
         assert main(["index", {str(index)!r}, "--out", {str(tmp_path / "i")!r}, "--commit-every", "0"]) == 1
+        assert main(["index", {str(index)!r}, "--out", {str(tmp_path / "i")!r}, "--ray-actors", "0"]) == 1
+        assert main(["index", {str(index)!r}, "--out", {str(tmp_path / "i")!r}, "--ray-writers", "0"]) == 1
         assert main(["search", "  ", "--out", {str(index)!r}]) == 1
         assert main(["index", {str(index)!r}, "--out", {str(index)!r}, "--hnsw"]) == 1
 print(sorted(m for m in ("torch", "transformers", "sentence_transformers") if m in sys.modules))
@@ -284,7 +286,7 @@ print(f"{{time.perf_counter() - start:.2f}}")
     assert result.returncode == 0, result.stderr
     loaded, seconds = result.stdout.split("\n")[:2]
     assert loaded == "[]", f"loaded {loaded}"
-    print(f"--help, info and five refused commands: {seconds} s without torch")
+    print(f"--help, info and seven refused commands: {seconds} s without torch")
 
 
 def test_help_shows_defaults(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,6 +12,7 @@ import os
 import random
 import sqlite3
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from tempscale_rag.cli.options import EXIT_PARTIAL
 from tempscale_rag.config import ChunkingConfig, TempScaleConfig, chunk_routing
 from tempscale_rag.ingest.chunking import MultiSizeChunker
 from tempscale_rag.ingest.indexer import FolderIndexer, IndexSummary
-from tempscale_rag.stores import IndexManifest, open_store
+from tempscale_rag.stores import FaissStore, IndexManifest, QdrantStore, open_store
 
 CONFIG = TempScaleConfig(device="cpu")
 CHUNKING = ChunkingConfig()  # the default sizes, temperatures and document score, as `tempscale-rag index` uses
@@ -316,6 +317,84 @@ def test_interrupted_job_rerun_converges(
     rerun = index_ray(embedder, tmp_path / "ray", docs)
     assert rerun.files_unchanged > 0 and rerun.files_indexed > 0
     assert_same_index(tmp_path / "single", tmp_path / "ray", queries)
+
+
+class _ServerStandIn(QdrantStore):
+    """Qdrant's local mode standing in for a server, which cannot run here: `writer()` hands out writers that share
+    this store's client behind a lock (local mode is one client per folder), so what runs concurrently is the
+    indexer's dispatch of whole files to writer threads; each write is the real `replace_source`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.lock = threading.Lock()
+        self.threads: set[str] = set()
+        self.opened = self.closed_writers = 0
+
+    @property
+    def concurrent_writers(self) -> bool:
+        return True
+
+    def writer(self) -> Any:
+        self.opened += 1
+        return _SharedWriter(self)
+
+
+class _SharedWriter:
+    def __init__(self, store: _ServerStandIn) -> None:
+        self.store = store
+
+    def replace_source(self, source: str, fingerprint: str, records: Any) -> None:
+        self.store.threads.add(threading.current_thread().name)
+        with self.store.lock:
+            QdrantStore.replace_source(self.store, source, fingerprint, records)
+
+    def close(self) -> None:
+        self.store.closed_writers += 1
+
+
+def test_parallel_qdrant_writers_store_the_single_writer_index(
+    embedder: Any, single: tuple[TempScaleEncoder, MultiSizeChunker], queries: np.ndarray, tmp_path: Path
+) -> None:
+    from tempscale_rag.distributed import RayIndexer
+
+    docs = make_docs(tmp_path / "docs", seed=6)
+    encoder, chunker = single
+    reference = QdrantStore(dimension=encoder.dimension, path=":memory:")
+    expected = FolderIndexer(encoder, reference, chunker=chunker, show_progress=False).run([docs])
+    store = _ServerStandIn(dimension=encoder.dimension, path=":memory:")
+    summary = RayIndexer(embedder, store, chunking=CHUNKING, show_progress=False).run([docs])
+    assert embedder.settings.writers == 4 and len(store.threads) >= 2, store.threads  # files written concurrently
+    assert store.opened == store.closed_writers >= 2  # one connection per writer thread, all closed after the run
+    assert comparable(summary) == comparable(expected)
+    assert store.sources() == reference.sources() and len(store.sources()) == INDEXED
+    one, two = reference._scan_chunks(None), store._scan_chunks(None)
+    assert sorted(one) == sorted(two)
+    for source, chunks in one.items():
+        assert [c[0] for c in chunks] == [c[0] for c in two[source]] and [c[2] for c in chunks] == [
+            c[2] for c in two[source]
+        ]
+        np.testing.assert_allclose(np.stack([c[1] for c in chunks]), np.stack([c[1] for c in two[source]]), atol=1e-5)
+    for query in queries:
+        assert [d.source for d in store.search_documents(query, 5, doc_score="softmax")] == [
+            d.source for d in reference.search_documents(query, 5, doc_score="softmax")
+        ]
+
+
+def test_local_stores_have_one_writer(tmp_path: Path) -> None:
+    local = QdrantStore(dimension=8, path=str(tmp_path / "qdrant"))
+    try:
+        assert not local.concurrent_writers
+        with pytest.raises(ValueError, match=r"local mode allows one writer.*--qdrant-url"):
+            local.writer()
+    finally:
+        local.close()
+    faiss_store = FaissStore(tmp_path / "faiss", dimension=8, create=True)
+    try:
+        assert not faiss_store.concurrent_writers
+        with pytest.raises(ValueError, match="single writer"):
+            faiss_store.writer()
+    finally:
+        faiss_store.close()
 
 
 @pytest.mark.parametrize("chunking", [CHUNKING, None], ids=["multi-size", "legacy"])

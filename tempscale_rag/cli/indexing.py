@@ -360,6 +360,10 @@ def run_index(args: argparse.Namespace) -> int:
         raise ValueError(f"--commit-every must be at least 1, got {args.commit_every}")
     if args.max_file_mb <= 0:
         raise ValueError(f"--max-file-mb must be positive, got {args.max_file_mb}")
+    for flag in ("ray_actors", "ray_writers"):
+        value = getattr(args, flag, None)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     folder = Path(args.out)
     stored = _stored_manifest(folder)  # a corrupt manifest fails here, before any model is loaded
     runtime = {k: getattr(args, k) for k in RUNTIME_FIELDS if getattr(args, k) is not None}

@@ -11,7 +11,7 @@ from tempscale_rag.config import ChunkingConfig, TempScaleConfig
 
 
 def add_ray_flags(parser: argparse.ArgumentParser) -> None:
-    """Add `--ray`, `--ray-actors` and `--ray-address` to the `index` subcommand."""
+    """Add `--ray`, `--ray-actors`, `--ray-writers` and `--ray-address` to the `index` subcommand."""
     from tempscale_rag.cli.options import add_argument  # here: tempscale_rag.cli imports this module
 
     group = parser.add_argument_group("distributed indexing (Ray; pip install 'tempscale-rag[ray]')")
@@ -28,6 +28,14 @@ def add_ray_flags(parser: argparse.ArgumentParser) -> None:
         default=None,
         metavar="N",
         help="Embedding actors, each loading the model once (default: one per GPU, else 1). Implies --ray.",
+    )
+    add_argument(
+        group,
+        "--ray-writers",
+        type=int,
+        default=4,
+        metavar="N",
+        help="Concurrent writers when the index is on a Qdrant server (--qdrant-url); FAISS and local mode: one.",
     )
     add_argument(
         group,
@@ -75,7 +83,7 @@ def run_index_on_ray(
 
     folder = Path(args.out)
     show = not args.quiet
-    settings = RaySettings(address=args.ray_address, actors=args.ray_actors)
+    settings = RaySettings(address=args.ray_address, actors=args.ray_actors, writers=args.ray_writers)
     started = connect(settings)
     try:
         if derive_buckets and chunking is not None:

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,7 @@ from tempscale_rag.ingest.indexer import (
     read_file,
 )
 from tempscale_rag.ingest.readers import DEFAULT_MAX_FILE_BYTES, source_name
-from tempscale_rag.stores import VectorStore
+from tempscale_rag.stores import ChunkRecord, VectorStore
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +184,10 @@ class RayIndexer(FolderIndexer):
         self._staging = _Staging(self.index_dir / STAGING_DIR, "") if self.index_dir is not None else None
         self._known = {}
         self.progress = progress
+        self._writers: ThreadPoolExecutor | None = None
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[VectorStore] = []
         self.spec = ChunkingSpec(
             embedder.config.model_dump_json(), chunking.model_dump_json() if chunking else None, max_file_bytes
         )
@@ -229,6 +235,7 @@ class RayIndexer(FolderIndexer):
             self._store(finished, summary)
         finally:
             bar.close()
+            self._close_writers()
 
     def _batches(
         self, files: list[Path], known: dict[str, str], on_read: Callable[[FileRead], list[tuple[str, int]]]
@@ -271,13 +278,60 @@ class RayIndexer(FolderIndexer):
             yield rows, texts
 
     def _store(self, finished: list[_Pending], summary: IndexSummary) -> None:
-        """Store every finished file (each atomically, as `FolderIndexer` does), then commit."""
+        """Store every finished file (each atomically, as `FolderIndexer` does), then commit.
+
+        On a Qdrant server the files go through `RaySettings.writers` concurrent writers (threads of the driver, each
+        with its own connection; the vectors are already here, so nothing crosses the cluster again); each file is
+        written whole by one writer with `replace_source`, so its old chunks stay searchable until its new ones and
+        its fingerprint are in. FAISS (one SQLite writer) and Qdrant's local mode (one client per folder) are
+        written file after file by this process.
+        """
         if not finished:
             return
+        jobs = []
         for state in finished:
             job = state.job
             job.vectors = [v for v in state.vectors if v is not None]
             job.tokens, job.buckets = state.tokens, state.buckets
-            self._finish(job, state.chunks, summary)
+            jobs.append((job, self._records(job, state.chunks)))
         finished.clear()
+        writers = self._writer_pool(len(jobs))
+        if writers is None:
+            for job, records in jobs:
+                self.store.replace_source(job.source, job.fingerprint, records)
+                self._finished(job, len(records), summary)
+        else:
+            futures = [writers.submit(self._write, job.source, job.fingerprint, records) for job, records in jobs]
+            wait(futures)  # every write has ended before an error propagates: none runs on behind the caller
+            for future in futures:
+                future.result()
+            for job, records in jobs:
+                self._finished(job, len(records), summary)
         self.store.commit()
+
+    def _writer_pool(self, files: int) -> ThreadPoolExecutor | None:
+        """The concurrent writers' threads (started on first use), or None where the store has one writer."""
+        count = min(self.embedder.settings.writers, files)
+        if count < 2 or not self.store.concurrent_writers:
+            return None
+        if self._writers is None:
+            self._writers = ThreadPoolExecutor(self.embedder.settings.writers, thread_name_prefix="tempscale-writer")
+        return self._writers
+
+    def _write(self, source: str, fingerprint: str, records: list[ChunkRecord]) -> None:
+        """One file through this thread's own writer (a connection of its own, opened on first use)."""
+        writer = getattr(self._local, "writer", None)
+        if writer is None:
+            writer = self._local.writer = self.store.writer()
+            with self._lock:
+                self._connections.append(writer)
+        writer.replace_source(source, fingerprint, records)
+
+    def _close_writers(self) -> None:
+        if self._writers is not None:
+            self._writers.shutdown(wait=True)
+            self._writers = None
+        for writer in self._connections:
+            writer.close()
+        self._connections.clear()
+        self._local = threading.local()

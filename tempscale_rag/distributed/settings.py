@@ -49,6 +49,12 @@ class RaySettings(BaseModel):
     max_restarts: int = Field(
         default=3, ge=-1, description="Times a dead embedding actor is restarted (its calls are retried); -1: always."
     )
+    writers: int = Field(
+        default=4,
+        ge=1,
+        description="Concurrent writers to a Qdrant server (threads of the driver, each with its own connection, each "
+        "storing whole files); FAISS and Qdrant's local mode have one writer.",
+    )
     num_cpus: int | None = Field(
         default=None, ge=1, description="CPUs of a local cluster started here; None: all of this machine's."
     )

@@ -484,7 +484,14 @@ class FolderIndexer:
         bar.set_postfix(tokens=summary.tokens, files=summary.files_indexed)
 
     def _finish(self, job: _Job, chunks: list[Chunk], summary: IndexSummary) -> None:
-        records = [
+        records = self._records(job, chunks)
+        # One transaction: the old chunks stay searchable until the new ones and the fingerprint are all in.
+        self.store.replace_source(job.source, job.fingerprint, records)
+        self._finished(job, len(records), summary)
+
+    def _records(self, job: _Job, chunks: list[Chunk]) -> list[ChunkRecord]:
+        """The store records of a file whose chunks all have their vectors."""
+        return [
             ChunkRecord.create(
                 text=chunk.text,
                 vector=job.vectors[i],
@@ -497,11 +504,12 @@ class FolderIndexer:
             )
             for i, chunk in enumerate(chunks)
         ]
-        # One transaction: the old chunks stay searchable until the new ones and the fingerprint are all in.
-        self.store.replace_source(job.source, job.fingerprint, records)
+
+    def _finished(self, job: _Job, chunks_stored: int, summary: IndexSummary) -> None:
+        """Count a file whose chunks replaced its old ones, and release its staged batches and vectors."""
         summary.files_indexed += 1
         summary.files_resumed += int(job.resumed)
-        summary.chunks_added += len(records)
+        summary.chunks_added += chunks_stored
         if self._staging is not None:
             self._staging.drop(job.source)
         job.vectors, job.chunks = [], None

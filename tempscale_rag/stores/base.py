@@ -351,6 +351,19 @@ class VectorStore(ABC):
         """The manifest of the index folder this store belongs to (set by `open_store`), else None."""
         return self._manifest
 
+    @property
+    def concurrent_writers(self) -> bool:
+        """Whether `writer()` can open more writers working concurrently with this store (a Qdrant server only)."""
+        return False
+
+    def writer(self) -> VectorStore:
+        """Another writer on the same index, for writing other sources concurrently (see `QdrantStore.writer`).
+
+        Raises:
+            ValueError: If the backend has a single writer (FAISS's SQLite file, Qdrant's local mode).
+        """
+        raise ValueError(f"the {self.backend} store has a single writer")
+
     @abstractmethod
     def replace_source(self, source: str, fingerprint: str, records: Iterable[ChunkRecord]) -> None:
         """Replace every chunk of `source` by `records` and record the source's fingerprint.

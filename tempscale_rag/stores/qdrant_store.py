@@ -130,7 +130,7 @@ class QdrantStore(VectorStore):
         collection: Collection name (a second collection `<collection>__sources` holds fingerprints).
         url: Server URL, e.g. `http://localhost:6333`. Exactly one of `url` and `path`.
         path: Local-mode folder, or `":memory:"`.
-        api_key: API key for the server (never stored anywhere by this class).
+        api_key: API key for the server (kept in memory for `writer()` connections, never written anywhere).
         timeout: Per-request timeout in seconds (servers only).
         distance: `"cosine"` (Qdrant normalises vectors) or `"dot"` (the raw inner product, exactly like FAISS).
         batch_size: Points per upsert request.
@@ -189,6 +189,8 @@ class QdrantStore(VectorStore):
         self.url = url
         self.path = None if path is None else str(path)
         self._batch_size = batch_size
+        self._api_key = api_key
+        self._timeout = timeout
         self._retries = retries
         self._backoff = float(backoff)
         self._progress = progress
@@ -208,6 +210,44 @@ class QdrantStore(VectorStore):
     def location(self) -> str:
         """The server URL, the local folder, or `:memory:`."""
         return self.url if self.url is not None else str(self.path)
+
+    @property
+    def concurrent_writers(self) -> bool:
+        """Whether `writer()` can open more writers: on a server, yes; local mode allows one client per folder."""
+        return self._remote
+
+    def writer(self) -> QdrantStore:
+        """Another connection to the same server collection, for one more writer working concurrently with this one.
+
+        Writes to different sources may run concurrently, each through its own writer (one per thread): a source's
+        `replace_source` is a sequence of requests that only touches that source's points, fingerprint and document
+        point, and point ids are deterministic, so concurrent writers never race on a point. Writing one source from
+        two writers at once is not supported. Close the writer when done; this store's `commit()` then refreshes the
+        manifest as usual.
+
+        Raises:
+            ValueError: In local mode (qdrant-client allows one client per folder: one writer).
+            StoreUnavailableError: If the server cannot be reached.
+        """
+        self._check_writable()
+        if not self._remote or self.url is None:
+            raise ValueError(
+                "qdrant-client's local mode allows one writer per folder; parallel writers need a Qdrant server "
+                "(--qdrant-url)"
+            )
+        self._modified = True  # the writer writes for this store: its commit() must refresh the manifest
+        return QdrantStore(
+            dimension=self.dimension,
+            collection=self.collection,
+            url=self.url,
+            api_key=self._api_key,
+            timeout=self._timeout,
+            distance=self.distance,
+            batch_size=self._batch_size,
+            retries=self._retries,
+            backoff=self._backoff,
+            create=False,
+        )
 
     @property
     def client(self) -> QdrantClient:
