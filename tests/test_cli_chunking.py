@@ -184,3 +184,25 @@ def test_index_with_a_per_size_calibration_file_uses_its_sizes_and_taus(
     info = json.loads(run_cli(capsys, "info", "--out", str(tmp_path / "i"), "--json")[1])
     assert info["chunking"]["sizes"] == [24, 48] and info["chunking"]["temperatures"] == [1.0, 0.7]
     assert [b["tau"] for b in info["config"]["buckets"]] == [1.0, 0.7]
+
+
+def test_a_short_file_is_shown_once_not_once_per_chunk_size(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Shorter than every size: the same text is a chunk at 32 and at 64 tokens (two vectors, one text to show).
+    docs = write_docs(tmp_path / "docs", repeat=1)
+    index = tmp_path / "index"
+    assert main(["-q", "index", str(docs), "--out", str(index), "--chunk-tokens", "32:1.0,64:0.9"]) == 0
+    with open_store(index, read_only=True) as store:
+        texts = [(h.source, h.text) for h in store.search(store_query_vector(store), k=store.count())]
+    assert len(texts) > len(set(texts)), "the store holds the same text at both sizes"
+    capsys.readouterr()  # the index summary
+    code, out, err = run_cli(capsys, "search", "bicycle chain lubricant", "--out", str(index), "--json", "-k", "4")
+    assert code == 0, err
+    hits = [(h["source"], h["text"]) for h in json.loads(out)]
+    assert len(hits) == len(set(hits)) == 4, hits
+    code, out, err = run_cli(capsys, "search", "chain", "--out", str(index), "--documents", "--json", "-k", "3")
+    assert code == 0, err
+    for doc in json.loads(out):
+        texts = [c["text"] for c in doc["chunks"]]
+        assert len(texts) == len(set(texts)), texts

@@ -517,7 +517,10 @@ def run_search(args: argparse.Namespace) -> int:
         query_vector = encoder.encode([args.query], query=True)[0]
         if args.documents:
             return _search_documents(args, store, manifest, query_vector)
-        hits = store.search(query_vector, k=args.k)
+        # A text shorter than a chunk size is the same chunk at that size and every larger one (a 150-token file is
+        # one chunk at 192 and at 499 tokens): fetch enough to show k different texts.
+        copies = len(manifest.chunking.sizes) if manifest.chunking else 1
+        hits = distinct_hits(store.search(query_vector, k=args.k * copies), args.k)
     results = [
         {
             "rank": i + 1,
@@ -541,6 +544,23 @@ def run_search(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def distinct_hits(hits: list[Any], k: int) -> list[Any]:
+    """The first `k` hits with different (source, text), best first.
+
+    The same text cut at several chunk sizes is shown once, with its best score.
+    """
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for hit in hits:
+        key = (hit.source, hit.text)
+        if key not in seen:
+            seen.add(key)
+            out.append(hit)
+            if len(out) == k:
+                break
+    return out
+
+
 def _snippet(text: str, limit: int = 240) -> str:
     flat = " ".join(text.split())
     return flat[:limit] + ("..." if len(flat) > limit else "")
@@ -551,12 +571,16 @@ def _search_documents(args: argparse.Namespace, store: Any, manifest: Any, query
     search_documents = getattr(store, "search_documents", None)
     if search_documents is None:
         raise ValueError(f"the {manifest.store} store of this tempscale-rag cannot rank documents yet")
-    documents = search_documents(query_vector, args.k, doc_score=doc_score, evidence=EVIDENCE_CHUNKS)
+    copies = len(manifest.chunking.sizes) if manifest.chunking else 1
+    documents = search_documents(query_vector, args.k, doc_score=doc_score, evidence=EVIDENCE_CHUNKS * copies)
     results = [
         {
             "source": doc.source,
             "score": float(doc.score),
-            "chunks": [{"text": h.text, "position": h.position, "score": float(h.score)} for h in doc.chunks],
+            "chunks": [
+                {"text": h.text, "position": h.position, "score": float(h.score)}
+                for h in distinct_hits(doc.chunks, EVIDENCE_CHUNKS)
+            ],
         }
         for doc in documents
     ]
