@@ -214,6 +214,46 @@ def test_html_main_content_without_navigation_and_with_inline_code_in_its_senten
     assert "JSONDecodeError, a subclass of ValueError" in text
 
 
+def test_html_text_is_joined_as_a_browser_renders_it_and_code_keeps_its_lines(tmp_path: Path) -> None:
+    text = extract(tmp_path / "json.html", SPHINX_PAGE.encode()).text
+    # Hard-wrapped source lines inside a paragraph are one sentence, not two lines cut mid-sentence.
+    assert "inspired by JavaScript object literal syntax. The module exposes" in text
+    assert text.splitlines()[0] == "json - JSON encoder and decoder", "the title is not repeated before its <h1>"
+    book = (
+        "<html><head><title>The Slice Type - The Rust Book</title></head><body><nav><a href='a'>1. Intro</a></nav>"
+        "<main><h1>Slices</h1><p><em>Slices</em> let you reference a contiguous sequence of elements in a\n"
+        "<a href='ch08.html'>collection</a>. A slice is a kind of reference, so it does not have ownership.</p>"
+        "<p>Some more running text about slices, to look like an article and not a navigation block at all.</p>"
+        "<pre><code>fn first_word(s: &amp;String) -&gt; &amp;str {\n    &amp;s[..]\n}</code></pre></main></body></html>"
+    )
+    text = extract(tmp_path / "slices.html", book.encode()).text
+    lines = text.splitlines()
+    assert lines[0] == "The Slice Type - The Rust Book", "the page title leads the text"
+    assert "in a collection. A slice is a kind of reference, so it does not have ownership." in text
+    assert "fn first_word(s: &String) -> &str {\n    &s[..]\n}" in text, "code keeps its lines and indentation"
+    # rustdoc wraps every example in a <div> with a "Run" link, which trafilatura drops with the code inside.
+    rustdoc = (
+        "<html><head><title>read_to_string in std::fs - Rust</title></head><body><main><div class='width-limiter'>"
+        "<section id='main-content' class='content'><div class='main-heading'><h1>Function read_to_string</h1></div>"
+        "<pre class='rust item-decl'><code>pub fn read_to_string(path: P) -&gt; Result&lt;String&gt;</code></pre>"
+        "<details class='toggle top-doc' open><summary class='hideme'><span>Expand description</span></summary>"
+        "<div class='docblock'><p>Reads the entire contents of a file into a string.</p><p>This is a convenience "
+        "function for using <a href='o'><code>File::open</code></a> and <a href='r'><code>read_to_string</code></a>"
+        "\nwith fewer imports and without an intermediate variable.</p>"
+        "<h2 id='errors'><a class='doc-anchor' href='#errors'>\u00a7</a>Errors</h2><p>This function will return an "
+        "error if <code>path</code> does not already exist.\nOther errors may also be returned.</p>"
+        "<h2 id='examples'><a class='doc-anchor' href='#examples'>\u00a7</a>Examples</h2>"
+        "<div class='example-wrap'><pre class='rust rust-example-rendered'><code><span class='kw'>use </span>std::fs;"
+        "\n<span class='kw'>let </span>message = fs::read_to_string(<span class='string'>\"message.txt\"</span>)?;"
+        "</code></pre><a class='test-arrow' target='_blank' title='Run code' href='https://play.rust-lang.org/?code="
+        + "%23!%5Ballow(unused)%5D%0Ause+std::fs;%0Alet+message+=+fs::read_to_string(%22message.txt%22)?;" * 4
+        + "&amp;edition=2024'></a></div>"
+        "</div></details></section></div></main></body></html>"
+    )
+    text = extract(tmp_path / "fn.read_to_string.html", rustdoc.encode()).text
+    assert 'use std::fs;\nlet message = fs::read_to_string("message.txt")?;' in text, text
+
+
 def test_html_falls_back_to_all_text_with_inline_code_kept_inline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -27,10 +27,12 @@ from __future__ import annotations
 import codecs
 import hashlib
 import os
+import re
 import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 TEXT_SUFFIXES = frozenset({".txt", ".text", ".md", ".markdown", ".rst"})
 HTML_SUFFIXES = frozenset({".html", ".htm"})
@@ -431,13 +433,23 @@ def _html_text(path: Path, data: bytes) -> str:
 def _trafilatura_text(data: bytes) -> str | None:
     import logging
 
+    import lxml.etree
+    import lxml.html
     import trafilatura
 
     # trafilatura logs an ERROR for pages it finds empty; the fallback handles those, so they are not errors here.
     logging.getLogger("trafilatura").setLevel(logging.CRITICAL)
     try:
+        tree = lxml.html.document_fromstring(data)
+    except (ValueError, lxml.etree.ParserError):
+        return None
+    title = " ".join((tree.findtext(".//title") or "").split())
+    _collapse_whitespace(tree)
+    _unwrap_code_blocks(tree)
+    try:
+        # Handed back as markup: given the tree itself, trafilatura loses the text that follows inline links.
         result: str | None = trafilatura.extract(
-            data,
+            lxml.html.tostring(tree),
             include_comments=False,
             include_tables=True,
             include_images=False,
@@ -447,7 +459,47 @@ def _trafilatura_text(data: bytes) -> str | None:
         )
     except (ValueError, TypeError, UnicodeError):
         return None
+    if result and title and not result.startswith(title):
+        # The page title names what the page is about ("The Slice Type - The Rust Programming Language"); main
+        # content extraction drops it with the rest of the <head>, and documents are ranked better with it.
+        result = f"{title}\n{result}"
     return result
+
+
+def _unwrap_code_blocks(tree: Any) -> None:
+    """Make `<div>`s that only wrap a `<pre>` block (and its copy/run buttons) paragraphs.
+
+    trafilatura drops such a wrapper with its code block when the wrapper also holds an empty link (rustdoc's
+    `<div class="example-wrap"><pre>...</pre><a class="test-arrow" href="...?code=..."></a>`: the whole Examples
+    section of every API page), while it keeps a code block inside a paragraph-like element.
+    """
+    wrappers = "//div[pre][not(*[not(self::pre or self::a or self::button)])][not(normalize-space(text()))]"
+    for div in tree.xpath(wrappers):
+        div.tag = "p"
+
+
+_PREFORMATTED = frozenset({"pre", "textarea", "listing", "plaintext", "xmp"})
+_WHITESPACE = re.compile(r"\s+")
+
+
+def _collapse_whitespace(tree: Any) -> None:
+    """Make line breaks inside running text spaces, as a browser renders them, except inside `<pre>` blocks.
+
+    Source HTML is often hard-wrapped (mdBook, Sphinx, hand-written pages); kept, those breaks cut sentences apart
+    in the extracted text and so in the chunks. Code blocks keep their lines.
+    """
+    stack = [(tree, False)]
+    while stack:
+        element, preformatted = stack.pop()
+        if not isinstance(element.tag, str):  # comments and processing instructions
+            continue
+        preformatted = preformatted or element.tag in _PREFORMATTED
+        if element.text and not preformatted:
+            element.text = _WHITESPACE.sub(" ", element.text)
+        for child in element:
+            if child.tail and not preformatted:
+                child.tail = _WHITESPACE.sub(" ", child.tail)
+            stack.append((child, preformatted))
 
 
 # Elements that start a new line; everything else (code, a, em, span, kbd, ...) stays inside its sentence.
