@@ -7,7 +7,7 @@ per configuration: median wall seconds and CPU seconds (user + system of the pro
 index, chunks (vectors) stored, tokens embedded per source token and vectors per 1,000 source tokens (from the
 index's own summary).
 
-    python benchmarks/index_cost.py [--docs 8] [--repeats 2]
+    python benchmarks/index_cost.py [--docs 8] [--repeats 2] [--also 24:1,48:1,192:0.9,499:0.9 ...]
 """
 
 from __future__ import annotations
@@ -50,7 +50,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--docs", type=int, default=8, help="QMSum transcripts to index")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--also",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="another --chunk-tokens spec to measure (repeatable)",
+    )
     args = parser.parse_args()
+    configs = {**CONFIGS, **{f"--chunk-tokens {spec}": ["--chunk-tokens", spec] for spec in args.also}}
     if not QMSUM.exists():
         sys.exit(f"needs {QMSUM} (the shared QMSum data)")
     work = Path(tempfile.mkdtemp(prefix="index-cost-"))
@@ -63,9 +71,9 @@ def main() -> None:
                     break
                 record = json.loads(line)
                 (folder / f"{record['_id']}.txt").write_text(record["text"], encoding="utf-8")
-        results: dict[str, list[tuple[float, float, dict[str, object]]]] = {name: [] for name in CONFIGS}
+        results: dict[str, list[tuple[float, float, dict[str, object]]]] = {name: [] for name in configs}
         for r in range(args.repeats):
-            for name, flags in CONFIGS.items():
+            for name, flags in configs.items():
                 out = work / f"index-{r}-{len(results[name])}-{abs(hash(name))}"
                 results[name].append(run(folder, out, flags))
                 print(f"round {r + 1}: {name}: {results[name][-1][0]:.1f} s wall, {results[name][-1][1]:.1f} s CPU",
