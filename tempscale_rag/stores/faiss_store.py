@@ -435,18 +435,7 @@ class FaissStore(VectorStore):
                 # -1 pads results beyond ntotal; a missing row was deleted by a writer after this reader opened.
                 if vid < 0 or row is None:
                     continue
-                hits.append(
-                    SearchHit(
-                        id=row[1],
-                        score=float(score),
-                        text=row[2],
-                        source=row[3],
-                        position=row[4],
-                        token_length=row[5],
-                        bucket=row[6],
-                        metadata=_load_metadata(row[7]),
-                    )
-                )
+                hits.append(_search_hit(row, score))
             results.append(hits)
         return results
 

@@ -913,14 +913,4 @@ def _source_is(source: str) -> models.FieldCondition:
 
 
 def _hit(point: models.ScoredPoint) -> SearchHit:
-    payload = point.payload or {}
-    return SearchHit(
-        id=str(payload.get("chunk_id", point.id)),
-        score=float(point.score),
-        text=str(payload.get("text", "")),
-        source=str(payload.get("source", "")),
-        position=int(payload.get("position", 0)),
-        token_length=int(payload.get("token_length", 0)),
-        bucket=str(payload.get("bucket", "")),
-        metadata=dict(payload.get("metadata") or {}),
-    )
+    return _payload_hit(point.payload or {}, str(point.id), float(point.score))
