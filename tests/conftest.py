@@ -29,6 +29,30 @@ MIXED_TEXTS = [
     "Marketing: the trend watchers say fruit and vegetables are in this year. " * 30,
 ]
 
+THREE_DOCS = {
+    "chain.txt": "Clean the bicycle chain with a degreaser, dry it, then apply one drop of lubricant per roller. ",
+    "soup.md": "# Red lentil soup\n\nFry onion and cumin, add red lentils and stock, simmer twenty minutes. ",
+    "contract.rst": "Termination\n===========\n\nEither party may terminate this agreement with ninety days notice. ",
+}
+"""A small folder of one text, one Markdown and one reStructuredText file on three distinct topics (`write_docs`)."""
+
+
+def write_docs(folder: Path, repeat: int, docs: dict[str, str] = THREE_DOCS) -> Path:
+    """Write each of `docs` into `folder`, its text repeated `repeat` times; returns the folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in docs.items():
+        (folder / name).write_text(text * repeat, encoding="utf-8")
+    return folder
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """`tempscale-rag --quiet ARGS` in this process: exit code, stdout, stderr."""
+    from tempscale_rag.cli import main
+
+    code = main(["--quiet", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
 
 @pytest.fixture(scope="session")
 def encoder() -> TempScaleEncoder:

@@ -10,6 +10,9 @@ import pytest
 from tempscale_rag.cli import main
 from tempscale_rag.stores import open_store
 
+from .conftest import run_cli
+from .conftest import write_docs as write_shared_docs
+
 TOPICS = {
     "chain.txt": "Clean the bicycle chain with a degreaser, dry it, then apply one drop of lubricant per roller. "
     "A dry chain squeaks and wears the cassette. ",
@@ -21,16 +24,7 @@ TOPICS = {
 
 
 def write_docs(folder: Path, repeat: int = 6) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, text in TOPICS.items():
-        (folder / name).write_text(text * repeat, encoding="utf-8")
-    return folder
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(["--quiet", *args])
-    out, err = capsys.readouterr()
-    return code, out, err
+    return write_shared_docs(folder, repeat, TOPICS)
 
 
 @pytest.fixture(scope="module")

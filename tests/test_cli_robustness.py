@@ -19,24 +19,12 @@ import pytest
 
 from tempscale_rag.cli import main
 
-DOCS = {
-    "chain.txt": "Clean the bicycle chain with a degreaser, dry it, then apply one drop of lubricant per roller. ",
-    "soup.md": "# Red lentil soup\n\nFry onion and cumin, add red lentils and stock, simmer twenty minutes. ",
-    "contract.rst": "Termination\n===========\n\nEither party may terminate this agreement with ninety days notice. ",
-}
+from .conftest import run_cli
+from .conftest import write_docs as write_shared_docs
 
 
 def write_docs(folder: Path, repeat: int = 8) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, text in DOCS.items():
-        (folder / name).write_text(text * repeat, encoding="utf-8")
-    return folder
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(["--quiet", *args])
-    out, err = capsys.readouterr()
-    return code, out, err
+    return write_shared_docs(folder, repeat)
 
 
 def one_line_error(err: str) -> bool:

@@ -20,30 +20,17 @@ import numpy as np
 import pytest
 
 from tempscale_rag import TempScaleEncoder
-from tempscale_rag.cli import main
 from tempscale_rag.ingest import indexer as indexer_module
 from tempscale_rag.ingest.chunking import WindowChunker
 from tempscale_rag.ingest.indexer import STAGING_DIR, FolderIndexer
 from tempscale_rag.stores import FaissSettings, IndexManifest, open_store
 
-TOPICS = {
-    "chain.txt": "Clean the bicycle chain with a degreaser, dry it, then apply one drop of lubricant per roller. ",
-    "soup.md": "# Red lentil soup\n\nFry onion and cumin, add red lentils and stock, simmer twenty minutes. ",
-    "contract.rst": "Termination\n===========\n\nEither party may terminate this agreement with ninety days notice. ",
-}
+from .conftest import run_cli as cli
+from .conftest import write_docs as write_shared_docs
 
 
 def write_docs(folder: Path, repeat: int = 4) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for name, text in TOPICS.items():
-        (folder / name).write_text(text * repeat, encoding="utf-8")
-    return folder
-
-
-def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    code = main(["--quiet", *args])
-    out, err = capsys.readouterr()
-    return code, out, err
+    return write_shared_docs(folder, repeat)
 
 
 def index_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict[str, Any]:
