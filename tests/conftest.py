@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from sentence_transformers import SentenceTransformer
@@ -148,3 +150,28 @@ async def loop_ticks_while_encoding(
     finally:
         task.cancel()
     return ticks
+
+
+def reference_group_score(scoring: Any, query: Any, vectors: Any) -> float:
+    """Brute force, straight from the definitions: one (document, chunk size) group's score for a unit `query`.
+
+    Args:
+        scoring: A `DocumentScoring` (method, top_m, softmax_temperature).
+        query: The query vector.
+        vectors: The group's unit chunk vectors, one per row.
+    """
+    vectors = np.asarray(vectors)
+    cosines = sorted((float(query @ v) for v in vectors), reverse=True)
+    mean_vector = vectors.astype(np.float64).sum(axis=0)
+    cos_mean = float(query @ (mean_vector / np.linalg.norm(mean_vector)))
+    if scoring.method == "max":
+        return cosines[0]
+    if scoring.method == "mean":
+        return cos_mean
+    if scoring.method == "hybrid":
+        return (cosines[0] + cos_mean) / 2
+    if scoring.method == "topm":
+        top = cosines[: scoring.top_m]
+        return sum(top) / len(top)
+    t = scoring.softmax_temperature
+    return t * math.log(sum(math.exp(c / t) for c in cosines) / len(cosines))

@@ -1,4 +1,3 @@
-import math
 
 import numpy as np
 import pytest
@@ -11,31 +10,17 @@ from tempscale_rag.documents import (
     score_documents,
 )
 
+from .conftest import reference_group_score
 
-def _reference(scores, docs, sizes, vectors, queries, scoring):
+
+def _reference(docs, sizes, vectors, query, scoring):
     """Brute force: loops over documents and sizes, straight from the definitions."""
     out = {}
     for d in dict.fromkeys(docs):
         per_size = []
         for s in sorted({s for dd, s in zip(docs, sizes, strict=True) if dd == d}):
             idx = [i for i, (dd, ss) in enumerate(zip(docs, sizes, strict=True)) if dd == d and ss == s]
-            vals = sorted((float(scores[i]) for i in idx), reverse=True)
-            mean_vec = vectors[idx].astype(np.float64).sum(axis=0)
-            mean_vec /= np.linalg.norm(mean_vec)
-            cos_mean = float(queries @ mean_vec)
-            if scoring.method == "max":
-                v = vals[0]
-            elif scoring.method == "mean":
-                v = cos_mean
-            elif scoring.method == "hybrid":
-                v = (vals[0] + cos_mean) / 2
-            elif scoring.method == "topm":
-                top = vals[: scoring.top_m]
-                v = sum(top) / len(top)
-            else:
-                t = scoring.softmax_temperature
-                v = t * math.log(sum(math.exp(x / t) for x in vals) / len(vals))
-            per_size.append(v)
+            per_size.append(reference_group_score(scoring, query, vectors[idx]))
         out[d] = sum(per_size) / len(per_size)
     return out
 
@@ -57,7 +42,7 @@ def test_score_documents_matches_brute_force(method):
     got = score_documents(chunk_scores, groups, scoring, group_scores)
     assert got.shape == (3, groups.n_documents)
     for q in range(3):
-        ref = _reference(chunk_scores[q], docs, sizes, vectors, queries[q], scoring)
+        ref = _reference(docs, sizes, vectors, queries[q], scoring)
         for j, d in enumerate(groups.documents):
             assert got[q, j] == pytest.approx(ref[d], abs=1e-5), (method, d)
 

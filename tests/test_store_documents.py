@@ -6,7 +6,6 @@ must give the scores of the reference formula, computed below with plain loops o
 
 from __future__ import annotations
 
-import math
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +17,8 @@ from tempscale_rag.documents import DOC_SCORES, DocumentScoring
 from tempscale_rag.stores import ChunkRecord, DocumentHit, FaissSettings, VectorStore
 from tempscale_rag.stores.faiss_store import DB_NAME, FaissStore
 from tempscale_rag.stores.qdrant_store import MEMORY, QdrantStore
+
+from .conftest import reference_group_score
 
 DIM = 16
 TOL = 1e-5
@@ -67,20 +68,7 @@ def reference(corpus: dict[str, list[ChunkRecord]], query: np.ndarray, scoring: 
         per_size = []
         for size in sorted({r.metadata.get("chunk_tokens", 0) for r in records}):
             members = [r for r in records if r.metadata.get("chunk_tokens", 0) == size]
-            cosines = sorted((float(query @ r.vector) for r in members), reverse=True)
-            mean_vector = np.sum([r.vector.astype(np.float64) for r in members], axis=0)
-            cos_mean = float(query @ (mean_vector / np.linalg.norm(mean_vector)))
-            if scoring.method == "max":
-                value = cosines[0]
-            elif scoring.method == "mean":
-                value = cos_mean
-            elif scoring.method == "hybrid":
-                value = (cosines[0] + cos_mean) / 2
-            elif scoring.method == "topm":
-                value = sum(cosines[: scoring.top_m]) / len(cosines[: scoring.top_m])
-            else:
-                t = scoring.softmax_temperature
-                value = t * math.log(sum(math.exp(c / t) for c in cosines) / len(cosines))
+            value = reference_group_score(scoring, query, np.stack([r.vector for r in members]))
             per_size.append(value)
         out[source] = sum(per_size) / len(per_size)
     return out
