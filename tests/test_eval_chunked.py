@@ -25,6 +25,8 @@ from tempscale_rag.evaluation.runner import (
 )
 from tempscale_rag.ingest.chunking import MultiSizeChunker
 
+from .test_eval_runner import write_beir
+
 # Small on purpose: the suite runs on two shared CPU cores. A 64-token window keeps every forward pass short.
 BASE = TempScaleConfig(device="cpu")
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. " * 5
@@ -44,19 +46,6 @@ FACTS = {
 
 def configs(**axes: Any) -> list[EvalConfiguration]:
     return build_configurations(BASE, max_seq_lengths=[64], **axes)
-
-
-def write_beir(folder: Path, docs: dict[str, str], queries: dict[str, str], qrels: dict[str, str]) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "corpus.jsonl").open("w") as f:
-        for doc_id, text in docs.items():
-            f.write(json.dumps({"_id": doc_id, "text": text}) + "\n")
-    with (folder / "queries.jsonl").open("w") as f:
-        for qid, text in queries.items():
-            f.write(json.dumps({"_id": qid, "text": text}) + "\n")
-    rows = ["query-id\tcorpus-id\tscore", *(f"{q}\t{d}\t1" for q, d in qrels.items())]
-    (folder / "qrels.tsv").write_text("\n".join(rows) + "\n")
-    return folder
 
 
 @pytest.fixture(scope="module")
