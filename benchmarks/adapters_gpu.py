@@ -21,14 +21,12 @@ Target: every adapter >= 80% of `direct` (real tokens/s end to end, medians of i
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import platform
 import random
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -41,21 +39,10 @@ import encode_gpu  # the corpus and model builders of the encode benchmark
 
 from tempscale_rag import TempScaleEncoder
 
-
-def log(line: str, sink: list[str]) -> None:
-    print(line, flush=True)
-    sink.append(line)
+log = encode_gpu.log
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, out
+timed = encode_gpu.timed_call
 
 
 def run_model(shape: str, folder: Path, texts: list[str], args: argparse.Namespace, out: list[str]) -> dict[str, Any]:

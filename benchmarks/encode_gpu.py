@@ -258,6 +258,24 @@ def timed(fn: Callable[[], Any], device: str) -> tuple[float, Any, float]:
 
 
 @torch.inference_mode()
+def log(line: str, sink: list[str]) -> None:
+    """Print a line now and keep it for the log file."""
+    print(line, flush=True)
+    sink.append(line)
+
+
+def timed_call(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """Seconds of one call (after a garbage collection, GPU work included) and its result."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, out
+
+
 def dense_ceiling(st: SentenceTransformer, device: str, vocab: int, batches: tuple[int, ...]) -> dict[str, Any]:
     """Best tokens/s of the model's forward pass over full 512-token batches (no padding: SDPA's flash kernel)."""
     results = {}

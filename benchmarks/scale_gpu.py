@@ -30,7 +30,6 @@ hence fewer texts for it.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -52,10 +51,7 @@ import encode_gpu  # the corpus and model builders of the encode benchmark
 from tempscale_rag import TempScaleEncoder
 from tempscale_rag.config import TempScaleConfig
 
-
-def log(line: str, sink: list[str]) -> None:
-    print(line, flush=True)
-    sink.append(line)
+log = encode_gpu.log
 
 
 def corpus(args: argparse.Namespace) -> tuple[list[str], str]:
@@ -69,15 +65,7 @@ def corpus(args: argparse.Namespace) -> tuple[list[str], str]:
     return texts, source
 
 
-def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, out
+timed = encode_gpu.timed_call
 
 
 def max_cos_diff(a: np.ndarray, b: np.ndarray) -> float:
