@@ -223,3 +223,11 @@ class EngineFields(BaseModel):
     def last_report(self) -> EncodeReport:
         """Routing and truncation report of this object's last call (`.to_dict()` for JSON)."""
         return self._last_report
+
+    def _embed_lists(self, texts: list[str], *, query: bool, show_progress: bool) -> list[list[float]]:
+        """The engine's vectors as lists of floats, each batch converted while the GPU runs the next.
+
+        `encode_lists` returns this call's report, so concurrent (async) calls cannot swap reports.
+        """
+        vectors, self._last_report = self._encoder.encode_lists(texts, query=query, show_progress=show_progress)
+        return vectors

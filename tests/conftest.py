@@ -129,13 +129,13 @@ async def loop_ticks_while_encoding(
     The pause makes the check independent of how fast this machine embeds: an adapter that blocks the loop gets
     (almost) no ticks.
     """
-    real = encoder.encode_with_report
+    real = encoder.encode_lists  # what the adapters call
 
     def slow(texts: list[str], **kwargs: Any) -> Any:
         time.sleep(0.15)
         return real(texts, **kwargs)
 
-    monkeypatch.setattr(encoder, "encode_with_report", slow)
+    monkeypatch.setattr(encoder, "encode_lists", slow)
     ticks = 0
 
     async def ticker() -> None:

@@ -83,6 +83,33 @@ def test_parts_and_planning_ahead_change_nothing(
     assert parts_report.segments > len(texts) and parts_report.empty_inputs == 2
 
 
+@pytest.mark.parametrize("part_texts", [2_048, 3], ids=["one-part", "parts-of-3"])
+def test_lists_are_the_arrays_vectors_batch_by_batch(
+    encoder: TempScaleEncoder, monkeypatch: pytest.MonkeyPatch, part_texts: int
+) -> None:
+    """`encode_lists` (what the adapters call) converts each batch while the next runs: the same floats in input
+    order and the same report as `encode_with_report`, across buckets, parts, queries, normalisation and chunk_mean."""
+    monkeypatch.setattr(encoder_module, "PART_TEXTS", part_texts)
+    bucketed = encoder.with_config(
+        buckets=[Bucket(min_tokens=0, max_tokens=16, tau=1.0), Bucket(min_tokens=16, max_tokens=None, tau=0.8)],
+        max_batch_tokens=64,  # many small batches, so conversions really interleave with later batches
+    )
+    texts = [*MIXED_TEXTS, LONG, "", *MIXED_TEXTS[::-1], "naïve café 日本語 🚀"] * 2
+    for engine, query in [
+        (bucketed, False),
+        (bucketed, True),
+        (bucketed.with_config(normalize=False), False),
+        (bucketed.with_config(long_text="chunk_mean", chunk_overlap=32), False),
+    ]:
+        arrays, array_report = engine.encode_with_report(texts, query=query)
+        lists, list_report = engine.encode_lists(texts, query=query)
+        assert len(lists) == len(texts) and all(type(x) is float for x in lists[0])
+        np.testing.assert_array_equal(np.asarray(lists, dtype=np.float32), arrays)
+        array_report.seconds = list_report.seconds = 0.0
+        assert list_report == array_report
+    assert bucketed.encode_lists([]) == ([], bucketed.encode_with_report([])[1])
+
+
 def test_truncation_is_reported_per_bucket(encoder: TempScaleEncoder, caplog: pytest.LogCaptureFixture) -> None:
     n_tokens = encoder.count_tokens([LONG])[0]
     assert n_tokens > 512

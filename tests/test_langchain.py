@@ -93,13 +93,13 @@ def test_whole_list_goes_to_the_engine_in_one_call(
     embeddings: TempScaleEmbeddings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[int] = []
-    real_encode = embeddings.encoder.encode_with_report
+    real_encode = embeddings.encoder.encode_lists
 
-    def spy(texts: list[str], **kwargs: Any) -> tuple[np.ndarray, EncodeReport]:
+    def spy(texts: list[str], **kwargs: Any) -> tuple[list[list[float]], EncodeReport]:
         calls.append(len(texts))
         return real_encode(texts, **kwargs)
 
-    monkeypatch.setattr(embeddings.encoder, "encode_with_report", spy)
+    monkeypatch.setattr(embeddings.encoder, "encode_lists", spy)
     embeddings.embed_documents([f"note {i} about the remote control" for i in range(60)])
     assert calls == [60]
 
@@ -178,13 +178,13 @@ def test_qdrant_dimension_probe_is_cheap_and_reuses_the_engine(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls: list[list[str]] = []
-    real_encode = embeddings.encoder.encode_with_report
+    real_encode = embeddings.encoder.encode_lists
 
-    def spy(texts: list[str], **kwargs: Any) -> tuple[np.ndarray, EncodeReport]:
+    def spy(texts: list[str], **kwargs: Any) -> tuple[list[list[float]], EncodeReport]:
         calls.append(list(texts))
         return real_encode(texts, **kwargs)
 
-    monkeypatch.setattr(embeddings.encoder, "encode_with_report", spy)
+    monkeypatch.setattr(embeddings.encoder, "encode_lists", spy)
     first_chunks: dict[str, Document] = {}  # one chunk per file keeps this test cheap
     for chunk in chunks:
         first_chunks.setdefault(chunk.metadata["source"], chunk)

@@ -102,10 +102,5 @@ class TempScaleEmbeddings(EngineFields, Embeddings):
         return await asyncio.to_thread(self.embed_query, text)
 
     def _embed(self, texts: list[str], *, query: bool) -> list[list[float]]:
-        # encode_with_report returns this call's report, so concurrent async calls cannot swap reports.
-        vectors, self._last_report = self._encoder.encode_with_report(
-            texts, query=query, show_progress=self.show_progress
-        )
-        result: list[list[float]] = vectors.tolist()
-        return result
+        return self._embed_lists(texts, query=query, show_progress=self.show_progress)
 
