@@ -25,16 +25,16 @@ TEXT = " ".join(
 
 
 def test_parse_both_spellings() -> None:
-    plain = ChunkingConfig.parse("48,192,499")
-    assert plain.sizes == (48, 192, 499) and plain.temperatures is None
+    plain = ChunkingConfig.parse("24,48,192,499")
+    assert plain.sizes == (24, 48, 192, 499) and plain.temperatures is None
     assert plain.taus == DEFAULT_SIZE_TEMPERATURES
-    # Sizes between the defaults take the tau of the largest default size not above them: 1.0 below 192, 0.8 from it.
-    assert ChunkingConfig.parse("64,128,256").taus == (1.0, 1.0, 0.8)
+    # Sizes between the defaults take the tau of the largest default size not above them: 1.0 below 192, 0.9 from it.
+    assert ChunkingConfig.parse("16,64,128,256").taus == (1.0, 1.0, 1.0, 0.9)
     tuned = ChunkingConfig.parse("64:1.0, 128:0.9, 512:0.7", doc_score="max")
     assert tuned.sizes == (64, 128, 512) and tuned.taus == (1.0, 0.9, 0.7)
     assert tuned.spec() == "64:1,128:0.9,512:0.7"
     assert ChunkingConfig().sizes == DEFAULT_CHUNK_SIZES
-    assert [plain.overlap(s) for s in plain.sizes] == [default_overlap(s) for s in plain.sizes] == [6, 24, 32]
+    assert [plain.overlap(s) for s in plain.sizes] == [default_overlap(s) for s in plain.sizes] == [3, 6, 24, 32]
     assert ChunkingConfig.parse("64,128", overlap_tokens=4).overlap(128) == 4
 
 

@@ -132,8 +132,8 @@ def test_eval_default_is_the_product_pipeline_and_writes_nothing(
     argv = ["-q", "eval", "passkey", "--lengths", "96", "--n-docs", "4", "--n-queries", "2", "--device", "cpu"]
     assert main(argv) == 0
     printed = capsys.readouterr().out
-    assert "| tau=1 | softmax 48,192,499 |" in printed
-    assert "| taus 48:1,192:0.8,499:0.8 | softmax 48,192,499 |" in printed
+    assert "| tau=1 | softmax 24,48,192,499 |" in printed
+    assert "| taus 24:1,48:1,192:0.9,499:0.9 | softmax 24,48,192,499 |" in printed
     assert "tokens/src" in printed and "Wrote" not in printed
     assert list(tmp_path.iterdir()) == []  # no ./tempscale-eval/ without --out
 

