@@ -68,6 +68,8 @@ def test_info_and_search_show_the_chunking(multi_index: Path, capsys: pytest.Cap
     code, out, _ = run_cli(capsys, "search", "ninety days notice", "--out", str(multi_index), "--json", "-k", "2")
     hits = json.loads(out)
     assert code == 0 and hits[0]["source"].endswith("contract.rst") and hits[0]["chunk_tokens"] in (32, 64)
+    code, out, _ = run_cli(capsys, "search", "ninety days notice", "--out", str(multi_index), "-k", "2")
+    assert code == 0 and "-token size]" in out.splitlines()[0]  # chunks of two sizes can start alike: name the size
 
 
 def test_explicit_temperatures_win_and_may_not_be_given_twice(

@@ -540,7 +540,10 @@ def run_search(args: argparse.Namespace) -> int:
     if not results:
         print(f"no results: the index at {args.out} is empty")
     for r in results:
-        print(f"{r['rank']:>2}. {r['score']:.4f}  {r['source']}  [chunk {r['position']}]\n    {_snippet(r['text'])}")
+        # Chunks of different sizes can start alike (a 192- and a 499-token chunk from one heading): say which is which.
+        size = f", {r['chunk_tokens']}-token size" if r["chunk_tokens"] is not None else ""
+        print(f"{r['rank']:>2}. {r['score']:.4f}  {r['source']}  [chunk {r['position']}{size}]")
+        print(f"    {_snippet(r['text'])}")
     return EXIT_OK
 
 
