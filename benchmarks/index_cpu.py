@@ -65,12 +65,13 @@ def write_corpus(folder: Path, n_docs: int) -> int:
     return sum(len(d["text"].encode("utf-8")) for d in docs)
 
 
-def run_tempscale(folder: Path, out: Path) -> tuple[float, int]:
+def run_tempscale(folder: Path, out: Path, chunk: int, overlap: int) -> tuple[float, int]:
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()
+    # One chunk size, the LlamaIndex side's: the CLI's default chunks every file at four sizes.
     done = subprocess.run(
         [sys.executable, "-m", "tempscale_rag.cli", "-q", "index", str(folder), "--out", str(out), "--json",
-         "--device", "cpu"],
+         "--device", "cpu", "--chunk-tokens", str(chunk), "--chunk-overlap-tokens", str(overlap)],
         check=True, capture_output=True, text=True,
     )
     return time.perf_counter() - start, json.loads(done.stdout)["chunks"]
@@ -103,7 +104,7 @@ def main() -> None:
         folder.mkdir()
         size = write_corpus(folder, args.docs)
         methods = {
-            "tempscale-rag index (CLI)": lambda: run_tempscale(folder, Path(tmp) / "index"),
+            "tempscale-rag index (CLI)": lambda: run_tempscale(folder, Path(tmp) / "index", chunk, overlap),
             "LlamaIndex + HuggingFaceEmbedding (batch 10)": lambda: run_llamaindex(folder, chunk, overlap, 10),
             "LlamaIndex + HuggingFaceEmbedding (batch 64)": lambda: run_llamaindex(folder, chunk, overlap, 64),
         }
