@@ -257,7 +257,6 @@ def timed(fn: Callable[[], Any], device: str) -> tuple[float, Any, float]:
     return seconds, out, peak
 
 
-@torch.inference_mode()
 def log(line: str, sink: list[str]) -> None:
     """Print a line now and keep it for the log file."""
     print(line, flush=True)
@@ -276,6 +275,7 @@ def timed_call(fn: Callable[[], Any]) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
+@torch.inference_mode()
 def dense_ceiling(st: SentenceTransformer, device: str, vocab: int, batches: tuple[int, ...]) -> dict[str, Any]:
     """Best tokens/s of the model's forward pass over full 512-token batches (no padding: SDPA's flash kernel)."""
     results = {}
