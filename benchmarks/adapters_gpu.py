@@ -11,6 +11,9 @@ shapes, bf16). All methods share one loaded engine, so only the adapters' own ov
 - `llamaindex-pipeline`: `IngestionPipeline(transformations=[embed_model]).run(nodes=...)` over `TextNode`s, at the
   adapter's default batch size (cache disabled: the embedding is what is measured).
 
+With `--collector-on`, `langchain` and `llamaindex-pipeline` also run with the garbage collector left on while the
+engine converts vectors to lists (the engine pauses it; this is the before of that change, side by side).
+
 Target: every adapter >= 80% of `direct` (real tokens/s end to end, medians of interleaved repeats after a warm-up).
 
     PYTHONPATH=.:integrations/llama-index-embeddings-tempscale:integrations/langchain-tempscale \
@@ -21,6 +24,7 @@ Target: every adapter >= 80% of `direct` (real tokens/s end to end, medians of i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import random
@@ -37,12 +41,27 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import encode_gpu  # the corpus and model builders of the encode benchmark
 
+import tempscale_rag.encoder as encoder_module
 from tempscale_rag import TempScaleEncoder
 
 log = encode_gpu.log
 
 
 timed = encode_gpu.timed_call
+
+
+def collector_on(call: Callable[[], Any]) -> Callable[[], Any]:
+    """`call` with the engine's garbage-collector pause replaced by nothing (the engine before it paused)."""
+
+    def run() -> Any:
+        paused = encoder_module._gc_paused
+        setattr(encoder_module, "_gc_paused", contextlib.nullcontext)  # noqa: B010 - a private hook, patched on purpose
+        try:
+            return call()
+        finally:
+            setattr(encoder_module, "_gc_paused", paused)  # noqa: B010
+
+    return run
 
 
 def run_model(shape: str, folder: Path, texts: list[str], args: argparse.Namespace, out: list[str]) -> dict[str, Any]:
@@ -70,6 +89,9 @@ def run_model(shape: str, folder: Path, texts: list[str], args: argparse.Namespa
     # The same nodes every run (each run sets their embeddings again): building nodes is the splitter's work, not
     # the embedding's, so it stays outside the timed call.
     calls["llamaindex-pipeline"] = lambda: pipeline.run(nodes=nodes)
+    if args.collector_on:
+        calls["langchain (collector on)"] = collector_on(calls["langchain"])
+        calls["llamaindex-pipeline (collector on)"] = collector_on(calls["llamaindex-pipeline"])
     result: dict[str, Any] = {
         "model": shape,
         "texts": len(texts),
@@ -85,7 +107,7 @@ def run_model(shape: str, folder: Path, texts: list[str], args: argparse.Namespa
     reference = None
     for name, call in calls.items():  # warm-up, and the same vectors from every method
         vectors = call()
-        if name == "llamaindex-pipeline":
+        if name.startswith("llamaindex-pipeline"):
             vectors = [n.embedding for n in vectors]
         array = np.asarray(vectors, dtype=np.float32)
         if reference is None:
@@ -121,6 +143,7 @@ def main() -> None:
     parser.add_argument("--qmsum", default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True)
+    parser.add_argument("--collector-on", action="store_true", help="also run two adapters without the GC pause")
     parser.add_argument("--smoke", action="store_true", help="tiny CPU run: 40 texts, one model, 1 repeat")
     args = parser.parse_args()
     args.batch_sizes = [int(n) for n in args.batch_sizes.split(",")]

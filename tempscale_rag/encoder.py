@@ -16,6 +16,8 @@ GPU. Batches are the same either way: a group's segments in input order, cut eve
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import itertools
 import logging
 import os
@@ -403,8 +405,9 @@ class TempScaleEncoder:
 
         Turning a vector into Python floats costs the CPU about a quarter of the time an H200 takes to embed a MiniLM
         chunk, and nothing else can run in the meantime (it holds the GIL). Done after the call, it held the framework
-        adapters to 76% of the engine's speed; here each batch is converted while the GPU computes the next one (80%
-        on an H200 with MiniLM: the engine's own feeding threads need the GIL too; 93% with a base-size model).
+        adapters to 76% of the engine's speed; here each batch is converted while the GPU computes the next one, with
+        the garbage collector paused (LangChain 89% on an H200 with MiniLM, 78% with the collector on: the engine's
+        own feeding threads need the GIL too; 97% with a base-size model).
         Under `long_text="chunk_mean"` a text's windows are pooled after the last batch, so the call converts at the
         end instead.
 
@@ -421,13 +424,15 @@ class TempScaleEncoder:
         texts = _check_texts(texts)
         if self.config.long_text != "truncate" or not texts:
             vectors, report = self.encode_with_report(texts, query=query, show_progress=show_progress)
-            return vectors.tolist(), report
+            with _gc_paused():
+                return vectors.tolist(), report
         out: list[list[float]] = [[] for _ in texts]
 
         def sink(inputs: np.ndarray, vectors: torch.Tensor) -> None:
             # One segment per input under `truncate`, numbered in input order: a segment number is its input's.
-            for i, vector in zip(inputs.tolist(), vectors.tolist(), strict=True):
-                out[i] = vector
+            with _gc_paused():
+                for i, vector in zip(inputs.tolist(), vectors.tolist(), strict=True):
+                    out[i] = vector
 
         _, parts = self._run(self._stream_plan(texts, query=query), show_progress=show_progress, sink=sink)
         report = self._report(parts, len(texts), query=query)
@@ -744,6 +749,24 @@ class TempScaleEncoder:
         sums.index_add_(0, index, windows)
         counts = torch.bincount(index, minlength=n_inputs).clamp(min=1).unsqueeze(1).to(windows.dtype)
         return sums / counts
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Hold off the cyclic garbage collector while vectors become Python lists.
+
+    Every row `tolist` makes is a new container, so converting a batch sets off collections that walk every tracked
+    object in the process (a LlamaIndex pipeline's nodes among them) and find nothing: lists of floats hold no
+    cycles. Measured on 32,000 x 384 floats beside 32,000 `TextNode`s: 0.45 s with the collector on, 0.27 s paused.
+    The collector is switched back on only if it was on, so a caller that turned it off keeps it off.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def padded_length(n: int, window: int) -> int:

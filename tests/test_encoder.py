@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import gc
+from typing import Any
+
 import numpy as np
 import pytest
+import torch
 from sentence_transformers import SentenceTransformer
 
 import tempscale_rag.encoder as encoder_module
@@ -108,6 +112,41 @@ def test_lists_are_the_arrays_vectors_batch_by_batch(
         array_report.seconds = list_report.seconds = 0.0
         assert list_report == array_report
     assert bucketed.encode_lists([]) == ([], bucketed.encode_with_report([])[1])
+
+
+def test_lists_pause_the_garbage_collector_only_while_converting(
+    encoder: TempScaleEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The collector is off while batches become lists, back on afterwards, and left off if the caller turned it off
+    (and back on after a failed call)."""
+    seen: list[bool] = []
+    real_tolist = torch.Tensor.tolist
+
+    def spy(self: torch.Tensor) -> Any:
+        seen.append(gc.isenabled())
+        return real_tolist(self)
+
+    monkeypatch.setattr(torch.Tensor, "tolist", spy)
+    engine = encoder.with_config(max_batch_tokens=64)
+    assert gc.isenabled()
+    lists, _ = engine.encode_lists(MIXED_TEXTS)
+    assert len(lists) == len(MIXED_TEXTS) and seen and not any(seen) and gc.isenabled()
+    engine.with_config(long_text="chunk_mean").encode_lists(MIXED_TEXTS)  # converts the whole array at the end
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        engine.encode_lists(MIXED_TEXTS)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+    def broken(self: torch.Tensor) -> Any:
+        raise RuntimeError("conversion failed")
+
+    monkeypatch.setattr(torch.Tensor, "tolist", broken)
+    with pytest.raises(RuntimeError, match="conversion failed"):
+        engine.encode_lists(MIXED_TEXTS)
+    assert gc.isenabled()
 
 
 def test_truncation_is_reported_per_bucket(encoder: TempScaleEncoder, caplog: pytest.LogCaptureFixture) -> None:
