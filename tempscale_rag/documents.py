@@ -25,6 +25,8 @@ from typing import Literal, get_args
 import numpy as np
 import numpy.typing as npt
 
+from tempscale_rag.config import DEFAULT_SOFTMAX_TEMPERATURE
+
 DocScore = Literal["max", "mean", "hybrid", "topm", "softmax"]
 """How a (document, chunk size) group's chunk scores become one score."""
 
@@ -33,12 +35,6 @@ DOC_SCORES: tuple[str, ...] = get_args(DocScore)
 
 DEFAULT_TOP_M = 3
 """Chunks averaged by `topm`."""
-
-DEFAULT_SOFTMAX_TEMPERATURE = 0.03
-"""T of `softmax` pooling, in cosine units. Over the sweep's 473 four-size configurations T = 0.03 and 0.02 tie (mean
-differences under 0.2 points on every set) and both beat 0.01 on QMSum; with the default sizes and temperatures 0.03
-keeps every passkey/needle length at or above tau 1, where 0.02 loses a needle query at two lengths."""
-
 
 def check_doc_score(name: str) -> DocScore:
     """Validate an aggregation name.

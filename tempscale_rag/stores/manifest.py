@@ -15,7 +15,8 @@ Compatibility policy:
 - chunking (chunk sizes, per-size temperatures, overlap, document score): refused when writing, because one index
   must never mix chunk settings; ignored when searching. An index written before chunking was recorded
   (`chunking` is None) is a legacy index of one window-filling chunk size; adding chunks of recorded sizes to it is
-  refused.
+  refused. The softmax document score's T is recorded but not checked: search reads it, so an index keeps the T it
+  was built with (0.02, `LEGACY_SOFTMAX_TEMPERATURE`, for manifests written before T was recorded).
 - settings that only change *query* vectors (query temperature, query prompt): a warning when searching, ignored
   when writing through the API (the stored manifest keeps its own; the CLI refuses such a flag on re-index, since
   it would have no effect).
@@ -36,9 +37,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tempscale_rag.config import ChunkingConfig, TempScaleConfig
+from tempscale_rag.config import LEGACY_SOFTMAX_TEMPERATURE, ChunkingConfig, TempScaleConfig
 from tempscale_rag.stores.base import IndexCorruptError, IndexMismatchError, IndexNotFoundError
 
 MANIFEST_NAME = "manifest.json"
@@ -145,6 +146,14 @@ class IndexManifest(BaseModel):
     backend: FaissSettings | QdrantSettings = Field(discriminator="kind", description="Backend settings.")
     created_at: datetime = Field(default_factory=_now)
     updated_at: datetime = Field(default_factory=_now)
+
+    @field_validator("chunking", mode="before")
+    @classmethod
+    def _legacy_softmax_temperature(cls, value: Any) -> Any:
+        # Manifests written before T was recorded were searched at the T of their day; keep searching them so.
+        if isinstance(value, dict) and "softmax_temperature" not in value:
+            return {**value, "softmax_temperature": LEGACY_SOFTMAX_TEMPERATURE}
+        return value
 
     @model_validator(mode="after")
     def _store_matches_backend(self) -> IndexManifest:
@@ -519,7 +528,15 @@ def describe_chunking(chunking: ChunkingConfig | None) -> str:
     if chunking is None:
         return "legacy: one chunk size filling the model window (not recorded in this index's manifest)"
     overlap = "min(32, size/8) per size" if chunking.overlap_tokens is None else f"{chunking.overlap_tokens} tokens"
-    return f"sizes {chunking.spec()} (size:tau), overlap {overlap}, document score {chunking.doc_score}"
+    score = chunking.doc_score
+    if score == "softmax":
+        score += f" (T {chunking.softmax_temperature:g})"
+    return f"sizes {chunking.spec()} (size:tau), overlap {overlap}, document score {score}"
+
+
+def _index_shaping(chunking: ChunkingConfig | None) -> dict[str, Any] | None:
+    """The chunk settings that shape what an index holds: all but the softmax T, which only search reads."""
+    return None if chunking is None else chunking.model_dump(exclude={"softmax_temperature"})
 
 
 def check_chunking_compatible(
@@ -535,7 +552,7 @@ def check_chunking_compatible(
     Raises:
         IndexMismatchError: If the settings differ.
     """
-    if manifest.chunking == chunking:
+    if _index_shaping(manifest.chunking) == _index_shaping(chunking):
         return
     at = f"index at {where}" if where is not None else "this index"
     raise IndexMismatchError(
