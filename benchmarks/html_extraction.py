@@ -251,8 +251,13 @@ def build_and_score(
     for c in chunks:
         size = str(c.metadata.get("chunk_tokens"))
         by_size[size] = by_size.get(size, 0) + 1
-    chrome = sum(any(marker in c.text for marker in CHROME) for c in chunks)
-    split_code = sum(1 for c in chunks for line in c.text.splitlines() if line.strip() in LONE_CODE)
+    chrome = sum(_has_chrome(c.text) for c in chunks)
+    split_code = sum(_lone_code_lines(c.text) for c in chunks)
+    shown = [hit for hits in chunk_hits for hit in hits]  # every top-10 chunk `search` shows, over all questions
+    on_answer = [
+        sum(Path(hit.source).name == answer for hit in hits) / len(hits) if hits else 0.0
+        for (_q, answer), hits in zip(questions, chunk_hits, strict=True)
+    ]
     return {
         "reader": label,
         "chunking": chunking.spec(),
@@ -268,7 +273,21 @@ def build_and_score(
         "top1_pages": top1,
         "chunks_with_page_chrome": chrome,
         "lines_that_are_a_lone_code_word": split_code,
+        "top10_chunks": {
+            "shown": len(shown),
+            "with_page_chrome": sum(_has_chrome(hit.text) for hit in shown),
+            "with_a_lone_code_word_line": sum(_lone_code_lines(hit.text) > 0 for hit in shown),
+            "from_the_answering_page": round(sum(on_answer) / len(on_answer), 3),
+        },
     }
+
+
+def _has_chrome(text: str) -> bool:
+    return any(marker in text for marker in CHROME)
+
+
+def _lone_code_lines(text: str) -> int:
+    return sum(1 for line in text.splitlines() if line.strip() in LONE_CODE)
 
 
 def _scores(ranks: list[int | None]) -> dict[str, float]:
@@ -378,6 +397,12 @@ def main() -> None:
                 )
             out(f"{'':32} page ranks {r['pages']['ranks']}")
             out(f"{'':32} first-chunk ranks {r['first_chunk']['ranks']}")
+            t = r["top10_chunks"]
+            out(
+                f"{'':32} top-10 chunks of `search` over the {n_all} questions: {t['shown']} shown, "
+                f"{t['with_page_chrome']} with page chrome, {t['with_a_lone_code_word_line']} with a lone code word "
+                f"line; share from the answering page {t['from_the_answering_page']:.3f}"
+            )
             out(f"{'':32} chunks by size {r['chunks_by_size']}, {r['tokens']} tokens, built in {r['seconds']} s")
     out("\n" + json.dumps(results, indent=2))
     if args.log is not None:
