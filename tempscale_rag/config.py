@@ -274,8 +274,8 @@ differences under 0.2 points on every set) and both beat 0.01 on QMSum; with the
 keeps every passkey/needle length at or above tau 1, where 0.02 loses a needle query at two lengths."""
 
 LEGACY_SOFTMAX_TEMPERATURE = 0.02
-"""The T that every index written before manifests recorded it was searched with (versions up to 0.3's four-size
-default): a manifest without `softmax_temperature` keeps being searched as it was built."""
+"""The T every index was searched with before manifests recorded it (the default until the four-size default came
+in): a manifest without `softmax_temperature` keeps being searched as it was built."""
 
 _FALLBACK_DOC_SCORES: tuple[str, ...] = ("max", "mean", "hybrid", "topm", "softmax")
 

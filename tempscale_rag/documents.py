@@ -36,6 +36,7 @@ DOC_SCORES: tuple[str, ...] = get_args(DocScore)
 DEFAULT_TOP_M = 3
 """Chunks averaged by `topm`."""
 
+
 def check_doc_score(name: str) -> DocScore:
     """Validate an aggregation name.
 
