@@ -32,7 +32,11 @@ as installed by Debian's `python3-doc` (`/usr/share/doc/python3.X/html/library`,
 five questions, then eighteen more, each answered by one page. Sphinx renders every cross-reference (`str`, `None`,
 a function name) as its own `<code>`/`<span>` inline, so the old reader also splits sentences there.
 
+With `--python-pages N` (N > 23) the Python folder also holds N - 23 other pages of the library reference, evenly
+spaced in name order, as distractors: the same questions over a folder closer in size to a real documentation tree.
+
     python benchmarks/html_extraction.py [--docs DIR] [--python-docs DIR] [--sets book,fs,python] [--log FILE]
+    python benchmarks/html_extraction.py --sets python --python-pages 100 --log FILE
 """
 
 from __future__ import annotations
@@ -188,6 +192,13 @@ def find_book() -> Path | None:
     return next((c for c in candidates if (c / CHAPTERS[0]).exists()), None)
 
 
+def python_pages(folder: Path, n: int) -> list[str]:
+    """The questioned pages, then `n - len(PY_PAGES)` other pages of `folder` evenly spaced in name order."""
+    others = sorted(p.name for p in folder.glob("*.html") if p.name not in PY_PAGES)
+    extra = max(0, min(n - len(PY_PAGES), len(others)))
+    return PY_PAGES + [others[i * len(others) // extra] for i in range(extra)] if extra else list(PY_PAGES)
+
+
 def find_python_docs() -> Path | None:
     """Python's library reference as installed by Debian/Ubuntu's `python3-doc` (Sphinx HTML)."""
     # Debian links python3.X-venv, python3.X-dev ... to python3.X: resolve so that the log names the real folder.
@@ -308,6 +319,12 @@ def main() -> None:
         help="Python's Sphinx library reference folder (default: /usr/share/doc/python3*/html/library).",
     )
     parser.add_argument(
+        "--python-pages",
+        type=int,
+        default=len(PY_PAGES),
+        help=f"Pages of the Python folder to index: the {len(PY_PAGES)} that answer the questions, plus distractors.",
+    )
+    parser.add_argument(
         "--sets",
         default="book,fs,python",
         help="Comma-separated folders to measure: book (Rust book), fs (std::fs), python (Sphinx). Default: all.",
@@ -349,11 +366,12 @@ def main() -> None:
             raise SystemExit(
                 "Python's HTML documentation was not found; `apt-get install python3-doc` or pass --python-docs DIR"
             )
+        pages = python_pages(python_docs, args.python_pages)
         corpora.append(
             (
-                f"{len(PY_PAGES)} pages of Python's library reference (Sphinx)",
+                f"{len(pages)} pages of Python's library reference (Sphinx)",
                 python_docs,
-                PY_PAGES,
+                pages,
                 PY_QUESTIONS + PY_MORE_QUESTIONS,
             )
         )
