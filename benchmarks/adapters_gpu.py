@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import platform
 import random
@@ -83,7 +84,7 @@ def run_model(shape: str, folder: Path, texts: list[str], args: argparse.Namespa
     for size in sizes:
         model = llama_default if size == "auto" else TempScaleEmbedding.from_encoder(engine, embed_batch_size=size)
         label = f"llamaindex-batch-{size if size != 'auto' else f'auto({llama_default.embed_batch_size})'}"
-        calls[label] = lambda model=model: model.get_text_embedding_batch(texts)
+        calls[label] = functools.partial(model.get_text_embedding_batch, texts)
     nodes = [TextNode(text=t) for t in texts]
     pipeline = IngestionPipeline(transformations=[llama_default], disable_cache=True)
     # The same nodes every run (each run sets their embeddings again): building nodes is the splitter's work, not
