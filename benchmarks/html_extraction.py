@@ -20,8 +20,10 @@ Five questions (the issue's), then all sixteen (one per chapter), each answered 
 - *first chunk*: the rank of the answering page in the order in which pages first appear among the top 10 chunks of
   `store.search(query, 10)` (chunks of every size mixed, what `tempscale-rag search` shows).
 
-Printed per measure: top-1 accuracy and MRR@10; per index: chunks indexed (and per size), chunks holding page chrome,
-and lines of a chunk that are a lone code word (split inline code).
+Printed per measure: top-1 accuracy and MRR@10; for pages also the score margin (the answering page's document score
+minus the best other page's, per question and its mean); per index: chunks indexed (and per size), chunks holding
+page chrome, and lines of a chunk that are a lone code word (split inline code); and of the top-10 chunks `search`
+shows for every question, how many hold page chrome or a lone code word and the share from the answering page.
 
 A second folder, the 22 function pages of `std::fs` from the same installed documentation (rustdoc HTML), gets five
 questions of its own.
@@ -247,6 +249,7 @@ def build_and_score(
         query_tau = manifest.config.query_temperature
     chunk_ranks: list[int | None] = []
     page_ranks: list[int | None] = []
+    margins: list[float | None] = []
     top1: list[str] = []
     for (_question, answer), hits, pages in zip(questions, chunk_hits, page_hits, strict=True):
         files: list[str] = []
@@ -257,6 +260,13 @@ def build_and_score(
         chunk_ranks.append(files.index(answer) + 1 if answer in files else None)
         ranked = [Path(doc.source).name for doc in pages]
         page_ranks.append(ranked.index(answer) + 1 if answer in ranked else None)
+        # The answering page's document score minus the best other page's: > 0 when it ranks first, by that gap.
+        by_name = {Path(doc.source).name: doc.score for doc in pages}
+        others = [score for name, score in by_name.items() if name != answer]
+        if answer in by_name and others:
+            margins.append(round(by_name[answer] - max(others), 4))
+        else:
+            margins.append(None)
         top1.append(ranked[0] if ranked else "")
     by_size: dict[str, int] = {}
     for c in chunks:
@@ -279,7 +289,14 @@ def build_and_score(
         "chunks_by_size": by_size,
         "tokens": summary["tokens"],
         "seconds": round(seconds, 1),
-        "pages": {"five": _scores(page_ranks[:first]), "all": _scores(page_ranks), "ranks": page_ranks},
+        "pages": {
+            "five": _scores(page_ranks[:first]),
+            "all": _scores(page_ranks),
+            "ranks": page_ranks,
+            "margins": margins,
+            "mean_margin_five": _mean(margins[:first]),
+            "mean_margin_all": _mean(margins),
+        },
         "first_chunk": {"five": _scores(chunk_ranks[:first]), "all": _scores(chunk_ranks), "ranks": chunk_ranks},
         "top1_pages": top1,
         "chunks_with_page_chrome": chrome,
@@ -291,6 +308,11 @@ def build_and_score(
             "from_the_answering_page": round(sum(on_answer) / len(on_answer), 3),
         },
     }
+
+
+def _mean(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return round(sum(known) / len(known), 4) if known else None
 
 
 def _has_chrome(text: str) -> bool:
@@ -414,6 +436,10 @@ def main() -> None:
                     f"{every['mrr@10']:8.3f} {tail}".rstrip()
                 )
             out(f"{'':32} page ranks {r['pages']['ranks']}")
+            out(
+                f"{'':32} answering page's score minus the best other page's: mean {r['pages']['mean_margin_five']} "
+                f"(5 questions), {r['pages']['mean_margin_all']} (all); per question {r['pages']['margins']}"
+            )
             out(f"{'':32} first-chunk ranks {r['first_chunk']['ranks']}")
             t = r["top10_chunks"]
             out(
