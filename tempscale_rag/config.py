@@ -279,6 +279,14 @@ in): a manifest without `softmax_temperature` keeps being searched as it was bui
 
 _FALLBACK_DOC_SCORES: tuple[str, ...] = ("max", "mean", "hybrid", "topm", "softmax")
 
+
+def check_softmax_temperature(t: float) -> float:
+    """Return the softmax pooling T as a float if it is a finite number > 0, else raise ValueError."""
+    value = float(t)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"softmax_temperature must be a finite number > 0, got {t!r}")
+    return value
+
 # SentenceSplitter counts each piece's tokens separately; a joined chunk can tokenise a few tokens longer than its
 # nominal size. Bucket edges leave this much room so a full chunk never spills into the next size's bucket.
 _CHUNK_OVERSHOOT = 0.02
@@ -388,9 +396,7 @@ class ChunkingConfig(BaseModel):
     @field_validator("softmax_temperature")
     @classmethod
     def _check_softmax_temperature(cls, t: float) -> float:
-        if not math.isfinite(t) or t <= 0:
-            raise ValueError(f"softmax_temperature must be a finite number > 0, got {t!r}")
-        return t
+        return check_softmax_temperature(t)
 
     @model_validator(mode="after")
     def _check_lengths(self) -> ChunkingConfig:

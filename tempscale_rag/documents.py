@@ -25,7 +25,7 @@ from typing import Literal, get_args
 import numpy as np
 import numpy.typing as npt
 
-from tempscale_rag.config import DEFAULT_SOFTMAX_TEMPERATURE
+from tempscale_rag.config import DEFAULT_SOFTMAX_TEMPERATURE, check_softmax_temperature
 
 DocScore = Literal["max", "mean", "hybrid", "topm", "softmax"]
 """How a (document, chunk size) group's chunk scores become one score."""
@@ -66,9 +66,7 @@ class DocumentScoring:
         check_doc_score(self.method)
         if isinstance(self.top_m, bool) or not isinstance(self.top_m, int) or self.top_m < 1:
             raise ValueError(f"top_m must be an integer >= 1, got {self.top_m!r}")
-        t = float(self.softmax_temperature)
-        if not np.isfinite(t) or t <= 0:
-            raise ValueError(f"softmax_temperature must be a finite number > 0, got {self.softmax_temperature!r}")
+        check_softmax_temperature(self.softmax_temperature)
 
     @property
     def needs_group_vectors(self) -> bool:

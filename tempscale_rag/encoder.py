@@ -393,9 +393,7 @@ class TempScaleEncoder:
         if self.config.normalize if normalize is None else normalize:
             vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
         out = vectors.float().cpu().numpy()
-        report = self._report(parts, len(texts), query=query)
-        report.seconds = time.perf_counter() - start
-        _log_truncation(report)
+        report = self._report(parts, len(texts), query=query, start=start)
         return out, report
 
     def encode_lists(
@@ -435,9 +433,7 @@ class TempScaleEncoder:
                     out[i] = vector
 
         _, parts = self._run(self._stream_plan(texts, query=query), show_progress=show_progress, sink=sink)
-        report = self._report(parts, len(texts), query=query)
-        report.seconds = time.perf_counter() - start
-        _log_truncation(report)
+        report = self._report(parts, len(texts), query=query, start=start)
         return out, report
 
     # -- stages -----------------------------------------------------------------------------------------------
@@ -567,8 +563,14 @@ class TempScaleEncoder:
             self._route_tables[query] = cached
         return cached
 
-    def _report(self, parts: list[_Part], n_inputs: int, *, query: bool) -> EncodeReport:
-        """The call's routing and truncation report, from all its parts' arrays."""
+    def _report(self, parts: list[_Part], n_inputs: int, *, query: bool, start: float) -> EncodeReport:
+        """The call's routing and truncation report, from all its parts' arrays, timed from `start`; logs truncation."""
+        report = self._count(parts, n_inputs, query=query)
+        report.seconds = time.perf_counter() - start
+        _log_truncation(report)
+        return report
+
+    def _count(self, parts: list[_Part], n_inputs: int, *, query: bool) -> EncodeReport:
         table = self._route_table(query)
         specials = self._m.specials.count
         report = EncodeReport(inputs=n_inputs, window=self.window, long_text=self.config.long_text)
