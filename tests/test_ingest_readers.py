@@ -254,6 +254,30 @@ def test_html_text_is_joined_as_a_browser_renders_it_and_code_keeps_its_lines(tm
     assert 'use std::fs;\nlet message = fs::read_to_string("message.txt")?;' in text, text
 
 
+def test_html_code_blocks_end_their_line_and_permalink_marks_are_dropped(tmp_path: Path) -> None:
+    # Node.js's API pages: a copy button after the code, CommonJS and ES-module flavours of one example in one
+    # <pre>, a "#" self-link after each heading.
+    prose = "<p>The path module provides utilities for working with file and directory paths. Its default operation "
+    prose += "varies with the operating system that a Node.js application runs on; on Windows it assumes Windows "
+    prose += "paths, and path.win32 gives consistent results on every system.</p>"
+    node = (
+        "<html><head><title>Path | Node.js Documentation</title></head><body><main>"
+        "<h2>Path<span><a class='mark' href='#path' id='path'>#</a></span></h2>" + prose + "<p>It can be accessed "
+        "using:</p><pre class='with-34-chars'><input class='js-flavor-toggle' type='checkbox'>"
+        "<code class='language-js cjs'>const path = require('node:path');</code>"
+        "<code class='language-js mjs'>import path from 'node:path';</code><button class='copy-button'>copy</button>"
+        "</pre><p>On POSIX:</p><pre><code class='language-js'>path.basename('C:\\temp\\a.html');\n"
+        "// Returns: 'C:\\temp\\a.html'</code> <button class='copy-button'>copy</button></pre>"
+        "<p>On Windows:</p><p>Node.js follows the concept of a per-drive working directory.</p></main></body></html>"
+    )
+    lines = extract(tmp_path / "path.html", node.encode()).text.splitlines()
+    assert "const path = require('node:path');" in lines and "import path from 'node:path';" in lines, lines
+    assert "// Returns: 'C:\\temp\\a.html'" in lines and "On Windows:" in lines, "the code block ends its line"
+    assert "Path" in lines and not any(line.rstrip().endswith(("#", "copy")) for line in lines), lines
+    sphinx = extract(tmp_path / "json.html", SPHINX_PAGE.encode()).text
+    assert "\u00b6" not in sphinx
+
+
 def test_html_falls_back_to_all_text_with_inline_code_kept_inline(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

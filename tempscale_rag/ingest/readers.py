@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import itertools
 import os
 import re
 import stat
@@ -446,6 +447,8 @@ def _trafilatura_text(data: bytes) -> str | None:
     title = " ".join((tree.findtext(".//title") or "").split())
     _collapse_whitespace(tree)
     _unwrap_code_blocks(tree)
+    _tidy_code_blocks(tree)
+    _drop_permalinks(tree)
     try:
         # Handed back as markup: given the tree itself, trafilatura loses the text that follows inline links.
         result: str | None = trafilatura.extract(
@@ -476,6 +479,36 @@ def _unwrap_code_blocks(tree: Any) -> None:
     wrappers = "//div[pre][not(*[not(self::pre or self::a or self::button)])][not(normalize-space(text()))]"
     for div in tree.xpath(wrappers):
         div.tag = "p"
+
+
+def _tidy_code_blocks(tree: Any) -> None:
+    """Keep a code block's lines apart from each other and from the text after it.
+
+    Two things in a `<pre>` made trafilatura join lines that a browser shows apart: the whitespace left where a
+    copy `<button>` sat after the `<code>` (the block's last line then ran into the next paragraph: "// Returns:
+    'myfile.html' On Windows:" on Node.js's pages), and two `<code>` flavours of one example side by side (Node.js's
+    CommonJS and ES-module versions, shown one at a time) with no line break between them.
+    """
+    for pre in tree.iter("pre"):
+        for button in pre.findall(".//button"):
+            button.drop_tree()  # keeps its tail text
+        children = list(pre)
+        for child, following in itertools.pairwise(children):
+            if child.tag == "code" and following.tag == "code" and not (child.tail or "").strip():
+                child.tail = "\n"
+        if children and children[-1].tail is not None and not children[-1].tail.strip():
+            children[-1].tail = None
+
+
+# The marks documentation generators put after each heading and definition, linking to itself (Sphinx and MkDocs
+# "¶", Node.js "#", rustdoc "§"): "gzip.open(filename, ...)¶" otherwise.
+_PERMALINK_MARKS = frozenset({"#", "¶", "§"})
+
+
+def _drop_permalinks(tree: Any) -> None:
+    for link in list(tree.iter("a")):
+        if link.get("href", "").startswith("#") and link.text_content().strip() in _PERMALINK_MARKS:
+            link.drop_tree()
 
 
 _PREFORMATTED = frozenset({"pre", "textarea", "listing", "plaintext", "xmp"})
