@@ -34,10 +34,15 @@ as installed by Debian's `python3-doc` (`/usr/share/doc/python3.X/html/library`,
 five questions, then eighteen more, each answered by one page. Sphinx renders every cross-reference (`str`, `None`,
 a function name) as its own `<code>`/`<span>` inline, so the old reader also splits sentences there.
 
+A fourth folder is Node.js's API reference as Debian's `nodejs-doc` installs it (`/usr/share/doc/nodejs/api`, or
+give `--node-docs DIR`): forty module pages, each carrying the whole site's navigation (every module's name, twice)
+and its own table of contents, with forty questions, each answered by one page.
+
 With `--python-pages N` (N > 23) the Python folder also holds N - 23 other pages of the library reference, evenly
 spaced in name order, as distractors: the same questions over a folder closer in size to a real documentation tree.
 
-    python benchmarks/html_extraction.py [--docs DIR] [--python-docs DIR] [--sets book,fs,python] [--log FILE]
+    python benchmarks/html_extraction.py [--docs DIR] [--python-docs DIR] [--node-docs DIR] [--sets book,fs,python,node]
+        [--log FILE]
     python benchmarks/html_extraction.py --sets python --python-pages 100 --log FILE
 """
 
@@ -165,6 +170,59 @@ PY_MORE_QUESTIONS = [
     ("How do I filter a list of names by a Unix shell-style wildcard pattern?", "fnmatch.html"),
     ("How do I find the longest common sub-path of several path strings?", "os.path.html"),
 ]
+# A fourth folder: Node.js's API reference as Debian's `nodejs-doc` installs it (/usr/share/doc/nodejs/api), one HTML
+# page per module. Every page carries the whole site's navigation (all ~60 module names, twice: the sidebar and the
+# "Index" menu), the page's own table of contents (every method name), "Edit on GitHub" and version pickers: page
+# chrome that names every other page, which is what the issue describes. Forty questions, each answered by one page; the
+# folder holds those forty pages.
+NODE_QUESTIONS = [
+    ("How do I get the extension of a file name?", "path.html"),
+    ("How many CPUs can my program use and how much memory is free?", "os.html"),
+    ("How do I ask the user a question in the terminal and read the answer?", "readline.html"),
+    ("How do I look up the IP address of a hostname?", "dns.html"),
+    ("How do I read the query parameters of a URL?", "url.html"),
+]
+NODE_MORE_QUESTIONS = [
+    ("How do I call a function repeatedly every few seconds and stop it later?", "timers.html"),
+    ("How do I time how long a piece of code takes, with a label?", "console.html"),
+    ("How do I run a shell command and get its output?", "child_process.html"),
+    ("How do I check in a test that two objects are deeply equal?", "assert.html"),
+    ("How do I create a server that accepts encrypted connections with a certificate and key?", "tls.html"),
+    ("How do I run untrusted JavaScript code in a separate context?", "vm.html"),
+    ("How do I gzip-compress a buffer?", "zlib.html"),
+    ("How do I run CPU-heavy JavaScript on another thread?", "worker_threads.html"),
+    ("How do I write a heap snapshot to find a memory leak?", "v8.html"),
+    ("How do I measure the time between two marks with high resolution?", "perf_hooks.html"),
+    ("How do I send a UDP datagram?", "dgram.html"),
+    ("How do I spread incoming connections over several processes, one per CPU core?", "cluster.html"),
+    ("How do I find out which file require would load for a module name, without loading it?", "modules.html"),
+    ("How do I get the directory of the current file in an ES module?", "esm.html"),
+    ("How do I write a diagnostic report of the process to a file?", "report.html"),
+    ("How do I keep request-scoped data across asynchronous calls?", "async_context.html"),
+    ("How do I start an interactive JavaScript prompt inside my application?", "repl.html"),
+    ("How do I decode bytes to text without splitting multi-byte UTF-8 characters?", "string_decoder.html"),
+    ("How do I check whether output goes to a terminal and get its width in columns?", "tty.html"),
+    ("How do I make a GET request to an https URL?", "https.html"),
+    ("How do I create a TCP server that listens on a port?", "net.html"),
+    ("How do I run a WebAssembly program that uses a system interface?", "wasi.html"),
+    (
+        "How do I publish diagnostic messages on a named channel that tools can subscribe to?",
+        "diagnostics_channel.html",
+    ),
+    ("How do I generate a key and encrypt data with the Web Crypto API?", "webcrypto.html"),
+    ("How do I turn my script into a single executable file I can ship?", "single-executable-applications.html"),
+    ("How do I restrict which files a Node.js process may read?", "permissions.html"),
+    ("How do I format dates and numbers for languages other than English?", "intl.html"),
+    ("How do I serialize an object into a URL query string?", "querystring.html"),
+    ("How do I start a CPU profile from code through the inspector protocol?", "inspector.html"),
+    ("How do I wait for an event to be emitted once, with a promise?", "events.html"),
+    ("How do I deep-copy a value with a built-in global function?", "globals.html"),
+    ("How do I step through my script with the built-in command-line debugger?", "debugger.html"),
+    ("How do I install the package manager version a project pins?", "corepack.html"),
+    ("How do I define which files of my package other code can import?", "packages.html"),
+    ("How do I build a C++ addon with node-gyp?", "addons.html"),
+]
+NODE_PAGES = [page for _q, page in NODE_QUESTIONS + NODE_MORE_QUESTIONS]
 CHROME = (
     "Keyboard shortcuts",
     "to navigate between chapters",
@@ -179,6 +237,10 @@ CHROME = (
     "Previous topic",
     "Next topic",
     "Please donate",
+    # Node.js: the "Index" menu and the version picker / GitHub links above every page.
+    "View on single page",
+    "Edit on GitHub",
+    "Asynchronous context tracking\nAsync hooks",
 )
 # Inline code that the old reader leaves alone on a line (Rust pages, then Python's cross-references).
 LONE_CODE = {"String", "Option<T>", "match", "Path", "<", ">", "None", "str", "bytes", "True", "False"}
@@ -206,6 +268,12 @@ def find_python_docs() -> Path | None:
     # Debian links python3.X-venv, python3.X-dev ... to python3.X: resolve so that the log names the real folder.
     candidates = sorted({c.resolve() for c in Path("/usr/share/doc").glob("python3*/html/library")}, reverse=True)
     return next((c for c in candidates if all((c / name).exists() for name in PY_PAGES)), None)
+
+
+def find_node_docs() -> Path | None:
+    """Node.js's API reference as installed by Debian/Ubuntu's `nodejs-doc`."""
+    folder = Path("/usr/share/doc/nodejs/api")
+    return folder if all((folder / name).exists() for name in NODE_PAGES) else None
 
 
 def old_html_text(path: Path, data: bytes) -> str:
@@ -347,9 +415,16 @@ def main() -> None:
         help=f"Pages of the Python folder to index: the {len(PY_PAGES)} that answer the questions, plus distractors.",
     )
     parser.add_argument(
+        "--node-docs",
+        type=Path,
+        default=None,
+        help="Node.js's API reference folder (default: /usr/share/doc/nodejs/api).",
+    )
+    parser.add_argument(
         "--sets",
-        default="book,fs,python",
-        help="Comma-separated folders to measure: book (Rust book), fs (std::fs), python (Sphinx). Default: all.",
+        default="book,fs,python,node",
+        help="Comma-separated folders to measure: book (Rust book), fs (std::fs), python (Sphinx), node (Node.js). "
+        "Default: all.",
     )
     parser.add_argument(
         "--log",
@@ -365,9 +440,9 @@ def main() -> None:
         lines.append(line)
 
     sets = ["book"] if args.book_only else [name.strip() for name in args.sets.split(",") if name.strip()]
-    unknown = sorted(set(sets) - {"book", "fs", "python"})
+    unknown = sorted(set(sets) - {"book", "fs", "python", "node"})
     if unknown:
-        raise SystemExit(f"--sets: unknown folder(s) {', '.join(unknown)}; choose from book, fs, python")
+        raise SystemExit(f"--sets: unknown folder(s) {', '.join(unknown)}; choose from book, fs, python, node")
 
     from tempscale_rag.ingest import readers
 
@@ -395,6 +470,20 @@ def main() -> None:
                 python_docs,
                 pages,
                 PY_QUESTIONS + PY_MORE_QUESTIONS,
+            )
+        )
+    if "node" in sets:
+        node_docs = args.node_docs or find_node_docs()
+        if node_docs is None:
+            raise SystemExit(
+                "Node.js's HTML documentation was not found; `apt-get install nodejs-doc` or pass --node-docs DIR"
+            )
+        corpora.append(
+            (
+                f"{len(NODE_PAGES)} pages of Node.js's API reference",
+                node_docs,
+                NODE_PAGES,
+                NODE_QUESTIONS + NODE_MORE_QUESTIONS,
             )
         )
     results = []
