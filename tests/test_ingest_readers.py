@@ -268,14 +268,30 @@ def test_html_code_blocks_end_their_line_and_permalink_marks_are_dropped(tmp_pat
         "<code class='language-js mjs'>import path from 'node:path';</code><button class='copy-button'>copy</button>"
         "</pre><p>On POSIX:</p><pre><code class='language-js'>path.basename('C:\\temp\\a.html');\n"
         "// Returns: 'C:\\temp\\a.html'</code> <button class='copy-button'>copy</button></pre>"
-        "<p>On Windows:</p><p>Node.js follows the concept of a per-drive working directory.</p></main></body></html>"
+        "<p>On Windows:</p><p>Node.js follows the concept of a per-drive working directory.</p>"
+        "<h3>path.extname(path)<a class='headerlink' href='#path.extname'>\u00b6</a></h3>"  # Sphinx's mark
+        "<p>The path.extname() method returns the extension of the path, from the last period to the end.</p>"
+        "</main></body></html>"
     )
     lines = extract(tmp_path / "path.html", node.encode()).text.splitlines()
     assert "const path = require('node:path');" in lines and "import path from 'node:path';" in lines, lines
     assert "// Returns: 'C:\\temp\\a.html'" in lines and "On Windows:" in lines, "the code block ends its line"
-    assert "Path" in lines and not any(line.rstrip().endswith(("#", "copy")) for line in lines), lines
-    sphinx = extract(tmp_path / "json.html", SPHINX_PAGE.encode()).text
-    assert "\u00b6" not in sphinx
+    assert "Path" in lines and "path.extname(path)" in lines, "headings without their permalink marks"
+    assert not any(line.rstrip().endswith(("#", "\u00b6", "copy")) for line in lines), lines
+
+
+def test_html_without_a_declared_encoding_is_read_as_utf8_or_its_detected_encoding(tmp_path: Path) -> None:
+    body = (
+        "<p>Le caf\u00e9 na\u00eff servait une cr\u00e8me br\u00fbl\u00e9e d\u00e9licieuse \u00e0 la terrasse, "
+        "pr\u00e8s de la fen\u00eatre o\u00f9 l'on voyait la mer. Les clients fid\u00e8les revenaient chaque "
+        "\u00e9t\u00e9 pour go\u00fbter ses p\u00e2tisseries fran\u00e7aises.</p>"
+    )
+    page = f"<html><head><title>Caf\u00e9</title></head><body><article>{body * 3}</article></body></html>"
+    for encoding in ("utf-8", "cp1252"):  # neither declared in the page (lxml alone reads both as Latin-1)
+        text = extract(tmp_path / "cafe.html", page.encode(encoding)).text
+        assert "caf\u00e9 na\u00eff servait une cr\u00e8me br\u00fbl\u00e9e" in text, (encoding, text[:200])
+    declared = page.replace("<head>", "<head><meta charset='iso-8859-1'>").encode("latin-1")
+    assert "fran\u00e7aises" in extract(tmp_path / "cafe.html", declared).text, "a declared encoding is honoured"
 
 
 def test_html_falls_back_to_all_text_with_inline_code_kept_inline(

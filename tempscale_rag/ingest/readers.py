@@ -441,8 +441,8 @@ def _trafilatura_text(data: bytes) -> str | None:
     # trafilatura logs an ERROR for pages it finds empty; the fallback handles those, so they are not errors here.
     logging.getLogger("trafilatura").setLevel(logging.CRITICAL)
     try:
-        tree = lxml.html.document_fromstring(data)
-    except (ValueError, lxml.etree.ParserError):
+        tree = lxml.html.document_fromstring(data, parser=lxml.html.HTMLParser(encoding=_undeclared_encoding(data)))
+    except (ValueError, LookupError, lxml.etree.ParserError):
         return None
     title = " ".join((tree.findtext(".//title") or "").split())
     _collapse_whitespace(tree)
@@ -467,6 +467,26 @@ def _trafilatura_text(data: bytes) -> str | None:
         # content extraction drops it with the rest of the <head>, and documents are ranked better with it.
         result = f"{title}\n{result}"
     return result
+
+
+_DECLARED_ENCODING = re.compile(rb"<meta[^>]+charset|<\?xml[^>]+encoding", re.IGNORECASE)
+
+
+def _undeclared_encoding(data: bytes) -> str | None:
+    """The encoding to parse a page with when it declares none (None: let lxml follow the page's own declaration).
+
+    lxml reads bytes without a byte-order mark or `<meta charset>` as Latin-1, so an undeclared UTF-8 page (common
+    for generated and hand-written HTML) came out as mojibake ("\u00c2\u00b6" for "\u00b6"). Such a page is read as
+    UTF-8 when it decodes as UTF-8, else in the encoding charset-normalizer is confident about, as for text files.
+    """
+    if any(data.startswith(bom) for bom, _ in _BOMS) or _DECLARED_ENCODING.search(data[:4096]):
+        return None
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        detected = detect_encoding(data)
+        return detected[1] if detected else None
+    return "utf-8"
 
 
 def _unwrap_code_blocks(tree: Any) -> None:
