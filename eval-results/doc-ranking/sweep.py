@@ -17,13 +17,11 @@ chose were then checked with `tempscale-rag eval` (see README.md beside this fil
 import itertools
 import json
 import lzma
-import math
 import multiprocessing as mp
 import os
 import sys
 import time
 
-import numpy as np
 import torch
 
 REPO = os.environ.get("REPO", os.getcwd())
@@ -81,6 +79,40 @@ def _chunk(args):
 
 def _ntok(text):
     return len(_TOK.encode(text, add_special_tokens=False).ids)
+
+
+def metric(rel, task, S):
+    """nDCG@10 (acc@1 for passkey and needle), in points, of scores S (queries x documents) against relevance rel."""
+    if task in ("passkey", "needle"):
+        top = S.argmax(1)
+        return float((rel.gather(1, top[:, None]) > 0).float().mean()) * 100
+    disc = 1.0 / torch.log2(torch.arange(2, 12, device=S.device).float())
+    k = min(10, S.shape[1])
+    top = S.topk(k, dim=1).indices
+    gains = rel.gather(1, top)
+    dcg = (gains * disc[:k]).sum(1)
+    ideal = rel.sort(1, descending=True).values[:, :k]
+    idcg = (ideal * disc[:k]).sum(1)
+    ok = idcg > 0
+    return float((dcg[ok] / idcg[ok]).mean()) * 100
+
+
+def evaluate(data, scores, truth, combo, agg, weights=None):
+    """Per-set means (and passkey/needle minima) and per-part figures of the documents scored as the (weighted) mean
+    of the groups in `combo` ((size, tau) pairs) under aggregation `agg`."""
+    out = {}
+    w = weights or [1.0] * len(combo)
+    for t, task in data.items():
+        for p in task:
+            S = sum(wi * scores[(t, p, s, tau, agg)] for wi, (s, tau) in zip(w, combo)) / sum(w)
+            out[f"{t}/{p}"] = metric(truth[(t, p)], t, S)
+    summary = {}
+    for t in data:
+        vals = [v for k, v in out.items() if k.split("/")[0] == t]
+        summary[t] = sum(vals) / len(vals)
+        if t in ("passkey", "needle"):
+            summary[t + "_min"] = min(vals)
+    return summary, out
 
 
 def main():
@@ -196,43 +228,12 @@ def main():
                 scores[k] = torch.cat(scores[k])
             print(f"scored {tname}/{pname} {time.time() - t0:.0f}s", flush=True)
 
-    disc = 1.0 / torch.log2(torch.arange(2, 12, device=DEV).float())
-
-    def metric(tname, pname, S):
-        rel = truth[(tname, pname)]
-        if tname in ("passkey", "needle"):
-            top = S.argmax(1)
-            return float((rel.gather(1, top[:, None]) > 0).float().mean()) * 100
-        k = min(10, S.shape[1])
-        top = S.topk(k, dim=1).indices
-        gains = rel.gather(1, top)
-        dcg = (gains * disc[:k]).sum(1)
-        ideal = rel.sort(1, descending=True).values[:, :k]
-        idcg = (ideal * disc[:k]).sum(1)
-        ok = idcg > 0
-        return float((dcg[ok] / idcg[ok]).mean()) * 100
-
-    parts = [(t, p) for t, task in data.items() for p in task]
-
-    def evaluate(combo, agg, weights=None):
-        out = {}
-        w = weights or [1.0] * len(combo)
-        for t, p in parts:
-            S = sum(wi * scores[(t, p, s, tau, agg)] for wi, (s, tau) in zip(w, combo)) / sum(w)
-            out[f"{t}/{p}"] = metric(t, p, S)
-        summary = {}
-        for t in data:
-            vals = [v for k, v in out.items() if k.split("/")[0] == t]
-            summary[t] = sum(vals) / len(vals)
-            if t in ("passkey", "needle"):
-                summary[t + "_min"] = min(vals)
-        return summary, out
 
     results = []
     for size in SIZES:
         for tau in TAUS:
             for a in aggs:
-                s, o = evaluate([(size, tau)], a)
+                s, o = evaluate(data, scores, truth, [(size, tau)], a)
                 results.append({"combo": [[size, tau]], "agg": list(a), **s, "parts": o})
     print(f"single sizes done {time.time() - t0:.0f}s", flush=True)
     main_aggs = [a for a in aggs if a in (("max", None), ("softmax", 0.01), ("softmax", 0.02), ("softmax", 0.03), ("hybrid", None))]
@@ -250,7 +251,7 @@ def main():
                     continue
                 combo = list(zip(sizes, taus, strict=True))
                 for a in main_aggs:
-                    s, o = evaluate(combo, a)
+                    s, o = evaluate(data, scores, truth, combo, a)
                     results.append({"combo": [list(c) for c in combo], "agg": list(a), **s, "parts": o})
         print(f"k={k} done {time.time() - t0:.0f}s, {len(results)} rows", flush=True)
         pass
@@ -263,7 +264,7 @@ def main():
         for w0 in (0.5, 1.5, 2.0):
             for w_last in (0.5, 1.0, 1.5):
                 w = [w0] + [1.0] * (len(combo) - 2) + [w_last]
-                s2, o2 = evaluate(combo, tuple(r["agg"]), w)
+                s2, o2 = evaluate(data, scores, truth, combo, tuple(r["agg"]), w)
                 results.append({"combo": [list(c) for c in combo], "agg": r["agg"], "weights": w, **s2, "parts": o2})
     print(f"weighted done {time.time() - t0:.0f}s", flush=True)
     keep = results if LEAN else [r for r in results if len(r["combo"]) == 1] + sorted(results, key=crit, reverse=True)[:4000]

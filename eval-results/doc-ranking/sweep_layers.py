@@ -12,72 +12,18 @@ of issue 11 (QMSum +2.0 over tau 1, BAMBOO 82, passkey 96 with no length under 9
         LTAUS=0.9,0.8,0.7,0.6 LSETS=012345,12345,2345,345,45,012,0123 python sweep_layers.py     # one H200: 261 s
 """
 
-import itertools
 import json
 import lzma
-import math
 import multiprocessing as mp
 import os
 import sys
 import time
 
-import numpy as np
 import torch
 
-REPO = os.environ.get("REPO", os.getcwd())
-sys.path.insert(0, REPO)
-MODEL = os.environ.get("MODEL", "/tmp/xp/model")
-DATA = os.environ.get("DATA", ".xp/data.json.xz")
-OUT = os.environ.get("OUT", "/tmp/xpout")
-SPECS = os.environ.get("SIZES", "32,48,64,96,128,192,256,384,499").split(",")
-SIZES = SPECS  # keys like "48" or "48:12" (size:overlap)
-OVERRIDE = {k: int(k.split(":")[1]) for k in SPECS if ":" in k}
-TAUS = [float(t) for t in os.environ.get("TAUS", "1.0,0.9,0.8,0.7,0.6").split(",")]
-OVERLAP_DIV = int(os.environ.get("OVERLAP_DIV", "8"))
-DEV = os.environ.get("DEV", "cuda")
-OVERLAP_MAX = int(os.environ.get("OVERLAP_MAX", "32"))
-
-
-def overlap(key):
-    if key in OVERRIDE:
-        return OVERRIDE[key]
-    size = int(key.split(":")[0])
-    return min(OVERLAP_MAX, size // OVERLAP_DIV)
-
-
-def nsize(key):
-    return int(key.split(":")[0])
-
-
-_SPLITTERS = {}
-
-
-def _init():
-    global _TOK
-    from tokenizers import Tokenizer
-
-    _TOK = Tokenizer.from_file(os.path.join(MODEL, "tokenizer.json"))
-    _TOK.no_padding()
-    _TOK.no_truncation()
-
-
-def _count(text):
-    return _TOK.encode(text, add_special_tokens=False).ids
-
-
-def _chunk(args):
-    size, text = args
-    from llama_index.core.node_parser import SentenceSplitter
-
-    sp = _SPLITTERS.get(size)
-    if sp is None:
-        sp = _SPLITTERS[size] = SentenceSplitter(chunk_size=nsize(size), chunk_overlap=overlap(size), tokenizer=_count)
-    pieces = [p for p in sp.split_text(text) if p.strip()]
-    return pieces
-
-
-def _ntok(text):
-    return len(_TOK.encode(text, add_special_tokens=False).ids)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The pipeline (chunking, token counts, settings read from the same environment variables) is sweep.py's.
+from sweep import DATA, DEV, MODEL, OUT, SIZES, _chunk, _init, _ntok, evaluate, nsize  # noqa: E402
 
 
 def main():
@@ -198,37 +144,6 @@ def main():
                 scores[k] = torch.cat(scores[k])
             print(f"scored {tname}/{pname} {time.time() - t0:.0f}s", flush=True)
 
-    disc = 1.0 / torch.log2(torch.arange(2, 12, device=DEV).float())
-
-    def metric(tname, pname, S):
-        rel = truth[(tname, pname)]
-        if tname in ("passkey", "needle"):
-            top = S.argmax(1)
-            return float((rel.gather(1, top[:, None]) > 0).float().mean()) * 100
-        k = min(10, S.shape[1])
-        top = S.topk(k, dim=1).indices
-        gains = rel.gather(1, top)
-        dcg = (gains * disc[:k]).sum(1)
-        ideal = rel.sort(1, descending=True).values[:, :k]
-        idcg = (ideal * disc[:k]).sum(1)
-        ok = idcg > 0
-        return float((dcg[ok] / idcg[ok]).mean()) * 100
-
-    parts = [(t, p) for t, task in data.items() for p in task]
-
-    def evaluate(combo, agg, weights=None):
-        out = {}
-        w = weights or [1.0] * len(combo)
-        for t, p in parts:
-            S = sum(wi * scores[(t, p, s, tau, agg)] for wi, (s, tau) in zip(w, combo)) / sum(w)
-            out[f"{t}/{p}"] = metric(t, p, S)
-        summary = {}
-        for t in data:
-            vals = [v for k, v in out.items() if k.split("/")[0] == t]
-            summary[t] = sum(vals) / len(vals)
-            if t in ("passkey", "needle"):
-                summary[t + "_min"] = min(vals)
-        return summary, out
 
     results = []
     small = [k for k in SIZES if k not in LONG]
@@ -241,7 +156,7 @@ def main():
                 v2 = "1.0" if t2 == 1.0 else f"{t2}@{ls}"
                 combo = [(k, "1.0") for k in small] + list(zip(LONG, (v1, v2)))
                 for a in aggs:
-                    s_, o = evaluate(combo, a)
+                    s_, o = evaluate(data, scores, truth, combo, a)
                     results.append({"combo": [list(c) for c in combo], "agg": list(a), **s_, "parts": o})
     base = {tuple(r["agg"]): r for r in results if all(v == "1.0" for _, v in r["combo"])}
     def loss(r):
