@@ -477,16 +477,14 @@ def _undeclared_encoding(data: bytes) -> str | None:
 
     lxml reads bytes without a byte-order mark or `<meta charset>` as Latin-1, so an undeclared UTF-8 page (common
     for generated and hand-written HTML) came out as mojibake ("\u00c2\u00b6" for "\u00b6"). Such a page is read as
-    UTF-8 when it decodes as UTF-8, else in the encoding charset-normalizer is confident about, as for text files.
+    UTF-8 when it decodes as UTF-8, else in the encoding charset-normalizer is confident about: the text-file rule.
     """
     if any(data.startswith(bom) for bom, _ in _BOMS) or _DECLARED_ENCODING.search(data[:4096]):
         return None
     try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        detected = detect_encoding(data)
-        return detected[1] if detected else None
-    return "utf-8"
+        return _decode_text(Path("page.html"), data).encoding
+    except DocumentError:  # no confident guess: lxml's own default, as before
+        return None
 
 
 def _unwrap_code_blocks(tree: Any) -> None:
