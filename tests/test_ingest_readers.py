@@ -280,6 +280,40 @@ def test_html_code_blocks_end_their_line_and_permalink_marks_are_dropped(tmp_pat
     assert not any(line.rstrip().endswith(("#", "\u00b6", "copy")) for line in lines), lines
 
 
+def test_html_keeps_figure_listings_and_parameter_lists_but_not_navigation(tmp_path: Path) -> None:
+    # mdBook wraps each code listing in a <figure> with a caption; trafilatura deletes figures as media.
+    prose = "<p>We now have a way to find out the index of the end of the first word in the string, but there is a "
+    prose += "problem: the index is a separate value from the String, so nothing keeps it valid in the future.</p>"
+    book = (
+        "<html><head><title>The Slice Type</title></head><body><main>" + prose
+        + "<figure class='listing' id='listing-4-8'><span class='file-name'>Filename: src/main.rs</span>"
+        "<pre class='playground'><code>fn main() {\n    let word = first_word(&amp;s); // word will get the value 5"
+        "\n    s.clear();\n}</code></pre><figcaption><a href='#listing-4-8'>Listing 4-8</a>: Storing the result from"
+        " calling the <code>first_word</code> function and then changing the <code>String</code> contents"
+        "</figcaption></figure>" + prose + "</main></body></html>"
+    )
+    text = extract(tmp_path / "slices.html", book.encode()).text
+    assert "let word = first_word(&s); // word will get the value 5" in text, text
+    assert "Listing 4-8: Storing the result from calling the first_word function and then changing" in text, text
+    # Node.js: each parameter links its type, which made the list link-dense and trafilatura dropped it as
+    # navigation; the page's real navigation (items that are only links) must still go.
+    modules = "".join(f"<li><a href='{m}.html'>{m.title()} module</a></li>" for m in ("assert", "buffer", "crypto"))
+    node = (
+        f"<html><head><title>Path</title></head><body><nav><ul>{modules * 8}</ul></nav><main>"
+        "<h3>path.basename(path[, suffix])</h3><ul><li><code>path</code> <a class='type' href='s'>&lt;string&gt;</a>"
+        "</li><li><code>suffix</code> <a class='type' href='s'>&lt;string&gt;</a> An optional suffix to remove</li>"
+        "<li>Returns: <a class='type' href='s'>&lt;string&gt;</a></li></ul>"
+        "<p>The <code>path.basename()</code> method returns the last portion of a path, similar to the Unix "
+        "<code>basename</code> command. Trailing directory separators are ignored.</p>" + prose + prose
+        + "</main></body></html>"
+    )
+    text = extract(tmp_path / "path.html", node.encode()).text
+    lines = text.splitlines()
+    assert "- suffix <string> An optional suffix to remove" in lines, lines
+    assert "- path <string>" in lines and "- Returns: <string>" in lines, lines
+    assert "Crypto module" not in text, "navigation (items that are only links) is still dropped"
+
+
 def test_html_without_a_declared_encoding_is_read_as_utf8_or_its_detected_encoding(tmp_path: Path) -> None:
     body = (
         "<p>Le caf\u00e9 na\u00eff servait une cr\u00e8me br\u00fbl\u00e9e d\u00e9licieuse \u00e0 la terrasse, "

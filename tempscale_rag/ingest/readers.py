@@ -446,6 +446,8 @@ def _trafilatura_text(data: bytes) -> str | None:
         return None
     title = " ".join((tree.findtext(".//title") or "").split())
     _collapse_whitespace(tree)
+    _keep_figures(tree)
+    _unlink_described_items(tree)
     _unwrap_code_blocks(tree)
     _tidy_code_blocks(tree)
     _drop_permalinks(tree)
@@ -485,6 +487,55 @@ def _undeclared_encoding(data: bytes) -> str | None:
         return _decode_text(Path("page.html"), data).encoding
     except DocumentError:  # no confident guess: lxml's own default, as before
         return None
+
+
+def _keep_figures(tree: Any) -> None:
+    """Make `<figure>`s and their captions ordinary blocks, so that their text is kept.
+
+    trafilatura deletes every `<figure>` as media when images are not extracted, but documentation puts text in
+    them: mdBook wraps each code listing in one (the Rust book's 866 "Listing 4-8: Storing the result from calling
+    `first_word` ..." blocks, code and caption), and a diagram's caption says what it shows. Images inside are still
+    dropped.
+    """
+    for figure in tree.iter("figure"):
+        figure.tag = "div"
+    for caption in tree.iter("figcaption"):
+        caption.tag = "p"
+
+
+def _unlink_described_items(tree: Any) -> None:
+    """Turn the links of list items that say something besides their links into plain text.
+
+    trafilatura drops link-dense lists as navigation, and an API reference's parameter lists are link-dense: each
+    item links its type (Node.js's "`flush` <boolean> If true, the underlying file descriptor is flushed prior to
+    closing it. Default: false."), so every function lost its parameters and options. A navigation or contents
+    item is a link and nothing else; an item with words of its own outside its links (nested lists aside) is content.
+    """
+    for item in list(tree.iter("li")):  # a list: dropping links changes the tree under the iterator
+        if not _own_words(item):
+            continue
+        for link in [a for a in item.iter("a") if _nearest_item(a) is item]:
+            link.drop_tag()
+
+
+def _own_words(item: Any) -> bool:
+    """Whether a list item has word characters outside its links and nested lists."""
+    parts = [item.text or ""]
+    stack = list(item)
+    while stack:
+        child = stack.pop()
+        parts.append(child.tail or "")
+        if isinstance(child.tag, str) and child.tag not in ("a", "ul", "ol"):
+            parts.append(child.text or "")
+            stack.extend(child)
+    return any(ch.isalnum() for part in parts for ch in part)
+
+
+def _nearest_item(element: Any) -> Any:
+    parent = element.getparent()
+    while parent is not None and parent.tag != "li":
+        parent = parent.getparent()
+    return parent
 
 
 def _unwrap_code_blocks(tree: Any) -> None:
