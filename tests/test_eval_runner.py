@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tempscale_rag import TempScaleConfig, TempScaleEncoder
-from tempscale_rag.config import DEFAULT_BUCKETS
+from tempscale_rag.config import DEFAULT_BUCKETS, DEFAULT_QUERY_TEMPERATURE
 from tempscale_rag.evaluation import evaluate_run
 from tempscale_rag.evaluation.report import markdown_report, write_outputs
 from tempscale_rag.evaluation.runner import (
@@ -145,6 +145,27 @@ def test_segment_lengths_mirror_the_encoder(encoder: TempScaleEncoder) -> None:
         assert enc.last_report.tokens == sum(lengths)
     assert segment_lengths(n_tokens, 64, n_special, "truncate", 8) == [64]
     assert segment_lengths(10, 64, n_special, "chunk_mean", 8) == [10]
+
+
+def test_per_size_rows_put_queries_at_the_product_query_tau_and_the_baseline_at_one() -> None:
+    rows = build_configurations(BASE, queries="both", chunkings=["16:1,32:0.8", "16:1,32:0.9"])
+    by_name = {c.name: c for c in rows}
+    assert list(by_name) == [
+        "tau=1",
+        "taus 16:1,32:0.8",
+        "taus 16:1,32:0.8 docs-only",
+        "taus 16:1,32:0.9",
+        "taus 16:1,32:0.9 docs-only",
+    ]
+    # `index` gives queries DEFAULT_QUERY_TEMPERATURE; every row of the pipeline, not only the first, gets it
+    assert by_name["taus 16:1,32:0.8"].config.query_temperature == DEFAULT_QUERY_TEMPERATURE != 1.0
+    assert by_name["taus 16:1,32:0.9"].config.query_temperature == DEFAULT_QUERY_TEMPERATURE
+    assert by_name["taus 16:1,32:0.9 docs-only"].config.query_temperature == 1.0
+    baseline = by_name["tau=1"].config
+    assert baseline.temperature == 1.0 and baseline.query_temperature is None  # queries at tau 1 like the chunks
+    # --query-temperature reaches the per-size rows (it used to be dropped with the other temperature fields)
+    asked = build_configurations(BASE.model_copy(update={"query_temperature": 0.7}), chunkings=["16:1,32:0.8"])
+    assert [c.config.query_temperature for c in asked] == [None, 0.7]
 
 
 def test_build_configurations_names_baselines_and_validation() -> None:

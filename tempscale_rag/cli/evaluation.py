@@ -167,7 +167,7 @@ def _print_json(document: Any) -> None:
 
 
 def _register_eval(subparsers: Any) -> None:
-    from tempscale_rag.config import DEFAULT_DOC_SCORE, ChunkingConfig
+    from tempscale_rag.config import DEFAULT_DOC_SCORE, DEFAULT_QUERY_TEMPERATURE, ChunkingConfig
     from tempscale_rag.documents import DOC_SCORES
 
     default_chunks = ChunkingConfig().spec()
@@ -180,7 +180,8 @@ def _register_eval(subparsers: Any) -> None:
         "cost (tokens embedded per source token, vectors per 1,000 source tokens, embedding seconds). By default "
         "it evaluates what the product does: every document chunked as `index` chunks it (sizes "
         f"{default_chunks}, each size its own length bucket and tau), documents ranked from their chunks "
-        f"(--doc-score {DEFAULT_DOC_SCORE}), queries routed by length (short queries at tau = 1). Every pipeline "
+        f"(--doc-score {DEFAULT_DOC_SCORE}), queries at tau {DEFAULT_QUERY_TEMPERATURE:g} (--query-temperature). "
+        "Every pipeline "
         "gets a tau = 1 baseline row (same chunks and aggregation, every tau 1); with no --temperature, --buckets, "
         "--calibration or --schedule it is compared with the chunk sizes' own taus (and `vector` with the default "
         "buckets). Embeddings are cached per (text, tau), so a sweep embeds each distinct chunk once per tau. "
@@ -194,7 +195,8 @@ def _register_eval(subparsers: Any) -> None:
         choices=("same", "plain", "both"),
         default="same",
         help="Global taus: encode queries at tau too (same, the paper), at tau = 1 (plain: documents only), or both; "
-        "per-size taus: route queries by length like `search` does (same) or keep them at tau = 1 (plain).",
+        "per-size taus: queries at --query-temperature (default "
+        f"{DEFAULT_QUERY_TEMPERATURE:g}) as `search` does (same), at tau = 1 (plain), or both.",
     )
     group = parser.add_argument_group("pipelines compared (axes)")
     add_argument(

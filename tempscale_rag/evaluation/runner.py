@@ -48,6 +48,7 @@ import numpy.typing as npt
 from tempscale_rag.config import (
     DEFAULT_BUCKETS,
     DEFAULT_DOC_SCORE,
+    DEFAULT_QUERY_TEMPERATURE,
     Bucket,
     ChunkingConfig,
     LongTextPolicy,
@@ -311,8 +312,9 @@ def build_configurations(
         long_text: Long-text policies of the `vector` pipeline (an axis).
         max_seq_lengths: Windows to compare (an axis); None is the model's full window.
         queries: For global taus: `same` encodes queries at tau too (the paper), `plain` keeps queries at tau = 1
-            (documents-only TempScale), `both` evaluates both. For per-size taus: `same` routes queries by length
-            like any input (what `index`/`search` do), `plain` keeps them at tau = 1.
+            (documents-only TempScale), `both` evaluates both. For per-size taus: `same` encodes queries at
+            `base.query_temperature`, else `DEFAULT_QUERY_TEMPERATURE` (what `index`/`search` do), `plain` at
+            tau = 1.
         doc_scores: Pipelines (an axis): `vector` and/or chunk aggregations (`max`, `mean`, `hybrid`, `topm`,
             `softmax`).
         chunkings: Chunk settings of the chunked pipelines (an axis): `ChunkingConfig`s or specs such as
@@ -336,6 +338,8 @@ def build_configurations(
         raise ValueError("the long-text, window and doc-score axes need at least one value each")
     chunk_groups = _chunk_groups(chunkings, overlap_tokens) if any(s != VECTOR for s in scores) else {}
     fields = base.model_dump()
+    # Per-size rows put queries at the asked-for tau like `index` does; the other rows set their own query tau.
+    query_tau = base.query_temperature or DEFAULT_QUERY_TEMPERATURE
     for name in ("temperature", "schedule", "query_temperature", "calibration_file", "buckets"):
         fields.pop(name, None)
     taus = list(dict.fromkeys(float(t) for t in temperatures))
@@ -421,15 +425,14 @@ def build_configurations(
                 ):
                     if all(t == 1.0 for t in chunking.taus):
                         continue  # the baseline already
-                    # `same` is what `index` and `search` do with per-size taus: queries at `query_temperature`, tau 1
-                    # unless set (a query is not a chunk); `plain` keeps them at tau = 1, a separate row only when that
-                    # differs.
-                    product_tau = common.get("query_temperature") or 1.0  # as `chunk_routing` gives `index`
-                    rows = [(f"taus {chunking.spec()}", product_tau)] if queries in ("same", "both") else []
-                    if queries in ("plain", "both") and (not rows or product_tau != 1.0):
+                    # `same` is what `index` and `search` do with per-size taus: queries at `query_temperature`,
+                    # `DEFAULT_QUERY_TEMPERATURE` unless set (a query is not a chunk); `plain` keeps them at tau = 1, a
+                    # separate row only when that differs.
+                    rows = [(f"taus {chunking.spec()}", query_tau)] if queries in ("same", "both") else []
+                    if queries in ("plain", "both") and (not rows or query_tau != 1.0):
                         rows.append((f"taus {chunking.spec()} docs-only", 1.0))
-                    for setting, query_tau in rows:
-                        config = _config(common, query_temperature=query_tau)
+                    for setting, row_query_tau in rows:
+                        config = _config(common, query_temperature=row_query_tau)
                         out.append(
                             EvalConfiguration(
                                 f"{setting}{suffix}", config, baseline, doc_score, chunking, True, setting
