@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tempscale_rag.cli import main
+from tempscale_rag.config import DEFAULT_QUERY_TEMPERATURE
 from tempscale_rag.stores import open_store
 
 from .conftest import run_cli
@@ -180,11 +181,25 @@ def test_index_with_a_per_size_calibration_file_uses_its_sizes_and_taus(
     info = json.loads(run_cli(capsys, "info", "--out", str(tmp_path / "i"), "--json")[1])
     assert info["chunking"]["sizes"] == [24, 48] and info["chunking"]["temperatures"] == [1.0, 0.7]
     assert [b["tau"] for b in info["config"]["buckets"]] == [1.0, 0.7]
+    assert info["config"]["query_temperature"] == DEFAULT_QUERY_TEMPERATURE  # queries: one tau, not a chunk bucket's
 
 
-def test_a_short_file_is_shown_once_not_once_per_chunk_size(
+def test_queries_get_the_default_query_tau_or_the_one_asked_for(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    docs = write_docs(tmp_path / "docs", repeat=1)
+    for out, extra, expected in (("a", [], DEFAULT_QUERY_TEMPERATURE), ("b", ["--query-temperature", "1"], 1.0)):
+        code, _, err = run_cli(
+            capsys, "index", str(docs), "--out", str(tmp_path / out), "--chunk-tokens", "32,64", *extra
+        )
+        assert code == 0, err
+        info = json.loads(run_cli(capsys, "info", "--out", str(tmp_path / out), "--json")[1])
+        assert info["config"]["query_temperature"] == expected
+    _, text, _ = run_cli(capsys, "info", "--out", str(tmp_path / "a"))
+    assert f"queries    tau {DEFAULT_QUERY_TEMPERATURE:g}" in text
+
+
+def test_a_short_file_is_shown_once_not_once_per_chunk_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # Shorter than every size: the same text is a chunk at 32 and at 64 tokens (two vectors, one text to show).
     docs = write_docs(tmp_path / "docs", repeat=1)
     index = tmp_path / "index"

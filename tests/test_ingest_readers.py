@@ -246,7 +246,8 @@ def test_html_text_is_joined_as_a_browser_renders_it_and_code_keeps_its_lines(tm
         "<div class='example-wrap'><pre class='rust rust-example-rendered'><code><span class='kw'>use </span>std::fs;"
         "\n<span class='kw'>let </span>message = fs::read_to_string(<span class='string'>\"message.txt\"</span>)?;"
         "</code></pre><a class='test-arrow' target='_blank' title='Run code' href='https://play.rust-lang.org/?code="
-        + "%23!%5Ballow(unused)%5D%0Ause+std::fs;%0Alet+message+=+fs::read_to_string(%22message.txt%22)?;" * 4
+        + "%23!%5Ballow(unused)%5D%0Ause+std::fs;%0Alet+message+=+fs::read_to_string(%22message.txt%22)?;"
+        * 4
         + "&amp;edition=2024'></a></div>"
         "</div></details></section></div></main></body></html>"
     )
@@ -285,7 +286,8 @@ def test_html_keeps_figure_listings_and_parameter_lists_but_not_navigation(tmp_p
     prose = "<p>We now have a way to find out the index of the end of the first word in the string, but there is a "
     prose += "problem: the index is a separate value from the String, so nothing keeps it valid in the future.</p>"
     book = (
-        "<html><head><title>The Slice Type</title></head><body><main>" + prose
+        "<html><head><title>The Slice Type</title></head><body><main>"
+        + prose
         + "<figure class='listing' id='listing-4-8'><span class='file-name'>Filename: src/main.rs</span>"
         "<pre class='playground'><code>fn main() {\n    let word = first_word(&amp;s); // word will get the value 5"
         "\n    s.clear();\n}</code></pre><figcaption><a href='#listing-4-8'>Listing 4-8</a>: Storing the result from"
@@ -304,7 +306,9 @@ def test_html_keeps_figure_listings_and_parameter_lists_but_not_navigation(tmp_p
         "</li><li><code>suffix</code> <a class='type' href='s'>&lt;string&gt;</a> An optional suffix to remove</li>"
         "<li>Returns: <a class='type' href='s'>&lt;string&gt;</a></li></ul>"
         "<p>The <code>path.basename()</code> method returns the last portion of a path, similar to the Unix "
-        "<code>basename</code> command. Trailing directory separators are ignored.</p>" + prose + prose
+        "<code>basename</code> command. Trailing directory separators are ignored.</p>"
+        + prose
+        + prose
         + "</main></body></html>"
     )
     text = extract(tmp_path / "path.html", node.encode()).text
