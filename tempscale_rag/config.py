@@ -511,8 +511,12 @@ def chunk_routing(config: TempScaleConfig, buckets: Sequence[Bucket]) -> dict[st
     Returns:
         `buckets` and `query_temperature`, for `TempScaleEncoder.with_config(**changes)`.
     """
-    query_tau = DEFAULT_QUERY_TEMPERATURE if config.query_temperature is None else config.query_temperature
-    return {"buckets": tuple(buckets), "query_temperature": query_tau}
+    return {"buckets": tuple(buckets), "query_temperature": chunk_query_temperature(config)}
+
+
+def chunk_query_temperature(config: TempScaleConfig) -> float:
+    """The tau of every query in a chunked index: `config.query_temperature`, else `DEFAULT_QUERY_TEMPERATURE`."""
+    return DEFAULT_QUERY_TEMPERATURE if config.query_temperature is None else config.query_temperature
 
 
 def read_chunking(path: str | Path) -> ChunkingConfig | None:

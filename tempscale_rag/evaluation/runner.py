@@ -48,11 +48,11 @@ import numpy.typing as npt
 from tempscale_rag.config import (
     DEFAULT_BUCKETS,
     DEFAULT_DOC_SCORE,
-    DEFAULT_QUERY_TEMPERATURE,
     Bucket,
     ChunkingConfig,
     LongTextPolicy,
     TempScaleConfig,
+    chunk_query_temperature,
     parse_buckets,
     read_calibration,
 )
@@ -338,8 +338,7 @@ def build_configurations(
         raise ValueError("the long-text, window and doc-score axes need at least one value each")
     chunk_groups = _chunk_groups(chunkings, overlap_tokens) if any(s != VECTOR for s in scores) else {}
     fields = base.model_dump()
-    # Per-size rows put queries at the asked-for tau like `index` does; the other rows set their own query tau.
-    query_tau = base.query_temperature or DEFAULT_QUERY_TEMPERATURE
+    query_tau = chunk_query_temperature(base)  # of the per-size rows, as `index` gives it; other rows set their own
     for name in ("temperature", "schedule", "query_temperature", "calibration_file", "buckets"):
         fields.pop(name, None)
     taus = list(dict.fromkeys(float(t) for t in temperatures))

@@ -514,7 +514,7 @@ def _unlink_described_items(tree: Any) -> None:
     for item in list(tree.iter("li")):  # a list: dropping links changes the tree under the iterator
         if not _own_words(item):
             continue
-        for link in [a for a in item.iter("a") if _nearest_item(a) is item]:
+        for link in [a for a in item.iter("a") if next(a.iterancestors("li"), None) is item]:  # not a nested item's
             link.drop_tag()
 
 
@@ -529,13 +529,6 @@ def _own_words(item: Any) -> bool:
             parts.append(child.text or "")
             stack.extend(child)
     return any(ch.isalnum() for part in parts for ch in part)
-
-
-def _nearest_item(element: Any) -> Any:
-    parent = element.getparent()
-    while parent is not None and parent.tag != "li":
-        parent = parent.getparent()
-    return parent
 
 
 def _unwrap_code_blocks(tree: Any) -> None:
