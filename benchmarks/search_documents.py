@@ -30,7 +30,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tempscale_rag.documents import DOC_SCORES  # noqa: E402
+from tempscale_rag.ranking.documents import DOC_SCORES  # noqa: E402
 from tempscale_rag.stores import ChunkRecord, FaissSettings, VectorStore  # noqa: E402
 from tempscale_rag.stores.faiss_store import FaissStore  # noqa: E402
 from tempscale_rag.stores.qdrant_store import MEMORY, QdrantStore  # noqa: E402

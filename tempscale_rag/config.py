@@ -13,7 +13,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -272,7 +272,7 @@ over tau 1 on QMSum from +1.1 to +2.1 nDCG@10 and passkey from 96.2 to 97.2, kee
 above tau 1, and cost BAMBOO 0.6 (84.1 -> 83.5); 0.9 gains +1.8, 0.7 and below lose passkey/needle queries."""
 
 DEFAULT_DOC_SCORE = "softmax"
-"""How a document's score is aggregated from its chunks' scores by default (see `tempscale_rag.documents`)."""
+"""How a document's score is aggregated from its chunks' scores by default (see `tempscale_rag.ranking.documents`)."""
 
 DEFAULT_SOFTMAX_TEMPERATURE = 0.03
 """T of `softmax` pooling, in cosine units. Over the sweep's 473 four-size configurations T = 0.03 and 0.02 tie (mean
@@ -283,7 +283,11 @@ LEGACY_SOFTMAX_TEMPERATURE = 0.02
 """The T every index was searched with before manifests recorded it (the default until the four-size default came
 in): a manifest without `softmax_temperature` keeps being searched as it was built."""
 
-_FALLBACK_DOC_SCORES: tuple[str, ...] = ("max", "mean", "hybrid", "topm", "softmax")
+DocScore = Literal["max", "mean", "hybrid", "topm", "softmax"]
+"""How a (document, chunk size) group's chunk scores become one score (see `tempscale_rag.ranking`)."""
+
+DOC_SCORES: tuple[str, ...] = get_args(DocScore)
+"""Every aggregation name, for validation and `--help`."""
 
 
 def check_softmax_temperature(t: float) -> float:
@@ -318,12 +322,7 @@ def default_temperature(size: int) -> float:
 
 def doc_score_names() -> tuple[str, ...]:
     """The document aggregation names that `ChunkingConfig.doc_score` accepts."""
-    try:
-        from tempscale_rag import documents
-    except ImportError:
-        return _FALLBACK_DOC_SCORES
-    names = getattr(documents, "DOC_SCORES", _FALLBACK_DOC_SCORES)
-    return tuple(names)
+    return DOC_SCORES
 
 
 def chunk_overshoot(size: int) -> int:

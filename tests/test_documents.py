@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from tempscale_rag.documents import (
+from tempscale_rag.ranking.documents import (
     DOC_SCORES,
     ChunkGroups,
     DocumentScoring,

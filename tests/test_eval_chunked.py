@@ -11,7 +11,7 @@ import pytest
 
 from tempscale_rag import TempScaleConfig, TempScaleEncoder
 from tempscale_rag.config import ChunkingConfig
-from tempscale_rag.documents import ChunkGroups, DocumentScoring, group_vectors, score_documents
+from tempscale_rag.ranking.documents import ChunkGroups, DocumentScoring, group_vectors, score_documents
 from tempscale_rag.evaluation import evaluate_run
 from tempscale_rag.evaluation import runner as runner_module
 from tempscale_rag.evaluation.report import markdown_report, write_outputs

@@ -16,7 +16,7 @@ from tempscale_rag.config import (
     ChunkingConfig,
     TempScaleConfig,
 )
-from tempscale_rag.documents import DocumentScoring
+from tempscale_rag.ranking.documents import DocumentScoring
 from tempscale_rag.stores import (
     MANIFEST_NAME,
     ChunkRecord,

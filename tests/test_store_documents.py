@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tempscale_rag.documents import DOC_SCORES, DocumentScoring
+from tempscale_rag.ranking.documents import DOC_SCORES, DocumentScoring
 from tempscale_rag.stores import ChunkRecord, DocumentHit, FaissSettings, VectorStore
 from tempscale_rag.stores.faiss_store import DB_NAME, FaissStore
 from tempscale_rag.stores.qdrant_store import MEMORY, QdrantStore

@@ -2,7 +2,7 @@
 
 A research script, not product code: it reproduces the product's pipeline (LlamaIndex SentenceSplitter counting the
 model's tokens, overlap min(32, size // 8), the engine at one tau per chunk size, queries at tau 1, documents scored
-from their chunks as in `tempscale_rag.documents`) with the aggregation done in torch so that thousands of
+from their chunks as in `tempscale_rag.ranking.documents`) with the aggregation done in torch so that thousands of
 combinations of sizes, taus and aggregations are scored from one embedding pass per (size, tau). The defaults it
 chose were then checked with `tempscale-rag eval` (see README.md beside this file).
 

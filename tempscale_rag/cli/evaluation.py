@@ -168,7 +168,7 @@ def _print_json(document: Any) -> None:
 
 def _register_eval(subparsers: Any) -> None:
     from tempscale_rag.config import DEFAULT_DOC_SCORE, DEFAULT_QUERY_TEMPERATURE, ChunkingConfig
-    from tempscale_rag.documents import DOC_SCORES
+    from tempscale_rag.ranking.documents import DOC_SCORES
 
     default_chunks = ChunkingConfig().spec()
     doc_scores = (*DOC_SCORES, "vector")
@@ -417,7 +417,7 @@ def run_collapse(args: argparse.Namespace) -> int:
 
 def _register_calibrate(subparsers: Any) -> None:
     from tempscale_rag.config import DEFAULT_DOC_SCORE, ChunkingConfig
-    from tempscale_rag.documents import DOC_SCORES
+    from tempscale_rag.ranking.documents import DOC_SCORES
 
     parser = subparsers.add_parser(
         "calibrate",

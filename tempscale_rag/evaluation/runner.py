@@ -4,7 +4,7 @@ A run evaluates several configurations on one task. A configuration is a *pipeli
 query is compared with) and a temperature setting (the tau = 1 baseline, global taus, bucketed taus, per-chunk-size
 taus, calibration files, a schedule):
 
-- chunked pipelines (`doc_score` one of `tempscale_rag.documents.DOC_SCORES`, the default): what the product does.
+- chunked pipelines (`doc_score` one of `tempscale_rag.ranking.documents.DOC_SCORES`, the default): what the product does.
   Every document is chunked by `MultiSizeChunker` (the chunker of `tempscale-rag index`) at every size of a
   `ChunkingConfig`, each chunk is embedded at the tau its length routes to (each size is its own length bucket,
   `ChunkingConfig.buckets`), and documents are ranked exactly by `score_documents` over every chunk, as the exact
@@ -56,7 +56,7 @@ from tempscale_rag.config import (
     parse_buckets,
     read_calibration,
 )
-from tempscale_rag.documents import DOC_SCORES, ChunkGroups, DocumentScoring, group_vectors, score_documents
+from tempscale_rag.ranking.documents import DOC_SCORES, ChunkGroups, DocumentScoring, group_vectors, score_documents
 from tempscale_rag.encoder import TempScaleEncoder, padded_length
 from tempscale_rag.evaluation.chunkpool import MIN_POOL_CHARACTERS, ChunkPool, default_workers
 from tempscale_rag.evaluation.datasets import RetrievalDataset, load_beir
@@ -212,7 +212,7 @@ VECTOR = "vector"
 """The one-vector-per-document pipeline (LongEmbed's protocol) on the `--doc-score` axis."""
 
 EVAL_DOC_SCORES: tuple[str, ...] = (*DOC_SCORES, VECTOR)
-"""Every value of the `doc_score` axis: the chunk aggregations of `tempscale_rag.documents`, then `vector`."""
+"""Every value of the `doc_score` axis: the chunk aggregations of `tempscale_rag.ranking.documents`, then `vector`."""
 
 
 def check_eval_doc_score(name: str) -> str:

@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 if TYPE_CHECKING:
-    from tempscale_rag.documents import DocumentScoring
+    from tempscale_rag.ranking.documents import DocumentScoring
     from tempscale_rag.stores.manifest import IndexManifest
 
 ProgressCallback = Callable[[int, int], None]
@@ -174,7 +174,7 @@ class DocumentHit:
 
     Attributes:
         source: The file path as indexed.
-        score: The document score (see `tempscale_rag.documents`), higher is better.
+        score: The document score (see `tempscale_rag.ranking.documents`), higher is better.
         chunks: The document's best chunks, best first; each `SearchHit.score` is that chunk's cosine.
     """
 
@@ -437,14 +437,14 @@ class VectorStore(ABC):
     ) -> list[DocumentHit]:
         """The `k` stored documents (sources) that score best for `query_vector`, best first.
 
-        A document is scored from its chunks (see `tempscale_rag.documents`): each (document, chunk size) group is
+        A document is scored from its chunks (see `tempscale_rag.ranking.documents`): each (document, chunk size) group is
         aggregated by `doc_score`, and the document's score is the mean over its groups. Every returned score equals
         that formula over all of the document's chunks.
 
         Args:
             query_vector: A 1-D vector of the store's dimension (L2-normalised by the caller).
             k: How many documents to return at most.
-            doc_score: One of `tempscale_rag.documents.DOC_SCORES` (`max`, `mean`, `hybrid`, `topm`, `softmax`), a
+            doc_score: One of `tempscale_rag.ranking.documents.DOC_SCORES` (`max`, `mean`, `hybrid`, `topm`, `softmax`), a
                 `DocumentScoring`, or None for the index's default (`manifest.chunking.doc_score`, else `max`).
             evidence: How many of each document's best chunks to return with it (0 for none).
 
@@ -499,7 +499,7 @@ class VectorStore(ABC):
             ValueError: If the name is not one of `DOC_SCORES`.
             TypeError: If `doc_score` is neither a str, a `DocumentScoring` nor None.
         """
-        from tempscale_rag.documents import DocumentScoring, check_doc_score
+        from tempscale_rag.ranking.documents import DocumentScoring, check_doc_score
 
         if isinstance(doc_score, DocumentScoring):
             return doc_score

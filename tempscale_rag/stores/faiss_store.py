@@ -39,7 +39,7 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import ValidationError
 
-from tempscale_rag.documents import (
+from tempscale_rag.ranking.documents import (
     ChunkGroups,
     DocumentScoring,
     RankedDocument,
@@ -120,7 +120,7 @@ CREATE TABLE sources (
 """
 
 # Derived from `chunks`, written in the same transaction: each (source, chunk size) group's mean unit chunk vector
-# (`tempscale_rag.documents.group_vectors`), which the `mean` and `hybrid` document scores rank by. Stores written
+# (`tempscale_rag.ranking.documents.group_vectors`), which the `mean` and `hybrid` document scores rank by. Stores written
 # before it existed get it on their next writable open.
 _GROUPS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS groups (

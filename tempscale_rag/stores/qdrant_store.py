@@ -8,7 +8,7 @@ Two collections per index:
 - `<collection>__documents`: one point per source, id `uuid5("document", source)`, for document ranking. Payload
   `{format, source, groups: [{chunk_tokens, chunks}], chunk_ids, chunk_vectors, group_vectors}`: the point ids of its
   chunks in group order (space-separated), a copy of their vectors and each group's mean unit vector
-  (`tempscale_rag.documents.group_vectors`), vectors as base64 little-endian float32. The point's own vector
+  (`tempscale_rag.ranking.documents.group_vectors`), vectors as base64 little-endian float32. The point's own vector
   (dot-product distance) is the mean of the group vectors, so its score for a unit query is exactly the document's
   `mean` score. The copy doubles the vector storage so that rescoring a candidate costs one point read, not one per
   chunk (local mode builds a Python object per returned point).
@@ -50,7 +50,7 @@ import numpy.typing as npt
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from tempscale_rag.documents import ChunkGroups, DocumentScoring, group_vectors, rank_documents
+from tempscale_rag.ranking.documents import ChunkGroups, DocumentScoring, group_vectors, rank_documents
 from tempscale_rag.stores.base import (
     ChunkRecord,
     DocumentHit,

@@ -20,18 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
 
-from tempscale_rag.config import DEFAULT_SOFTMAX_TEMPERATURE, check_softmax_temperature
-
-DocScore = Literal["max", "mean", "hybrid", "topm", "softmax"]
-"""How a (document, chunk size) group's chunk scores become one score."""
-
-DOC_SCORES: tuple[str, ...] = get_args(DocScore)
-"""Every aggregation name, for validation and `--help`."""
+from tempscale_rag.config import DEFAULT_SOFTMAX_TEMPERATURE, DOC_SCORES, DocScore, check_softmax_temperature
 
 DEFAULT_TOP_M = 3
 """Chunks averaged by `topm`."""
