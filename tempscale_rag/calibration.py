@@ -13,7 +13,7 @@ Criteria:
   spread, `1 - S`) is closest to that of the reference (shortest) bucket at tau = 1. Measured on QMSum and BAMBOO
   with all-MiniLM-L6-v2, no tau brings long windows down to the short texts' level, so the criterion picks the
   least collapsed tau on the grid. It beat the tau = 1 baseline everywhere measured and beat the best global tau
-  on QMSum's held-out queries and with `chunk_mean` (eval-results/README.md).
+  on QMSum's held-out queries and with `chunk_mean` (research/README.md).
 - `self` (label-free): a retrieval proxy built from the corpus alone. Short passages cut from random documents are
   pseudo-queries whose relevant document is the one they come from (the inverse cloze task); bucket temperatures
   are then searched as with `dev`. It chose timid taus and helped less than `spread`; kept as an option.

@@ -64,7 +64,7 @@ def _restrict_tempscale_to_layers():
         tau = float(tau)
         for i, (module, base_scaling) in enumerate(self._scaled_modules):
             on = ACTIVE[0] is None or i in ACTIVE[0]
-            setattr(module, "scaling", base_scaling / tau if on else base_scaling)
+            module.scaling = base_scaling / tau if on else base_scaling
         self.tau = tau
 
     attention.AttentionTemperature.set = _set
@@ -87,6 +87,8 @@ def parse(variant):
         return variant, None
     tau, _, layers = variant.partition("@")
     return float(tau), ({int(c) for c in layers} if layers else None)
+
+
 LEAN = os.environ.get("LEAN") == "1"
 
 
@@ -155,7 +157,7 @@ def evaluate(data, scores, truth, combo, agg, weights=None):
     w = weights or [1.0] * len(combo)
     for t, task in data.items():
         for p in task:
-            S = sum(wi * scores[(t, p, s, tau, agg)] for wi, (s, tau) in zip(w, combo)) / sum(w)
+            S = sum(wi * scores[(t, p, s, tau, agg)] for wi, (s, tau) in zip(w, combo, strict=True)) / sum(w)
             out[f"{t}/{p}"] = metric(truth[(t, p)], t, S)
     summary = {}
     for t in data:
@@ -188,7 +190,9 @@ def main():
             for size in SIZES:
                 t = time.time()
                 chunks[size] = pool.map(_chunk, [(size, d) for d in docs], chunksize=4)
-                print(f"chunked size {size}: {sum(map(len, chunks[size]))} chunks in {time.time() - t:.1f}s", flush=True)
+                print(
+                    f"chunked size {size}: {sum(map(len, chunks[size]))} chunks in {time.time() - t:.1f}s", flush=True
+                )
     if os.environ.get("CHUNK_ONLY"):
         texts, rows = {}, {}
         for size in SIZES:
@@ -205,7 +209,9 @@ def main():
     if LSETS:
         _restrict_tempscale_to_layers()
     all_taus = sorted({1.0, *QTAUS, *(parse(v)[0] for size in SIZES for v in variants(size))})
-    encoders = {tau: TempScaleEncoder(MODEL, temperature=tau, device=DEV, dtype="float32", _loaded=base._m) for tau in all_taus}
+    encoders = {
+        tau: TempScaleEncoder(MODEL, temperature=tau, device=DEV, dtype="float32", _loaded=base._m) for tau in all_taus
+    }
     # unique chunk texts per size, and token counts
     emb = {}  # (size, tau) -> tensor (n_unique, d) on GPU
     rows = {}  # size -> list per doc of row indices
@@ -223,8 +229,11 @@ def main():
             v = encoders[tau].encode(texts)
             rep = encoders[tau].last_report
             emb[(size, var)] = torch.from_numpy(v).to(DEV)
-            print(f"embedded size {size} tau {var}: {len(texts)} texts {rep.tokens} tokens {time.time() - t:.1f}s "
-                  f"({rep.tokens / (time.time() - t):.0f} tok/s)", flush=True)
+            print(
+                f"embedded size {size} tau {var}: {len(texts)} texts {rep.tokens} tokens {time.time() - t:.1f}s "
+                f"({rep.tokens / (time.time() - t):.0f} tok/s)",
+                flush=True,
+            )
         ntok = base.count_tokens(texts)
         cost[size] = {"unique_chunks": len(texts), "unique_tokens": int(sum(ntok))}
         # tokens embedded per source token on qmsum (real text)
@@ -235,8 +244,16 @@ def main():
         cost[size].update(qmsum_tokens_per_source_token=emb_tokens / src, qmsum_vectors_per_1k=1000 * nvec / src)
         print(size, cost[size], flush=True)
     # queries: tau 1 and the others (for routed variants)
-    aggs = [("max", None), ("mean", None), ("hybrid", None), ("topm", 2),
-            ("softmax", 0.01), ("softmax", 0.02), ("softmax", 0.03), ("softmax", 0.05)]
+    aggs = [
+        ("max", None),
+        ("mean", None),
+        ("hybrid", None),
+        ("topm", 2),
+        ("softmax", 0.01),
+        ("softmax", 0.02),
+        ("softmax", 0.03),
+        ("softmax", 0.05),
+    ]
     if LEAN:
         aggs = [("max", None), ("softmax", 0.02), ("softmax", 0.03)]
     scores = {}  # (task, part, size, tau, agg) -> tensor nq x nd
@@ -274,21 +291,21 @@ def main():
                     gmean = torch.nn.functional.normalize(gv.sum(1), dim=-1)
                     cos_mean = qv @ gmean.T
                     for qs in range(0, len(qids), 256):
-                        q = qv[qs: qs + 256]
+                        q = qv[qs : qs + 256]
                         S = (q @ E.T)[:, safe]  # nq x nd x maxc
                         S = S.masked_fill(~mask, float("-inf"))
                         mx = S.max(-1).values
                         res = {}
                         res[("max", None)] = mx
-                        for T in ((0.02, 0.03) if LEAN else ()):
+                        for T in (0.02, 0.03) if LEAN else ():
                             res[("softmax", T)] = T * (torch.logsumexp(S / T, dim=-1) - torch.log(counts.float())[None])
                         if LEAN:
                             for a, v in res.items():
                                 scores.setdefault((tname, pname, size, key_tau, a), []).append(v)
                             continue
                         srt = S.sort(-1, descending=True).values
-                        res[("mean", None)] = cos_mean[qs: qs + 256]
-                        res[("hybrid", None)] = (mx + cos_mean[qs: qs + 256]) / 2
+                        res[("mean", None)] = cos_mean[qs : qs + 256]
+                        res[("hybrid", None)] = (mx + cos_mean[qs : qs + 256]) / 2
                         for m in (2,):
                             k = min(m, maxc)
                             top = srt[..., :k]
@@ -304,7 +321,6 @@ def main():
                 scores[k] = torch.cat(scores[k])
             print(f"scored {tname}/{pname} {time.time() - t0:.0f}s", flush=True)
 
-
     if LSETS:
         layer_results(data, scores, truth, cost, aggs, t0)
         return
@@ -318,7 +334,11 @@ def main():
                 s, o = evaluate(data, scores, truth, [(size, tau)], a)
                 results.append({"combo": [[size, tau]], "agg": list(a), **s, "parts": o})
     print(f"single sizes done {time.time() - t0:.0f}s", flush=True)
-    main_aggs = [a for a in aggs if a in (("max", None), ("softmax", 0.01), ("softmax", 0.02), ("softmax", 0.03), ("hybrid", None))]
+    main_aggs = [
+        a
+        for a in aggs
+        if a in (("max", None), ("softmax", 0.01), ("softmax", 0.02), ("softmax", 0.03), ("hybrid", None))
+    ]
     if LEAN:
         main_aggs = list(aggs)
     ks = [int(k) for k in os.environ.get("KS", "2,3").split(",")]
@@ -337,8 +357,15 @@ def main():
                     results.append({"combo": [list(c) for c in combo], "agg": list(a), **s, "parts": o})
         print(f"k={k} done {time.time() - t0:.0f}s, {len(results)} rows", flush=True)
         pass
+
     def crit(r):
-        return min(r["qmsum"] / 60, 1.02) + min(r["bamboo"] / 82, 1.02) + min(r["passkey"] / 96, 1.02) + min(r["passkey_min"] / 90, 1.02) + min(r["needle"] / 85, 1.02)
+        return (
+            min(r["qmsum"] / 60, 1.02)
+            + min(r["bamboo"] / 82, 1.02)
+            + min(r["passkey"] / 96, 1.02)
+            + min(r["passkey_min"] / 90, 1.02)
+            + min(r["needle"] / 85, 1.02)
+        )
 
     top = [] if LEAN else sorted(results, key=crit, reverse=True)[:300]
     for r in top:
@@ -349,12 +376,21 @@ def main():
                 s2, o2 = evaluate(data, scores, truth, combo, tuple(r["agg"]), w)
                 results.append({"combo": [list(c) for c in combo], "agg": r["agg"], "weights": w, **s2, "parts": o2})
     print(f"weighted done {time.time() - t0:.0f}s", flush=True)
-    keep = results if LEAN else [r for r in results if len(r["combo"]) == 1] + sorted(results, key=crit, reverse=True)[:4000]
+    keep = (
+        results
+        if LEAN
+        else [r for r in results if len(r["combo"]) == 1] + sorted(results, key=crit, reverse=True)[:4000]
+    )
     with open(os.path.join(OUT, "sweep.json"), "w") as f:
         json.dump({"cost": cost, "results": keep}, f)
     # quick print: best by a balanced criterion
     for r in sorted(results, key=crit, reverse=True)[:40]:
-        print(r["combo"], r["agg"], r.get("weights"), {k: round(r[k], 2) for k in ("qmsum", "bamboo", "passkey", "passkey_min", "needle")})
+        print(
+            r["combo"],
+            r["agg"],
+            r.get("weights"),
+            {k: round(r[k], 2) for k in ("qmsum", "bamboo", "passkey", "passkey_min", "needle")},
+        )
     print(f"total {time.time() - t0:.0f}s")
 
 
@@ -364,8 +400,8 @@ def layer_results(data, scores, truth, cost, aggs, t0):
     small = [k for k in SIZES if k not in long]
     results = []
     for layers in LSETS:
-        for t1 in [1.0] + LTAUS:
-            for t2 in [1.0] + LTAUS:
+        for t1 in [1.0, *LTAUS]:
+            for t2 in [1.0, *LTAUS]:
                 if t2 > t1:
                     continue
                 pair = ["1.0" if t == 1.0 else f"{t}@{layers}" for t in (t1, t2)]
@@ -374,7 +410,7 @@ def layer_results(data, scores, truth, cost, aggs, t0):
                     s, o = evaluate(data, scores, truth, combo, a)
                     results.append({"combo": [list(c) for c in combo], "agg": list(a), **s, "parts": o})
     base = {tuple(r["agg"]): r for r in results if all(v == "1.0" for _, v in r["combo"])}
-    report(results, base, cost, t0, lambda r: [[c[1] for c in r["combo"][len(small):]]])
+    report(results, base, cost, t0, lambda r: [[c[1] for c in r["combo"][len(small) :]]])
 
 
 def report(results, base, cost, t0, label):
@@ -392,11 +428,23 @@ def report(results, base, cost, t0, label):
         json.dump({"cost": cost, "results": results}, f)
     for r in sorted(results, key=lambda r: -r["qmsum"]):
         b = base[tuple(r["agg"])]
-        ok = (r["qmsum"] - b["qmsum"] >= 2.0 and r["qmsum"] >= 60 and r["bamboo"] >= 82 and r["passkey"] >= 96
-              and r["passkey_min"] >= 90 and r["needle"] >= 85 and loss(r) <= 1.0)
-        print("OK " if ok else "   ", *label(r), r["agg"][1],
-              f"dq {r['qmsum'] - b['qmsum']:+.2f} q {r['qmsum']:.2f} b {r['bamboo']:.2f} "
-              f"pk {r['passkey']:.2f}/{r['passkey_min']:.0f} nd {r['needle']:.2f} loss {loss(r):.1f}", flush=True)
+        ok = (
+            r["qmsum"] - b["qmsum"] >= 2.0
+            and r["qmsum"] >= 60
+            and r["bamboo"] >= 82
+            and r["passkey"] >= 96
+            and r["passkey_min"] >= 90
+            and r["needle"] >= 85
+            and loss(r) <= 1.0
+        )
+        print(
+            "OK " if ok else "   ",
+            *label(r),
+            r["agg"][1],
+            f"dq {r['qmsum'] - b['qmsum']:+.2f} q {r['qmsum']:.2f} b {r['bamboo']:.2f} "
+            f"pk {r['passkey']:.2f}/{r['passkey_min']:.0f} nd {r['needle']:.2f} loss {loss(r):.1f}",
+            flush=True,
+        )
     print(f"total {time.time() - t0:.0f}s")
 
 
@@ -413,12 +461,14 @@ def query_results(data, scores, truth, cost, aggs, t0):
             for t2 in TAUS:
                 if t2 > t1:
                     continue
-                combo = [(k, f"1.0|q{qt}") for k in small] + [(k, f"{t}|q{qt}") for k, t in zip(long, (t1, t2), strict=True)]
+                combo = [(k, f"1.0|q{qt}") for k in small] + [
+                    (k, f"{t}|q{qt}") for k, t in zip(long, (t1, t2), strict=True)
+                ]
                 for a in aggs:
                     s, o = evaluate(data, scores, truth, combo, a)
                     results.append({"qtau": qt, "combo": [list(c) for c in combo], "agg": list(a), **s, "parts": o})
     base = {tuple(r["agg"]): r for r in results if all(c[1] == "1.0|q1.0" for c in r["combo"])}
-    report(results, base, cost, t0, lambda r: [f"q{r['qtau']}", [c[1].split("|")[0] for c in r["combo"][len(small):]]])
+    report(results, base, cost, t0, lambda r: [f"q{r['qtau']}", [c[1].split("|")[0] for c in r["combo"][len(small) :]]])
 
 
 if __name__ == "__main__":
