@@ -19,14 +19,13 @@ from qdrant_client import QdrantClient
 from sentence_transformers import SentenceTransformer
 
 from tempscale_rag import EncodeReport, TempScaleEncoder
-
-from .conftest import MIXED_TEXTS, loop_ticks_while_encoding
+from tests.conftest import MIXED_TEXTS, loop_ticks_while_encoding
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)  # langchain-community announces its sunset on import
     from langchain_community.vectorstores import FAISS
 
-DOCS = Path(__file__).resolve().parents[1] / "examples" / "docs"
+DOCS = Path(__file__).resolve().parents[3] / "examples" / "docs"
 FEW = MIXED_TEXTS[:4]  # 4, 16, 122 and 173 tokens: enough to cross bucket edges, cheap to encode
 
 QUERIES = [

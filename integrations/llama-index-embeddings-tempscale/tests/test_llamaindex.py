@@ -26,10 +26,9 @@ from pydantic import Field, ValidationError
 from qdrant_client import QdrantClient
 
 from tempscale_rag import EncodeReport, TempScaleConfig, TempScaleEncoder
+from tests.conftest import MIXED_TEXTS, loop_ticks_while_encoding
 
-from .conftest import MIXED_TEXTS, loop_ticks_while_encoding
-
-DOCS = Path(__file__).resolve().parents[1] / "examples" / "docs"
+DOCS = Path(__file__).resolve().parents[3] / "examples" / "docs"
 FEW = MIXED_TEXTS[:4]  # 4, 16, 122 and 173 tokens: enough to cross bucket edges, cheap to encode
 
 # (question, file that answers it, phrase of the chunk that answers it)
