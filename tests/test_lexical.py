@@ -100,3 +100,48 @@ def test_unknown_method_and_ragged_lists_are_refused() -> None:
         fuse_arrays([np.ones(2)], method="sum")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="one length"):
         fuse_arrays([np.ones(2), np.ones(3)])
+
+
+def test_sparse_vectors_under_qdrant_idf_score_exactly_bm25() -> None:
+    from qdrant_client import QdrantClient, models
+
+    from tempscale_rag.ranking.lexical import SparseEncoder, qdrant_sparse_params
+
+    texts = [
+        "Either party may terminate the supply agreement with ninety days written notice.",
+        "The supplier shall deliver the goods within thirty days of each purchase order.",
+        "Termination for breach requires notice and thirty days to cure the breach.",
+        "Simmer the lentils for twenty minutes, then add the cumin and the lemon.",
+        "",
+    ]
+    analyzer = LexicalAnalyzer()
+    terms = analyzer.terms_many(texts)
+    encoder = SparseEncoder(avg_len=sum(map(len, terms)) / len(terms))
+    client = QdrantClient(":memory:")
+    client.create_collection("c", vectors_config={}, sparse_vectors_config={"bm25": qdrant_sparse_params()})
+    client.upsert(
+        "c",
+        [
+            models.PointStruct(id=i, vector={"bm25": models.SparseVector(indices=ids, values=values)})
+            for i, (ids, values) in enumerate(map(encoder.document, texts))
+        ],
+    )
+    reference = BM25Scorer(terms)
+    for query in ("termination notice", "thirty days notice of breach", "lentils", "days days"):
+        ids, values = encoder.query(query)
+        hits = client.query_points(
+            "c", query=models.SparseVector(indices=ids, values=values), using="bm25", limit=10
+        ).points
+        got = {hit.id: hit.score for hit in hits}
+        expected = reference.scores(analyzer.terms(query))
+        for i, score in enumerate(expected):
+            assert got.get(i, 0.0) == pytest.approx(float(score), rel=1e-4, abs=1e-6), (query, i)
+
+
+def test_sparse_encoder_validates_its_parameters() -> None:
+    from tempscale_rag.ranking.lexical import SparseEncoder
+
+    for kwargs in ({"avg_len": 0}, {"k1": float("nan")}, {"b": 1.5}):
+        with pytest.raises(ValueError):
+            SparseEncoder(**kwargs)  # type: ignore[arg-type]
+    assert SparseEncoder().query("the of and") == ([], [])

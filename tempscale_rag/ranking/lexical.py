@@ -11,8 +11,11 @@ case, bm25s's English stop words, the Snowball English stemmer of PyStemmer): ma
 
 from __future__ import annotations
 
+import math
 import re
-from collections.abc import Sequence
+import zlib
+from collections import Counter
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -118,3 +121,76 @@ def word_windows(text: str, size: int) -> list[str]:
     if not words:
         return [""]
     return [" ".join(words[start : start + size]) for start in range(0, len(words), size)]
+
+
+SparseVector = tuple[list[int], list[float]]
+"""A sparse vector as Qdrant and the LlamaIndex/LangChain Qdrant integrations take it: (term ids, values)."""
+
+
+def term_id(term: str) -> int:
+    """A stable 32-bit id for an analysed term (CRC-32 of its UTF-8 bytes): the same term, the same id, everywhere."""
+    return zlib.crc32(term.encode("utf-8", "surrogatepass"))
+
+
+class SparseEncoder:
+    """BM25 as sparse vectors, for vector databases that score `sum(query value x idf x document value)`.
+
+    A document's value for a term is BM25's saturated term frequency (Lucene's form, without the `k1 + 1` factor):
+    `tf / (tf + k1 (1 - b + b len / avg_len))`; a query's value is the term's count in the query. With the database's
+    IDF modifier (Qdrant `SparseVectorParams(modifier=Modifier.IDF)`, idf = `ln(1 + (N - n + 0.5) / (n + 0.5))`)
+    the score is Lucene's BM25, the average document length being `avg_len` instead of the corpus's own.
+
+    Args:
+        avg_len: The average length, in analysed terms, of the texts you index (BM25's length normalisation pivot;
+            256 is fastembed's Qdrant/bm25 default, right for chunks of a few hundred words).
+        k1: Term-frequency saturation.
+        b: Length normalisation (0: none, 1: full).
+    """
+
+    def __init__(self, avg_len: float = 256.0, k1: float = 1.5, b: float = 0.75) -> None:
+        for name, value, low in (("avg_len", avg_len, 0.0), ("k1", k1, 0.0)):
+            if not math.isfinite(value) or value <= low:
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if not math.isfinite(b) or not 0.0 <= b <= 1.0:
+            raise ValueError(f"b must be between 0 and 1, got {b!r}")
+        self.avg_len, self.k1, self.b = float(avg_len), float(k1), float(b)
+        self.analyzer = LexicalAnalyzer()
+
+    def document(self, text: str) -> SparseVector:
+        """The sparse vector of one document or chunk (empty for a text without terms)."""
+        terms = self.analyzer.terms(text)
+        norm = self.k1 * (1.0 - self.b + self.b * len(terms) / self.avg_len)
+        return _sparse(Counter(terms), lambda tf: tf / (tf + norm))
+
+    def query(self, text: str) -> SparseVector:
+        """The sparse vector of one query: each distinct term with its count (empty when no term survives)."""
+        return _sparse(Counter(self.analyzer.terms(text)), float)
+
+    def documents(self, texts: Sequence[str]) -> tuple[list[list[int]], list[list[float]]]:
+        """`document` for each text, as the (all ids, all values) pair LlamaIndex's `sparse_doc_fn` returns."""
+        return _columns([self.document(text) for text in texts])
+
+    def queries(self, texts: Sequence[str]) -> tuple[list[list[int]], list[list[float]]]:
+        """`query` for each text, as the (all ids, all values) pair LlamaIndex's `sparse_query_fn` returns."""
+        return _columns([self.query(text) for text in texts])
+
+
+def _sparse(counts: Counter[str], value: Callable[[int], float]) -> SparseVector:
+    merged: dict[int, float] = {}
+    for term, tf in counts.items():
+        # Two terms with one CRC-32 (rare) share a dimension: add their values rather than keep one.
+        tid = term_id(term)
+        merged[tid] = merged.get(tid, 0.0) + value(tf)
+    ids = sorted(merged)
+    return ids, [merged[i] for i in ids]
+
+
+def _columns(vectors: list[SparseVector]) -> tuple[list[list[int]], list[list[float]]]:
+    return [ids for ids, _ in vectors], [values for _, values in vectors]
+
+
+def qdrant_sparse_params() -> Any:
+    """Qdrant's `SparseVectorParams` for `SparseEncoder` vectors: the IDF modifier on, so the score is BM25."""
+    from qdrant_client import models
+
+    return models.SparseVectorParams(modifier=models.Modifier.IDF)
