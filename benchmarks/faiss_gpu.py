@@ -31,7 +31,7 @@ import faiss
 import numpy as np
 
 from tempscale_rag.stores import ChunkRecord, FaissSettings
-from tempscale_rag.stores.faiss_store import FaissStore, faiss_gpu_count
+from tempscale_rag.stores.faiss import FaissStore, faiss_gpu_count
 
 
 def log(line: str, sink: list[str]) -> None:
@@ -139,7 +139,7 @@ def store_part(args: argparse.Namespace, out: list[str]) -> dict[str, Any]:
             start = time.perf_counter()
             gpu_hits = gpu_store.search_many(queries, k=args.k)
             result["gpu_search_s"] = time.perf_counter() - start
-            result["gpu_index_type"] = type(gpu_store._gpu_index).__name__
+            result["gpu_index_type"] = type(gpu_store.gpu_index).__name__
             result["uses_gpu"] = gpu_store.uses_gpu
         after = gpu_memory_mib()
         result["gpu_memory_mib"] = {"before": before, "during": during, "after_close": after}

@@ -15,7 +15,7 @@ bundled all-MiniLM-L6-v2, every page chunked at each default `ChunkingConfig` si
 at tau 1, exact FAISS), and queried as `tempscale-rag search` does (the query encoder from the index's manifest).
 Five questions (the issue's), then all sixteen (one per chapter), each answered by one chapter. Two measures:
 
-- *pages*: the rank of the answering page in `store.search_documents(query, 10)` (whole files ranked from their
+- *pages*: the rank of the answering page in `search_documents(store, query, 10)` (whole files ranked from their
   chunks with the index's `doc_score`, softmax by default; what `tempscale-rag search --documents` shows);
 - *first chunk*: the rank of the answering page in the order in which pages first appear among the top 10 chunks of
   `store.search(query, 10)` (chunks of every size mixed, what `tempscale-rag search` shows).
@@ -293,7 +293,8 @@ def build_and_score(
     """Index `docs` with `tempscale-rag index` (defaults) and score `questions` on pages and on chunks."""
     from tempscale_rag.cli import main as cli_main
     from tempscale_rag.encoder import TempScaleEncoder
-    from tempscale_rag.stores import open_store
+    from tempscale_rag.ranking import document_scoring, search_documents_many
+    from tempscale_rag.stores import manifest_of, open_store
 
     start = time.perf_counter()
     out = io.StringIO()
@@ -304,14 +305,14 @@ def build_and_score(
         raise SystemExit(f"tempscale-rag index failed ({code}) for {label}: {out.getvalue()[-2000:]}")
     summary = json.loads(out.getvalue())
     with open_store(folder, read_only=True) as store:
-        manifest = store.manifest
+        manifest = manifest_of(store)
         if manifest is None or manifest.chunking is None:
             raise SystemExit(f"{folder}: no multi-size chunking recorded; the CLI's defaults changed")
         # As `tempscale-rag search` does: the query encoder from the index's own recorded settings.
         encoder = TempScaleEncoder(config=manifest.config)
         vectors = encoder.encode([q for q, _ in questions], query=True)
         chunk_hits = store.search_many(vectors, k=10)
-        page_hits = store.search_documents_many(vectors, k=10, doc_score=manifest.chunking.doc_score)
+        page_hits = search_documents_many(store, vectors, k=10, scoring=document_scoring(None, manifest.chunking))
         chunks = store.search(vectors[0], k=store.count())
         chunking = manifest.chunking
         query_tau = manifest.config.query_temperature

@@ -30,10 +30,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from tempscale_rag.ranking import search_documents  # noqa: E402
 from tempscale_rag.ranking.documents import DOC_SCORES  # noqa: E402
 from tempscale_rag.stores import ChunkRecord, FaissSettings, VectorStore  # noqa: E402
-from tempscale_rag.stores.faiss_store import FaissStore  # noqa: E402
-from tempscale_rag.stores.qdrant_store import MEMORY, QdrantStore  # noqa: E402
+from tempscale_rag.stores.faiss import FaissStore  # noqa: E402
+from tempscale_rag.stores.qdrant import MEMORY, QdrantStore  # noqa: E402
 
 DIM = 384
 SIZES = (128, 256, 512)
@@ -102,7 +103,7 @@ def time_store(name: str, store: VectorStore, vectors: np.ndarray, lines: list[s
     lines.append(f"| {name} | top-{K} chunks (`search`) | {plain:.1f} | 1.00 | {first:.0f} |")
     print(lines[-1], flush=True)
     for method in DOC_SCORES:
-        first, ms = median_ms(lambda q, m=method: store.search_documents(q, K, doc_score=m, evidence=3), vectors)
+        first, ms = median_ms(lambda q, m=method: search_documents(store, q, K, scoring=m, evidence=3), vectors)
         lines.append(f"| {name} | top-{K} documents, `{method}` | {ms:.1f} | {ms / plain:.2f} | {first:.0f} |")
         print(lines[-1], flush=True)
 

@@ -9,7 +9,7 @@ import pytest
 
 from tempscale_rag.cli import main
 from tempscale_rag.config import DEFAULT_QUERY_TEMPERATURE
-from tempscale_rag.stores import open_store
+from tempscale_rag.stores import manifest_of, open_store
 
 from .conftest import run_cli
 from .conftest import write_docs as write_shared_docs
@@ -39,7 +39,7 @@ def multi_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_every_document_is_chunked_at_every_size_and_each_size_gets_its_temperature(multi_index: Path) -> None:
     with open_store(multi_index, read_only=True) as store:
-        manifest = store.manifest
+        manifest = manifest_of(store)
         assert manifest.chunking is not None
         assert manifest.chunking.sizes == (32, 64) and manifest.chunking.taus == (1.0, 0.9)
         assert [b.tau for b in manifest.config.buckets] == [1.0, 0.9]
@@ -128,7 +128,7 @@ def test_legacy_index_without_chunking_still_opens_and_refuses_new_chunk_setting
     code, out, err = run_cli(capsys, "index", str(docs), "--out", str(index), "--json")
     assert code == 0 and json.loads(out)["files_indexed"] == 1, err
     with open_store(index, read_only=True) as store:
-        assert store.manifest.chunking is None, "a legacy index stays legacy: never mixed"
+        assert manifest_of(store).chunking is None, "a legacy index stays legacy: never mixed"
 
 
 def test_search_documents_one_entry_per_file(multi_index: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -25,7 +25,8 @@ from tempscale_rag.cli.options import EXIT_PARTIAL
 from tempscale_rag.config import ChunkingConfig, TempScaleConfig, chunk_routing
 from tempscale_rag.ingest.chunking import MultiSizeChunker
 from tempscale_rag.ingest.indexer import FolderIndexer, IndexSummary
-from tempscale_rag.stores import FaissStore, IndexManifest, QdrantStore, open_store
+from tempscale_rag.ranking import search_documents
+from tempscale_rag.stores import FaissStore, IndexManifest, QdrantStore, manifest_of, open_store
 
 CONFIG = TempScaleConfig(device="cpu")
 CHUNKING = ChunkingConfig()  # the default sizes, temperatures and document score, as `tempscale-rag index` uses
@@ -162,7 +163,7 @@ def assert_same_index(expected: Path, actual: Path, queries: np.ndarray) -> None
     assert sizes == set(CHUNKING.sizes), "every chunk carries its chunk size, and all sizes are there"
     with open_store(expected, read_only=True) as one, open_store(actual, read_only=True) as two:
         assert one.sources() == two.sources()
-        m1, m2 = one.manifest, two.manifest
+        m1, m2 = manifest_of(one), manifest_of(two)
         assert m1 is not None and m2 is not None and m2.chunking == CHUNKING
         skip = {"created_at", "updated_at"}
         assert m1.model_dump(exclude=skip) == m2.model_dump(exclude=skip)
@@ -170,8 +171,8 @@ def assert_same_index(expected: Path, actual: Path, queries: np.ndarray) -> None
         hits1, hits2 = one.search_many(queries, k=8), two.search_many(queries, k=8)
         assert [[h.id for h in q] for q in hits1] == [[h.id for h in q] for q in hits2]
         for query in queries:
-            docs1 = one.search_documents(query, 5, doc_score=CHUNKING.doc_score)
-            docs2 = two.search_documents(query, 5, doc_score=CHUNKING.doc_score)
+            docs1 = search_documents(one, query, 5, scoring=CHUNKING.doc_score)
+            docs2 = search_documents(two, query, 5, scoring=CHUNKING.doc_score)
             assert [d.source for d in docs1] == [d.source for d in docs2]
             np.testing.assert_allclose([d.score for d in docs1], [d.score for d in docs2], atol=1e-5)
             assert [[h.id for h in d.chunks] for d in docs1] == [[h.id for h in d.chunks] for d in docs2]
@@ -367,7 +368,7 @@ def test_parallel_qdrant_writers_store_the_single_writer_index(
     assert store.opened == store.closed_writers >= 2  # one connection per writer thread, all closed after the run
     assert comparable(summary) == comparable(expected)
     assert store.sources() == reference.sources() and len(store.sources()) == INDEXED
-    one, two = reference._scan_chunks(None), store._scan_chunks(None)
+    one, two = reference.scan_chunks(None), store.scan_chunks(None)
     assert sorted(one) == sorted(two)
     for source, chunks in one.items():
         assert [c[0] for c in chunks] == [c[0] for c in two[source]] and [c[2] for c in chunks] == [
@@ -375,8 +376,8 @@ def test_parallel_qdrant_writers_store_the_single_writer_index(
         ]
         np.testing.assert_allclose(np.stack([c[1] for c in chunks]), np.stack([c[1] for c in two[source]]), atol=1e-5)
     for query in queries:
-        assert [d.source for d in store.search_documents(query, 5, doc_score="softmax")] == [
-            d.source for d in reference.search_documents(query, 5, doc_score="softmax")
+        assert [d.source for d in search_documents(store, query, 5, scoring="softmax")] == [
+            d.source for d in search_documents(reference, query, 5, scoring="softmax")
         ]
 
 

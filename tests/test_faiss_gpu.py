@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tempscale_rag.stores import ChunkRecord, FaissSettings
-from tempscale_rag.stores.faiss_store import FaissStore, faiss_gpu_count
+from tempscale_rag.stores.faiss import FaissStore, faiss_gpu_count
 
 pytestmark = pytest.mark.gpu
 
@@ -45,7 +45,7 @@ def test_gpu_store_search_equals_cpu_search(store_folder: tuple[Path, np.ndarray
         expected = cpu.search_many(queries, k=10)
         found = gpu.search_many(queries, k=10)
         # One GPU: a GpuIndexFlat (GpuIndexFlatIP in older wheels); several: IndexReplicas of them.
-        kind = type(gpu._gpu_index).__name__
+        kind = type(gpu.gpu_index).__name__
         assert kind in {"GpuIndexFlat", "GpuIndexFlatIP", "IndexReplicas"}, kind
     assert [[h.id for h in q] for q in found] == [[h.id for h in q] for q in expected]
     np.testing.assert_allclose(

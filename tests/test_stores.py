@@ -32,8 +32,8 @@ from tempscale_rag.stores import (
     make_chunk_id,
     open_store,
 )
-from tempscale_rag.stores.faiss_store import DB_NAME, FAISS_NAME, FaissStore
-from tempscale_rag.stores.qdrant_store import MEMORY, QdrantStore
+from tempscale_rag.stores.faiss import DB_NAME, FAISS_NAME, FaissStore
+from tempscale_rag.stores.qdrant import MEMORY, QdrantStore
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DIM = 16
@@ -353,7 +353,7 @@ def test_faiss_file_from_an_older_generation_is_not_trusted(tmp_path: Path) -> N
 def test_commit_refreshes_a_large_faiss_file_only_after_enough_changes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tempscale_rag.stores.faiss_store as faiss_store_module
+    import tempscale_rag.stores.faiss.store as faiss_store_module
 
     # Pretend 40 vectors is a large index, so that the amortised refresh policy applies.
     monkeypatch.setattr(faiss_store_module, "_ALWAYS_REFRESH_BELOW", 0)
@@ -463,7 +463,7 @@ _CHILD_PRELUDE = """
 import os, signal, sys
 import numpy as np
 from tempscale_rag.stores import ChunkRecord, FaissSettings
-from tempscale_rag.stores.faiss_store import FaissStore
+from tempscale_rag.stores.faiss import FaissStore
 
 def vectors(i, n=8):
     v = np.random.default_rng(1000 + i).standard_normal((n, 32)).astype(np.float32)

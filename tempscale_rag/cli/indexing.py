@@ -481,14 +481,14 @@ def _print_summary(summary: Any, folder: Path, details: bool = False) -> None:
 
 
 def _open_for_reading(args: argparse.Namespace) -> tuple[Any, Any]:
-    from tempscale_rag.stores import open_store
+    from tempscale_rag.stores import manifest_of, open_store
 
     folder = Path(args.out)
     stored = _stored_manifest(folder)
     if stored is not None:
         _refuse(_store_flag_problems(args, stored), folder, what="store settings")
     store = open_store(folder, read_only=True)
-    return store, store.manifest
+    return store, manifest_of(store)
 
 
 def run_search(args: argparse.Namespace) -> int:
@@ -571,12 +571,12 @@ def _snippet(text: str, limit: int = 240) -> str:
 
 def _search_documents(args: argparse.Namespace, store: Any, manifest: Any, query_vector: Any) -> int:
     doc_score = args.doc_score or (manifest.chunking.doc_score if manifest.chunking else DEFAULT_DOC_SCORE)
-    search_documents = getattr(store, "search_documents", None)
-    if search_documents is None:
-        raise ValueError(f"the {manifest.store} store of this tempscale-rag cannot rank documents yet")
+    from tempscale_rag.ranking import document_scoring, search_documents
+
     copies = len(manifest.chunking.sizes) if manifest.chunking else 1
-    documents = search_documents(query_vector, args.k, doc_score=doc_score, evidence=EVIDENCE_CHUNKS * copies)
-    results = [
+    scoring = document_scoring(doc_score, manifest.chunking)
+    documents = search_documents(store, query_vector, args.k, scoring=scoring, evidence=EVIDENCE_CHUNKS * copies)
+    results: list[dict[str, Any]] = [
         {
             "source": doc.source,
             "score": float(doc.score),
@@ -657,7 +657,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 def run_repair(args: argparse.Namespace) -> int:
     """Salvage a damaged FAISS index in place."""
-    from tempscale_rag.stores.faiss_repair import repair_faiss_index
+    from tempscale_rag.stores.faiss.repair import repair_faiss_index
 
     folder = Path(args.out)
     stored = _stored_manifest(folder)

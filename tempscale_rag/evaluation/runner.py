@@ -1062,7 +1062,7 @@ class RetrievalEvaluator:
     ) -> dict[str, dict[str, float]]:
         """Exact inner-product search through the FAISS store, in a temporary folder."""
         from tempscale_rag.stores.base import ChunkRecord
-        from tempscale_rag.stores.faiss_store import FaissStore
+        from tempscale_rag.stores.faiss import FaissStore
 
         records = []
         for doc_id, text, n, vector in zip(doc_ids, doc_texts, doc_tokens, docs, strict=True):

@@ -2,4 +2,11 @@
 
 - `documents.py`: whole documents scored from their chunks (`max`, `mean`, `hybrid`, `topm`, `softmax` per
   (document, chunk size) group, then the mean over groups); pure numpy, no storage.
+- `candidates.py`: the store contract (`DocumentSource`) and the exact or candidate path that ranks documents
+  through it: chunk over-fetch, exact rescoring of candidate documents, the group mean vectors stores keep.
+- `search.py`: `search_documents` / `search_documents_many` over any store, and `document_scoring`.
 """
+
+from tempscale_rag.ranking.search import document_scoring, search_documents, search_documents_many
+
+__all__ = ["document_scoring", "search_documents", "search_documents_many"]

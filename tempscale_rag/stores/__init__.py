@@ -1,9 +1,12 @@
-"""Vector stores for tempscale-rag indexes: one interface (`VectorStore`), one module per backend.
+"""Vector stores for tempscale-rag indexes: one interface (`VectorStore`), one package per backend.
 
-- `base.py`: `VectorStore`, the records (`ChunkRecord`, `SearchHit`) and the errors.
+Stores do storage and chunk search; document ranking lives in `tempscale_rag.ranking`, which drives every backend.
+
+- `base.py`: `VectorStore`, the records (`ChunkRecord`, `SearchHit`, `DocumentHit`) and the input checks.
+- `errors.py`: the errors.
 - `manifest.py`: `IndexManifest` (model, dimension, config, backend) and the compatibility policy.
-- `faiss_store.py`: `FaissStore`, the embedded default (SQLite + a derived FAISS index).
-- `qdrant_store.py`: `QdrantStore`, a Qdrant server or qdrant-client's local mode.
+- `faiss/`: `FaissStore`, the embedded default (SQLite + a derived FAISS index), and its repair.
+- `qdrant/`: `QdrantStore`, a Qdrant server or qdrant-client's local mode.
 
 Use `open_store` to get a store with its manifest checked and maintained::
 
@@ -13,7 +16,7 @@ Use `open_store` to get a store with its manifest checked and maintained::
             store.replace_source(path, fingerprint, records)
 
     with open_store("tempscale-index", read_only=True) as store:                # searching
-        check_compatible(store.manifest, name, 384, where="tempscale-index")
+        check_compatible(manifest_of(store), name, 384, where="tempscale-index")
         hits = store.search(query_vector, k=10)
 
 The backends are imported on first use, so importing this package loads neither faiss nor qdrant-client.
@@ -26,17 +29,12 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tempscale_rag.stores.base import (
-    ChunkRecord,
-    DocumentHit,
+from tempscale_rag.stores.base import ChunkRecord, DocumentHit, ProgressCallback, SearchHit, VectorStore, make_chunk_id
+from tempscale_rag.stores.errors import (
     IndexCorruptError,
     IndexMismatchError,
     IndexNotFoundError,
-    ProgressCallback,
-    SearchHit,
     StoreUnavailableError,
-    VectorStore,
-    make_chunk_id,
 )
 from tempscale_rag.stores.manifest import (
     MANIFEST_NAME,
@@ -53,8 +51,8 @@ from tempscale_rag.stores.manifest import (
 )
 
 if TYPE_CHECKING:
-    from tempscale_rag.stores.faiss_store import FaissStore
-    from tempscale_rag.stores.qdrant_store import QdrantStore
+    from tempscale_rag.stores.faiss import FaissStore
+    from tempscale_rag.stores.qdrant import QdrantStore
 
 __all__ = [
     "MANIFEST_NAME",
@@ -67,6 +65,7 @@ __all__ = [
     "IndexManifest",
     "IndexMismatchError",
     "IndexNotFoundError",
+    "ManifestKeeper",
     "ProgressCallback",
     "QdrantSettings",
     "QdrantStore",
@@ -77,6 +76,7 @@ __all__ = [
     "check_config_compatible",
     "check_manifest_matches",
     "make_chunk_id",
+    "manifest_of",
     "open_store",
     "read_manifest",
     "write_manifest",
@@ -85,8 +85,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _LAZY = {
-    "FaissStore": "tempscale_rag.stores.faiss_store",
-    "QdrantStore": "tempscale_rag.stores.qdrant_store",
+    "FaissStore": "tempscale_rag.stores.faiss",
+    "QdrantStore": "tempscale_rag.stores.qdrant",
 }
 
 
@@ -96,6 +96,45 @@ def __getattr__(name: str) -> Any:
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+class ManifestKeeper:
+    """The owner `open_store` gives a store: keeps `manifest.json` current and adds its fields to `describe()`.
+
+    Args:
+        folder: The index folder.
+        manifest: The index's manifest.
+    """
+
+    def __init__(self, folder: Path, manifest: IndexManifest) -> None:
+        self.folder = folder
+        self.manifest = manifest
+
+    def committed(self) -> None:
+        """Refresh the manifest's `updated_at` (atomically rewritten)."""
+        self.manifest = self.manifest.touched()
+        write_manifest(self.folder, self.manifest)
+
+    def describe(self) -> dict[str, Any]:
+        """The manifest fields worth showing in `describe()`."""
+        return {
+            "model": self.manifest.model,
+            "created_at": self.manifest.created_at.isoformat(),
+            "updated_at": self.manifest.updated_at.isoformat(),
+            "package_version": self.manifest.package_version,
+        }
+
+
+def manifest_of(store: VectorStore) -> IndexManifest:
+    """The manifest of the index folder `store` was opened for by `open_store` (kept current by its commits).
+
+    Raises:
+        ValueError: If `store` was not opened by `open_store`.
+    """
+    owner = store.owner
+    if not isinstance(owner, ManifestKeeper):
+        raise ValueError(f"this {type(store).__name__} was not opened with open_store: it has no index manifest")
+    return owner.manifest
 
 
 def open_store(
@@ -121,7 +160,8 @@ def open_store(
       collection is created (and must be empty) first, so an unreachable server leaves no folder behind.
     - otherwise `IndexNotFoundError`.
 
-    Writable stores update `manifest.json`'s `updated_at` on `commit()`/`close()`.
+    Writable stores update `manifest.json`'s `updated_at` on `commit()`/`close()` (through a `ManifestKeeper`, the
+    store's `owner`).
 
     Args:
         folder: The index folder (holds `manifest.json`, and the data of FAISS and local Qdrant indexes).
@@ -136,7 +176,7 @@ def open_store(
         progress: Called as `progress(done, total)` during Qdrant uploads.
 
     Returns:
-        The store; its `manifest` property is the index's manifest.
+        The store; `manifest_of(store)` is the index's manifest.
 
     Raises:
         IndexNotFoundError: No index in `folder` and none may be created.
@@ -159,7 +199,7 @@ def open_store(
         store = _open_backend(
             folder, stored, read_only=read_only, use_gpu=use_gpu, qdrant_options=qdrant_options, new=False
         )
-        store._attach_manifest(folder, stored)
+        store.set_owner(ManifestKeeper(folder, stored))
         return store
     if manifest is None or read_only or not create:
         read_manifest(folder)  # raises IndexNotFoundError with the standard message
@@ -187,9 +227,9 @@ def open_store(
             folder.mkdir(parents=True, exist_ok=True)
             write_manifest(folder, manifest)
         except BaseException:
-            store._close_backend()
+            store.close(commit=False)
             raise
-    store._attach_manifest(folder, manifest)
+    store.set_owner(ManifestKeeper(folder, manifest))
     return store
 
 
@@ -204,7 +244,7 @@ def _open_backend(
 ) -> VectorStore:
     backend = manifest.backend
     if isinstance(backend, FaissSettings):
-        from tempscale_rag.stores.faiss_store import DB_NAME, FaissStore
+        from tempscale_rag.stores.faiss import DB_NAME, FaissStore
 
         if not new and not read_only and not (folder / DB_NAME).exists():
             # Only an interrupted creation (manifest written, database not yet) or a deleted database lead here.
@@ -217,7 +257,7 @@ def _open_backend(
             read_only=read_only,
             use_gpu=use_gpu,
         )
-    from tempscale_rag.stores.qdrant_store import QdrantStore
+    from tempscale_rag.stores.qdrant import QdrantStore
 
     return QdrantStore(
         dimension=manifest.dimension,

@@ -1,6 +1,8 @@
-"""The storage interface every vector-store backend implements, the records it stores, and its errors.
+"""The storage interface every vector-store backend implements, and the records it stores.
 
-One backend per module (`faiss_store.py`, `qdrant_store.py`), each a `VectorStore`. Vectors arrive as float32 numpy
+One backend per package (`faiss/`, `qdrant/`), each a `VectorStore`: storage and chunk search only. Ranking whole
+documents from their chunks lives once, in `tempscale_rag.ranking`, which drives every backend through the small
+contract in `tempscale_rag.ranking.candidates`. Vectors arrive as float32 numpy
 arrays that the caller has already L2-normalised, so the inner product every backend ranks by is the cosine.
 """
 
@@ -11,35 +13,29 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import Any, ClassVar, Protocol, Self
 
 import numpy as np
 import numpy.typing as npt
 
-if TYPE_CHECKING:
-    from tempscale_rag.ranking.documents import DocumentScoring
-    from tempscale_rag.stores.manifest import IndexManifest
+from tempscale_rag.stores.errors import IndexCorruptError as IndexCorruptError
+from tempscale_rag.stores.errors import IndexMismatchError as IndexMismatchError
+from tempscale_rag.stores.errors import IndexNotFoundError as IndexNotFoundError
+from tempscale_rag.stores.errors import StoreUnavailableError
 
 ProgressCallback = Callable[[int, int], None]
 """Called as `progress(done, total)` after each uploaded batch."""
 
 
-class IndexCorruptError(ValueError):
-    """An index folder or one of its files cannot be read: missing, truncated, corrupt, or not an index at all."""
+class StoreOwner(Protocol):
+    """Whoever opened a store for an index folder (`open_store`'s manifest keeper), as the store sees it."""
 
+    def committed(self) -> None:
+        """Called after a commit that followed a change (the keeper refreshes `manifest.json`'s `updated_at`)."""
 
-class IndexNotFoundError(IndexCorruptError):
-    """There is no index where one was expected (no manifest, no database, no collection)."""
-
-
-class IndexMismatchError(ValueError):
-    """An existing index was built differently (model, dimension, store, settings) from what was asked for."""
-
-
-class StoreUnavailableError(RuntimeError):
-    """The store cannot be reached or used right now: server down, wrong URL, rejected API key, folder locked."""
+    def describe(self) -> dict[str, Any]:
+        """Fields added to the store's `describe()` (model, timestamps, ...)."""
 
 
 def make_chunk_id(source: str, position: int, text: str) -> str:
@@ -201,13 +197,6 @@ def chunk_size_of(metadata: dict[str, Any]) -> int:
     return int(value)
 
 
-def check_evidence(evidence: int) -> int:
-    """Return `evidence` (chunks shown per document) if it is an int >= 0, else raise."""
-    if isinstance(evidence, bool) or not isinstance(evidence, int | np.integer) or evidence < 0:
-        raise ValueError(f"evidence must be an integer >= 0 (chunks returned per document), got {evidence!r}")
-    return int(evidence)
-
-
 def _as_vector(vector: Any, *, what: str) -> npt.NDArray[np.float32]:
     if not isinstance(vector, np.ndarray):
         raise TypeError(f"{what} must be a numpy array, got {type(vector).__name__}")
@@ -316,9 +305,9 @@ def check_dimension(dimension: int) -> int:
 class VectorStore(ABC):
     """A persistent collection of `ChunkRecord`s, searchable by inner product, that remembers each source's fingerprint.
 
-    Subclasses implement the `_`-free abstract methods plus `_commit_backend` and `_close_backend`. Stores are context
-    managers: leaving the block commits (for writable stores) and closes. Obtain one with `open_store` to have the
-    index manifest checked and maintained.
+    Subclasses implement the `_`-free abstract methods plus `_commit_backend`, `_close_backend` and
+    `_describe_backend`. Stores are context managers: leaving the block commits (for writable stores) and closes.
+    Obtain one with `open_store` to have the index manifest checked and maintained (through `owner`).
     """
 
     backend: ClassVar[str]
@@ -327,8 +316,7 @@ class VectorStore(ABC):
         self._dimension = check_dimension(dimension)
         self._read_only = bool(read_only)
         self._closed = False
-        self._manifest: IndexManifest | None = None
-        self._manifest_dir: Path | None = None
+        self._owner: StoreOwner | None = None
         self._modified = False
 
     @property
@@ -347,9 +335,17 @@ class VectorStore(ABC):
         return self._closed
 
     @property
-    def manifest(self) -> IndexManifest | None:
-        """The manifest of the index folder this store belongs to (set by `open_store`), else None."""
-        return self._manifest
+    def owner(self) -> StoreOwner | None:
+        """Whoever opened the store for an index folder (set by `open_store`), else None."""
+        return self._owner
+
+    def set_owner(self, owner: StoreOwner | None) -> None:
+        """Tell `owner` of every commit that follows a change, and add its fields to `describe()`.
+
+        Args:
+            owner: The owner (e.g. `open_store`'s manifest keeper), or None to detach.
+        """
+        self._owner = owner
 
     @property
     def concurrent_writers(self) -> bool:
@@ -427,122 +423,38 @@ class VectorStore(ABC):
             One list of up to `k` hits per query, best first, in query order.
         """
 
-    def search_documents(
-        self,
-        query_vector: npt.ArrayLike,
-        k: int = 10,
-        *,
-        doc_score: str | DocumentScoring | None = None,
-        evidence: int = 3,
-    ) -> list[DocumentHit]:
-        """The `k` stored documents (sources) that score best for `query_vector`, best first.
-
-        A document is scored from its chunks (see `tempscale_rag.ranking.documents`): each (document, chunk size) group is
-        aggregated by `doc_score`, and the document's score is the mean over its groups. Every returned score equals
-        that formula over all of the document's chunks.
-
-        Args:
-            query_vector: A 1-D vector of the store's dimension (L2-normalised by the caller).
-            k: How many documents to return at most.
-            doc_score: One of `tempscale_rag.ranking.documents.DOC_SCORES` (`max`, `mean`, `hybrid`, `topm`, `softmax`), a
-                `DocumentScoring`, or None for the index's default (`manifest.chunking.doc_score`, else `max`).
-            evidence: How many of each document's best chunks to return with it (0 for none).
-
-        Returns:
-            Up to `k` documents, best first.
-
-        Raises:
-            ValueError: On k < 1, an unknown `doc_score`, a negative `evidence` or a wrong query shape.
-        """
-        query = as_query_matrix(query_vector, self.dimension)
-        if query.shape[0] != 1:
-            raise ValueError(
-                f"search_documents takes one query vector; use search_documents_many for {query.shape[0]} queries"
-            )
-        return self.search_documents_many(query, k, doc_score=doc_score, evidence=evidence)[0]
-
-    def search_documents_many(
-        self,
-        query_vectors: npt.ArrayLike,
-        k: int = 10,
-        *,
-        doc_score: str | DocumentScoring | None = None,
-        evidence: int = 3,
-    ) -> list[list[DocumentHit]]:
-        """Rank documents for many queries at once (see `search_documents`).
-
-        Args:
-            query_vectors: A matrix of shape (n, dimension), L2-normalised.
-            k: How many documents per query at most.
-            doc_score: The aggregation (see `search_documents`).
-            evidence: Best chunks returned per document.
-
-        Returns:
-            One list of up to `k` documents per query, best first, in query order.
-        """
-        self._check_open()
-        k = check_k(k)
-        scoring = self.document_scoring(doc_score)
-        evidence = check_evidence(evidence)
-        queries = as_query_matrix(query_vectors, self.dimension)
-        if queries.shape[0] == 0:
-            return []
-        return self._search_documents(queries, k, scoring, evidence)
-
-    def document_scoring(self, doc_score: str | DocumentScoring | None = None) -> DocumentScoring:
-        """Resolve an aggregation: a name, a `DocumentScoring`, or None for the index's default.
-
-        The default is the manifest's `chunking.doc_score` (with its `top_m` and `softmax_temperature` when the
-        manifest records them), else `max`.
-
-        Raises:
-            ValueError: If the name is not one of `DOC_SCORES`.
-            TypeError: If `doc_score` is neither a str, a `DocumentScoring` nor None.
-        """
-        from tempscale_rag.ranking.documents import DocumentScoring, check_doc_score
-
-        if isinstance(doc_score, DocumentScoring):
-            return doc_score
-        chunking = getattr(self._manifest, "chunking", None)
-        options: dict[str, Any] = {}
-        for name in ("top_m", "softmax_temperature"):
-            value = getattr(chunking, name, None)
-            if value is not None:
-                options[name] = value
-        if doc_score is None:
-            doc_score = getattr(chunking, "doc_score", None) or "max"
-        if not isinstance(doc_score, str):
-            raise TypeError(f"doc_score must be a str, a DocumentScoring or None, got {type(doc_score).__name__}")
-        return DocumentScoring(method=check_doc_score(doc_score), **options)
-
-    def _search_documents(
-        self, queries: npt.NDArray[np.float32], k: int, scoring: DocumentScoring, evidence: int
-    ) -> list[list[DocumentHit]]:
-        """Backend part of `search_documents_many`; arguments are validated, `queries` has at least one row."""
-        raise NotImplementedError(f"{type(self).__name__} does not rank documents")
-
     @abstractmethod
     def count(self) -> int:
         """The number of stored chunks."""
 
-    @abstractmethod
     def describe(self) -> dict[str, Any]:
-        """A JSON-serialisable summary: backend, count, sources, dimension, index kind and location."""
+        """A JSON-serialisable summary: backend, count, sources, dimension, index kind and location.
+
+        The owner's fields (e.g. the model and timestamps of the index's manifest) are added.
+        """
+        summary = self._describe_backend()
+        if self._owner is not None:
+            summary.update(self._owner.describe())
+        return summary
 
     def commit(self) -> None:
-        """Make every change so far durable and refresh the manifest's `updated_at`.
+        """Make every change so far durable, then tell the owner (which refreshes the manifest's `updated_at`).
 
         Raises:
             RuntimeError: If the store is closed.
         """
         self._commit(final=False)
 
-    def close(self) -> None:
-        """Commit (if writable) and release files, locks and connections. Closing twice is allowed."""
+    def close(self, *, commit: bool = True) -> None:
+        """Commit (if writable) and release files, locks and connections. Closing twice is allowed.
+
+        Args:
+            commit: False releases everything without committing (what a failed opening does).
+        """
         if self._closed:
             return
         try:
-            if not self._read_only:
+            if commit and not self._read_only:
                 self._commit(final=True)
         finally:
             self._closed = True
@@ -553,11 +465,8 @@ class VectorStore(ABC):
         if self._read_only:
             return
         self._commit_backend(final=final)
-        if self._modified and self._manifest is not None and self._manifest_dir is not None:
-            from tempscale_rag.stores.manifest import write_manifest
-
-            self._manifest = self._manifest.touched()
-            write_manifest(self._manifest_dir, self._manifest)
+        if self._modified and self._owner is not None:
+            self._owner.committed()
         self._modified = False
 
     def __enter__(self) -> Self:
@@ -576,21 +485,9 @@ class VectorStore(ABC):
     def _close_backend(self) -> None:
         """Release backend resources without committing."""
 
-    def _attach_manifest(self, folder: Path, manifest: IndexManifest) -> None:
-        """Let `commit()` keep `manifest.json` in `folder` current (used by `open_store`)."""
-        self._manifest = manifest
-        self._manifest_dir = folder
-
-    def _manifest_summary(self) -> dict[str, Any]:
-        """The manifest fields worth showing in `describe()`, when the store belongs to an index folder."""
-        if self._manifest is None:
-            return {}
-        return {
-            "model": self._manifest.model,
-            "created_at": self._manifest.created_at.isoformat(),
-            "updated_at": self._manifest.updated_at.isoformat(),
-            "package_version": self._manifest.package_version,
-        }
+    @abstractmethod
+    def _describe_backend(self) -> dict[str, Any]:
+        """The backend's part of `describe()`."""
 
     def _check_open(self) -> None:
         if self._closed:

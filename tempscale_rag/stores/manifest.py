@@ -40,7 +40,7 @@ from typing import IO, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tempscale_rag.config import LEGACY_SOFTMAX_TEMPERATURE, ChunkingConfig, TempScaleConfig
-from tempscale_rag.stores.base import IndexCorruptError, IndexMismatchError, IndexNotFoundError
+from tempscale_rag.stores.errors import IndexCorruptError, IndexMismatchError, IndexNotFoundError
 
 MANIFEST_NAME = "manifest.json"
 """File name of the manifest inside an index folder."""

@@ -29,8 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from tempscale_rag.stores.base import ChunkRecord, IndexCorruptError
-from tempscale_rag.stores.faiss_store import DB_NAME, FAISS_NAME, LOCK_NAME, FaissStore, _acquire_lock
+from tempscale_rag.stores.base import ChunkRecord
+from tempscale_rag.stores.errors import IndexCorruptError
+from tempscale_rag.stores.faiss.database import DB_NAME
+from tempscale_rag.stores.faiss.locking import acquire_lock
+from tempscale_rag.stores.faiss.store import FaissStore
+from tempscale_rag.stores.faiss.vector_file import FAISS_NAME
 from tempscale_rag.stores.manifest import FaissSettings, IndexManifest, fsync_dir
 
 logger = logging.getLogger(__name__)
@@ -94,7 +98,7 @@ def repair_faiss_index(folder: str | Path, manifest: IndexManifest) -> RepairRep
     if not isinstance(manifest.backend, FaissSettings):
         raise ValueError(f"{folder} is a {manifest.store} index; only FAISS indexes can be repaired")
     db_path = folder / DB_NAME
-    lock = _acquire_lock(folder / LOCK_NAME)
+    lock = acquire_lock(folder)
     try:
         problem = _database_problem(db_path) if db_path.exists() else f"{DB_NAME} is missing"
         if problem is None:

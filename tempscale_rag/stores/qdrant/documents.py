@@ -1,0 +1,175 @@
+"""Upkeep of `<collection>__documents`, the document points document ranking reads (format: `points.py`).
+
+A document point, when it exists, always describes its source's stored chunks: writers delete it before they change
+the chunks and write it afterwards. A source without one (an interrupted write) is rescanned from its chunks.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+import numpy as np
+from qdrant_client import models
+
+from tempscale_rag.stores.base import chunk_size_of
+from tempscale_rag.stores.manifest import QdrantDistance
+from tempscale_rag.stores.qdrant.connection import SCROLL_PAGE, QdrantConnection
+from tempscale_rag.stores.qdrant.points import Chunk, StoredDocument, document_point, document_point_id, source_in
+
+logger = logging.getLogger(__name__)
+
+
+class DocumentPoints:
+    """The document points of one chunk collection.
+
+    Args:
+        connection: The connection.
+        chunks: The chunk collection.
+        name: The documents collection.
+        dimension: Vector dimension.
+        distance: The chunk collection's distance (cosine: vectors are stored normalised, as Qdrant does).
+        batch_size: Points per upsert request.
+    """
+
+    def __init__(
+        self,
+        connection: QdrantConnection,
+        chunks: str,
+        name: str,
+        *,
+        dimension: int,
+        distance: QdrantDistance,
+        batch_size: int,
+    ) -> None:
+        self._connection = connection
+        self._chunks = chunks
+        self.name = name
+        self._dimension = dimension
+        self._distance = distance
+        self._batch_size = batch_size
+        self.exists = False
+
+    def forget(self, sources: list[str]) -> None:
+        """Delete the document points of `sources` (before their chunks change, so none is ever out of date)."""
+        if not self.exists or not sources:
+            return
+        ids = [document_point_id(source) for source in sources]
+        self._connection.call(
+            "forget document entries",
+            lambda: self._connection.client.delete(self.name, models.PointIdsList(points=ids), wait=True),
+        )
+
+    def refresh(self, sources: list[str] | None) -> None:
+        """Write the document points of `sources` (None: all) from their stored chunks."""
+        if self.exists:
+            self.write(self.scan(sources))
+
+    def write(self, chunks: dict[str, list[Chunk]]) -> None:
+        """Write the document points of the given sources from their complete chunk lists."""
+        if not self.exists:
+            return
+        if self._distance == "cosine":
+            # Mirror Qdrant, which stores unit vectors in a cosine collection, so rescored cosines equal its own.
+            chunks = {
+                source: [(i, v / n if (n := float(np.linalg.norm(v))) > 0 else v, size) for i, v, size in members]
+                for source, members in chunks.items()
+            }
+        points = [document_point(source, members) for source, members in chunks.items() if members]
+        for start in range(0, len(points), self._batch_size):
+            batch = points[start : start + self._batch_size]
+            self._connection.call(
+                "write document entries", partial(self._connection.client.upsert, self.name, batch, wait=True)
+            )
+
+    def read(self, sources: list[str]) -> dict[str, StoredDocument]:
+        """The document points of `sources` that exist and can be decoded."""
+        out: dict[str, StoredDocument] = {}
+        if not self.exists or not sources:
+            return out
+        ids = [document_point_id(source) for source in sources]
+        for start in range(0, len(ids), SCROLL_PAGE):
+            records = self._connection.call(
+                "fetch documents",
+                partial(
+                    self._connection.client.retrieve,
+                    self.name,
+                    ids[start : start + SCROLL_PAGE],
+                    with_payload=True,
+                    with_vectors=False,
+                ),
+            )
+            for record in records:
+                document = StoredDocument.from_payload(record.payload or {}, self._dimension)
+                if document is not None:
+                    out[document.source] = document
+        return out
+
+    def load(self, sources: list[str]) -> dict[str, StoredDocument]:
+        """All chunk ids, sizes and vectors of `sources`, with group vectors; rescanned where a point is missing."""
+        out = self.read(sources)
+        stale = [source for source in sources if source not in out]
+        if stale:
+            scanned = self.scan(stale)
+            if scanned:
+                logger.warning(
+                    "Qdrant collection %r has no up-to-date document entry for %d sources (e.g. %s), an interrupted "
+                    "write; they were rescored from a scan of their chunks: re-index them to fix it",
+                    self._chunks,
+                    len(scanned),
+                    next(iter(scanned)),
+                )
+            for source, chunks in scanned.items():
+                out[source] = StoredDocument.from_chunks(source, chunks)
+        return out
+
+    def scan(self, sources: list[str] | None) -> dict[str, list[Chunk]]:
+        """Every chunk of `sources` (None: of the whole collection) as (point id, vector, chunk size), by source."""
+        flt = None if sources is None else models.Filter(must=[source_in(sources)])
+        found: dict[str, list[Chunk]] = {}
+        # Local mode filters and sorts the whole collection for every page: few large pages there.
+        page_size = SCROLL_PAGE if self._connection.remote else 65536
+        points = self._connection.scroll(
+            "scan chunks",
+            self._chunks,
+            page_size,
+            scroll_filter=flt,
+            with_payload=["source", "chunk_tokens", "metadata"],
+            with_vectors=True,
+        )
+        for point in points:
+            payload = point.payload or {}
+            size = payload.get("chunk_tokens")
+            if not isinstance(size, int):
+                size = chunk_size_of(payload.get("metadata") or {})
+            vector = np.asarray(point.vector, dtype=np.float32)
+            found.setdefault(str(payload.get("source", "")), []).append((str(point.id), vector, size))
+        return found
+
+    def merge(self, new_chunks: dict[str, list[Chunk]]) -> dict[str, list[Chunk]]:
+        """Before an upsert: each touched source's chunks after it, where known without scanning the collection.
+
+        A source's document point lists its stored chunks; one without a point and without chunks is new.
+        """
+        if not self.exists:
+            return {}
+        stored = self.read(sorted(new_chunks))
+        missing = [source for source in new_chunks if source not in stored]
+        new_sources: set[str] = set()
+        if missing:
+            only_missing = models.Filter(must=[source_in(missing)])
+            found = self._connection.call(
+                "count chunks",
+                lambda: self._connection.client.count(self._chunks, count_filter=only_missing, exact=True),
+            ).count
+            if found == 0:
+                new_sources = set(missing)
+        out = {}
+        for source, chunks in new_chunks.items():
+            if source in stored:
+                replaced = {chunk[0] for chunk in chunks}
+                kept = [chunk for chunk in stored[source].chunks() if chunk[0] not in replaced]
+                out[source] = kept + chunks
+            elif source in new_sources:
+                out[source] = list(chunks)
+        return out

@@ -1,0 +1,191 @@
+"""What a Qdrant index stores: point ids, chunk payloads, and the document points that document ranking reads.
+
+- A chunk is one point of `<collection>`, id `point_id(record.id)` (a UUID5, so re-indexing overwrites instead of
+  duplicating), payload the chunk fields (plus `chunk_tokens`, its chunk size).
+- A fully stored source is one vector-less point of `<collection>__sources`: `{source, fingerprint, chunks}`.
+- A source's document point in `<collection>__documents` (`StoredDocument`): the point ids of its chunks in group
+  order (space-separated), a copy of their vectors and each group's mean unit vector, vectors as base64 little-endian
+  float32. Its own vector (dot-product distance) is the mean of the group vectors, so its score for a unit query is
+  exactly the document's `mean` score. The copy doubles the vector storage so that rescoring a candidate costs one
+  point read, not one per chunk (local mode builds a Python object per returned point).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from qdrant_client import models
+
+from tempscale_rag.ranking.candidates import source_groups
+from tempscale_rag.ranking.documents import ChunkGroups
+from tempscale_rag.stores.base import ChunkRecord, SearchHit, chunk_size_of
+
+Chunk = tuple[str, npt.NDArray[np.float32], int]
+"""A stored chunk as document upkeep sees it: (point id, vector, chunk size)."""
+
+# Fixed namespace: point ids must be the same in every process and every version, or re-indexing would duplicate.
+_ID_NAMESPACE = uuid.UUID("5b0f6c1e-8d4a-4c55-9a43-7f0e2b6d1c39")
+_DOCUMENT_FORMAT = 1
+
+
+def point_id(chunk_id: str) -> str:
+    """The Qdrant point id of a chunk: a UUID5 of its chunk id, identical across runs."""
+    return str(uuid.uuid5(_ID_NAMESPACE, chunk_id))
+
+
+def source_point_id(source: str) -> str:
+    """The id of a source's fingerprint point."""
+    return str(uuid.uuid5(_ID_NAMESPACE, "source\x00" + source))
+
+
+def document_point_id(source: str) -> str:
+    """The id of a source's document point."""
+    return str(uuid.uuid5(_ID_NAMESPACE, "document\x00" + source))
+
+
+def chunk_point(record: ChunkRecord) -> models.PointStruct:
+    """The point of a chunk."""
+    return models.PointStruct(
+        id=point_id(record.id),
+        vector=record.vector.tolist(),
+        payload={
+            "chunk_id": record.id,
+            "text": record.text,
+            "source": record.source,
+            "position": record.position,
+            "token_length": record.token_length,
+            "bucket": record.bucket,
+            "metadata": record.metadata,
+            "chunk_tokens": chunk_size_of(record.metadata),
+        },
+    )
+
+
+def chunk_of(point: models.PointStruct) -> Chunk:
+    """(point id, vector, chunk size) of a chunk point about to be written."""
+    payload = point.payload or {}
+    return str(point.id), np.asarray(point.vector, dtype=np.float32), int(payload["chunk_tokens"])
+
+
+def payload_hit(payload: dict[str, Any], point: str, score: float) -> SearchHit:
+    """A search hit from a chunk point's payload."""
+    return SearchHit(
+        id=str(payload.get("chunk_id", point)),
+        score=score,
+        text=str(payload.get("text", "")),
+        source=str(payload.get("source", "")),
+        position=int(payload.get("position", 0)),
+        token_length=int(payload.get("token_length", 0)),
+        bucket=str(payload.get("bucket", "")),
+        metadata=dict(payload.get("metadata") or {}),
+    )
+
+
+def scored_hit(point: models.ScoredPoint) -> SearchHit:
+    """A search hit from a scored chunk point."""
+    return payload_hit(point.payload or {}, str(point.id), float(point.score))
+
+
+def source_is(source: str) -> models.FieldCondition:
+    """Filter condition: the chunk belongs to `source`."""
+    return models.FieldCondition(key="source", match=models.MatchValue(value=source))
+
+
+def source_in(sources: list[str]) -> models.FieldCondition:
+    """Filter condition: the chunk belongs to one of `sources`."""
+    return models.FieldCondition(key="source", match=models.MatchAny(any=sources))
+
+
+@dataclass(frozen=True)
+class StoredDocument:
+    """One source's chunks as stored: point ids, chunk sizes, vectors, and each size's mean unit vector."""
+
+    source: str
+    ids: list[str]
+    sizes: list[int]
+    vectors: npt.NDArray[np.float32]
+    group_vectors: dict[int, npt.NDArray[np.float32]]
+
+    @classmethod
+    def from_chunks(cls, source: str, chunks: list[Chunk]) -> StoredDocument:
+        """Group (point id, vector, chunk size) triples; chunks end up in group order (size by size)."""
+        order = ChunkGroups.build([0] * len(chunks), [chunk[2] for chunk in chunks]).order.tolist()
+        vectors = np.stack([chunks[i][1] for i in order]).astype(np.float32)
+        groups = source_groups([chunk[2] for chunk in chunks], np.stack([chunk[1] for chunk in chunks]))
+        return cls(
+            source=source,
+            ids=[chunks[i][0] for i in order],
+            sizes=[chunks[i][2] for i in order],
+            vectors=vectors,
+            group_vectors={size: mean for size, _, mean in groups},
+        )
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any], dimension: int) -> StoredDocument | None:
+        """Decode a document point's payload; None if it is not one this version wrote (then rescanned)."""
+        try:
+            if payload.get("format") != _DOCUMENT_FORMAT:
+                return None
+            ids = str(payload["chunk_ids"]).split()
+            groups = [(int(g["chunk_tokens"]), int(g["chunks"])) for g in payload["groups"]]
+            vectors = _decode(payload["chunk_vectors"], len(ids), dimension)
+            means = _decode(payload["group_vectors"], len(groups), dimension)
+            if sum(count for _, count in groups) != len(ids) or not ids:
+                return None
+            return cls(
+                source=str(payload["source"]),
+                ids=ids,
+                sizes=[size for size, count in groups for _ in range(count)],
+                vectors=vectors,
+                group_vectors={size: means[g] for g, (size, _) in enumerate(groups)},
+            )
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def payload(self) -> dict[str, Any]:
+        """The document point's payload: chunk ids and sizes in group order, vectors as base64 little-endian float32.
+
+        Ids (space-separated) and vectors travel as single strings because local mode deep-copies every payload it
+        returns (a list costs a Python object per item) and a server sends JSON (a float list is about twice the bytes
+        of base64).
+        """
+        sizes = list(self.group_vectors)
+        counts = [self.sizes.count(size) for size in sizes]
+        return {
+            "format": _DOCUMENT_FORMAT,
+            "source": self.source,
+            "groups": [{"chunk_tokens": size, "chunks": count} for size, count in zip(sizes, counts, strict=True)],
+            "chunk_ids": " ".join(self.ids),
+            "chunk_vectors": _encode(self.vectors),
+            "group_vectors": _encode(np.stack([self.group_vectors[size] for size in sizes])),
+        }
+
+    def chunks(self) -> list[Chunk]:
+        """The stored chunks as (point id, vector, chunk size)."""
+        return [(chunk_id, self.vectors[j], self.sizes[j]) for j, chunk_id in enumerate(self.ids)]
+
+
+def document_point(source: str, chunks: list[Chunk]) -> models.PointStruct:
+    """The document point of a source; its vector is the mean of its group vectors (so q . v is the `mean` score)."""
+    document = StoredDocument.from_chunks(source, chunks)
+    vector = np.mean(np.stack(list(document.group_vectors.values())).astype(np.float64), axis=0)
+    return models.PointStruct(
+        id=document_point_id(source), vector=vector.astype(np.float32).tolist(), payload=document.payload()
+    )
+
+
+def _encode(vectors: npt.NDArray[np.float32]) -> str:
+    return base64.b64encode(np.ascontiguousarray(vectors, dtype="<f4").tobytes()).decode("ascii")
+
+
+def _decode(text: str, rows: int, dimension: int) -> npt.NDArray[np.float32]:
+    data = binascii.a2b_base64(text, strict_mode=True)
+    if len(data) != 4 * rows * dimension:
+        raise ValueError(f"expected {rows} vectors of dimension {dimension}")
+    return np.frombuffer(data, dtype="<f4").reshape(rows, dimension).astype(np.float32)

@@ -1,0 +1,506 @@
+"""`QdrantStore`: chunks in a Qdrant collection, on a server (`url`) or in qdrant-client's local mode (`path`).
+
+Three collections per index (point formats in `points.py`): `<collection>` (one point per chunk),
+`<collection>__sources` (one point per fully stored source: its fingerprint) and `<collection>__documents` (one
+point per source, for document ranking, kept by `documents.py`).
+
+`replace_source` first forgets the source's fingerprint and deletes its document point, then upserts the new chunks,
+deletes the source's other chunks, writes the document point, and records the fingerprint last. A crash anywhere in
+between leaves the source out of `sources()`, so the indexer redoes it; there is no state in which `sources()` vouches
+for an incomplete source.
+
+Document ranking (`tempscale_rag.ranking`) finds candidates here: the best chunks name candidate documents (on a
+server through Qdrant's grouping API, `query_points_groups` grouped by `source`; in local mode, which implements
+grouping by materialising every point, through a plain over-fetching query), the documents collection gives the best
+documents by their exact `mean` score and every candidate's chunk vectors for exact rescoring.
+
+Every write waits for Qdrant's acknowledgement (`wait=True`); requests are retried as `connection.py` describes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Hashable, Iterable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from qdrant_client import QdrantClient, models
+
+from tempscale_rag.ranking.candidates import CandidatePolicy, ChunkTable
+from tempscale_rag.ranking.documents import ChunkGroups
+from tempscale_rag.stores.base import (
+    ChunkRecord,
+    ProgressCallback,
+    SearchHit,
+    VectorStore,
+    as_query_matrix,
+    check_fingerprint,
+    check_k,
+    check_records,
+    check_source,
+)
+from tempscale_rag.stores.errors import IndexNotFoundError
+from tempscale_rag.stores.manifest import QdrantDistance
+from tempscale_rag.stores.qdrant.connection import (
+    DISTANCES,
+    MEMORY,
+    SCROLL_PAGE,
+    QdrantConnection,
+    open_client,
+)
+from tempscale_rag.stores.qdrant.documents import DocumentPoints
+from tempscale_rag.stores.qdrant.points import (
+    Chunk,
+    chunk_of,
+    chunk_point,
+    payload_hit,
+    scored_hit,
+    source_is,
+    source_point_id,
+)
+
+SOURCES_SUFFIX = "__sources"
+"""Suffix of the collection that records each stored source's fingerprint."""
+
+DOCUMENTS_SUFFIX = "__documents"
+"""Suffix of the collection that holds each source's chunk ids and group vectors, for document ranking."""
+
+QDRANT_CHUNK_OVERFETCH = 10
+"""Document ranking fetches this many chunks per wanted document to find candidate documents."""
+
+QDRANT_CANDIDATES = 2
+"""Document ranking rescores this many candidate documents per wanted document (reading one costs a point read)."""
+
+QDRANT_POLICY = CandidatePolicy(
+    chunk_overfetch=QDRANT_CHUNK_OVERFETCH, documents=QDRANT_CANDIDATES, mean_documents=QDRANT_CANDIDATES
+)
+
+
+class QdrantStore(VectorStore):
+    """A `VectorStore` on Qdrant: a server at `url`, or local mode in `path` (or `":memory:"`).
+
+    Args:
+        dimension: Vector dimension; an existing collection must match it.
+        collection: Collection name (`<collection>__sources` and `<collection>__documents` are made beside it).
+        url: Server URL, e.g. `http://localhost:6333`. Exactly one of `url` and `path`.
+        path: Local-mode folder, or `":memory:"`.
+        api_key: API key for the server (kept in memory for `writer()` connections, never written anywhere).
+        timeout: Per-request timeout in seconds (servers only).
+        distance: `"cosine"` (Qdrant normalises vectors) or `"dot"` (the raw inner product, exactly like FAISS).
+        batch_size: Points per upsert request.
+        retries: Retries after a network failure, with exponential backoff.
+        backoff: First backoff delay in seconds (doubled after each retry, at most 30 s).
+        create: Create missing collections.
+        read_only: Refuse writes; with `create` ignored.
+        progress: Called as `progress(done, total)` after each uploaded batch.
+
+    Attributes:
+        use_grouping_api: Find candidate documents with Qdrant's grouping API (`query_points_groups`); True for a
+            server, False in local mode, where a plain over-fetching query is much faster.
+
+    Raises:
+        StoreUnavailableError: If the server cannot be reached, rejects the API key, or the local folder is in use.
+        IndexNotFoundError: If the collection is missing and may not be created.
+        IndexMismatchError: If the collection exists with another vector size or distance.
+    """
+
+    backend = "qdrant"
+
+    def __init__(
+        self,
+        *,
+        dimension: int,
+        collection: str = "tempscale",
+        url: str | None = None,
+        path: str | Path | None = None,
+        api_key: str | None = None,
+        timeout: float = 10.0,
+        distance: QdrantDistance = "cosine",
+        batch_size: int = 256,
+        retries: int = 3,
+        backoff: float = 0.5,
+        create: bool = True,
+        read_only: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> None:
+        super().__init__(dimension, read_only=read_only)
+        if (url is None) == (path is None):
+            raise ValueError("give exactly one of url (a Qdrant server) or path (a local folder, or ':memory:')")
+        if not isinstance(collection, str) or not collection:
+            raise ValueError(f"collection must be a non-empty str, got {collection!r}")
+        if distance not in DISTANCES:
+            raise ValueError(f"distance must be 'cosine' or 'dot', got {distance!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+        if not math.isfinite(timeout) or timeout <= 0 or not math.isfinite(backoff) or backoff < 0:
+            raise ValueError(f"timeout must be > 0 and backoff >= 0 seconds, got {timeout!r} and {backoff!r}")
+        self.collection = collection
+        self.sources_collection = collection + SOURCES_SUFFIX
+        self.documents_collection = collection + DOCUMENTS_SUFFIX
+        self.distance: QdrantDistance = distance
+        self.url = url
+        self.path = None if path is None else str(path)
+        self._batch_size = batch_size
+        self._api_key = api_key
+        self._timeout = timeout
+        self._retries = retries
+        self._backoff = float(backoff)
+        self._progress = progress
+        self._remote = url is not None
+        self._has_sources_collection = False
+        # Qdrant's grouping API on a server; local mode implements it by materialising every point (seconds per query).
+        self.use_grouping_api = url is not None
+        client = open_client(url, self.path, api_key, timeout, create=create and not read_only)
+        self._connection = QdrantConnection(
+            client, self.location, remote=self._remote, retries=retries, backoff=self._backoff
+        )
+        self._documents = DocumentPoints(
+            self._connection,
+            collection,
+            self.documents_collection,
+            dimension=self.dimension,
+            distance=distance,
+            batch_size=batch_size,
+        )
+        try:
+            self._ensure_collections(create=create and not read_only)
+        except BaseException:
+            client.close()
+            raise
+
+    @property
+    def location(self) -> str:
+        """The server URL, the local folder, or `:memory:`."""
+        return self.url if self.url is not None else str(self.path)
+
+    @property
+    def concurrent_writers(self) -> bool:
+        """Whether `writer()` can open more writers: on a server, yes; local mode allows one client per folder."""
+        return self._remote
+
+    def writer(self) -> QdrantStore:
+        """Another connection to the same server collection, for one more writer working concurrently with this one.
+
+        Writes to different sources may run concurrently, each through its own writer (one per thread): a source's
+        `replace_source` is a sequence of requests that only touches that source's points, fingerprint and document
+        point, and point ids are deterministic, so concurrent writers never race on a point. Writing one source from
+        two writers at once is not supported. Close the writer when done; this store's `commit()` then tells its
+        owner (which refreshes the manifest) as usual.
+
+        Raises:
+            ValueError: In local mode (qdrant-client allows one client per folder: one writer).
+            StoreUnavailableError: If the server cannot be reached.
+        """
+        self._check_writable()
+        if not self._remote or self.url is None:
+            raise ValueError(
+                "qdrant-client's local mode allows one writer per folder; parallel writers need a Qdrant server "
+                "(--qdrant-url)"
+            )
+        self._modified = True  # the writer writes for this store: its commit() must tell the owner
+        return QdrantStore(
+            dimension=self.dimension,
+            collection=self.collection,
+            url=self.url,
+            api_key=self._api_key,
+            timeout=self._timeout,
+            distance=self.distance,
+            batch_size=self._batch_size,
+            retries=self._retries,
+            backoff=self._backoff,
+            create=False,
+        )
+
+    @property
+    def client(self) -> QdrantClient:
+        """The underlying qdrant-client (for inspection; writing through it bypasses the fingerprint bookkeeping)."""
+        return self._connection.client
+
+    def replace_source(self, source: str, fingerprint: str, records: Iterable[ChunkRecord]) -> None:
+        """Replace every chunk of `source` and record its fingerprint last (see the module docstring).
+
+        Args:
+            source: The file path as indexed.
+            fingerprint: The source's content fingerprint.
+            records: The new chunks, all with `record.source == source`.
+        """
+        self._check_writable()
+        check_source(source)
+        check_fingerprint(fingerprint)
+        points = [chunk_point(record) for record in check_records(records, self.dimension, source=source)]
+        client = self._connection.client
+        marker = source_point_id(source)
+        self._connection.call(
+            "forget the source",
+            lambda: client.delete(self.sources_collection, models.PointIdsList(points=[marker]), wait=True),
+        )
+        self._modified = True
+        self._documents.forget([source])
+        self._upload(points)
+        stale = models.Filter(
+            must=[source_is(source)],
+            must_not=[models.HasIdCondition(has_id=[p.id for p in points])] if points else None,
+        )
+        self._connection.call(
+            "delete stale chunks",
+            lambda: client.delete(self.collection, models.FilterSelector(filter=stale), wait=True),
+        )
+        if points:
+            self._documents.write({source: [chunk_of(p) for p in points]})
+        entry = models.PointStruct(
+            id=marker, vector={}, payload={"source": source, "fingerprint": fingerprint, "chunks": len(points)}
+        )
+        self._connection.call("record the source", lambda: client.upsert(self.sources_collection, [entry], wait=True))
+
+    def upsert(self, records: Iterable[ChunkRecord]) -> None:
+        """Add records in batches, replacing points with the same id. `sources()` is unchanged.
+
+        Args:
+            records: The records.
+        """
+        self._check_writable()
+        points = [chunk_point(record) for record in check_records(records, self.dimension)]
+        if not points:
+            return
+        self._modified = True
+        new_chunks: dict[str, list[Chunk]] = {}
+        for point in points:
+            new_chunks.setdefault(str((point.payload or {})["source"]), []).append(chunk_of(point))
+        touched = sorted(new_chunks)
+        merged = self._documents.merge(new_chunks)
+        self._documents.forget(touched)
+        self._upload(points)
+        rescan = [source for source in touched if source not in merged]
+        if rescan and self._documents.exists:
+            merged.update(self._documents.scan(rescan))
+        self._documents.write(merged)
+
+    def delete_source(self, source: str) -> int:
+        """Forget the source's fingerprint, then delete its chunks.
+
+        Args:
+            source: The file path as indexed.
+
+        Returns:
+            The number of chunks deleted.
+        """
+        self._check_writable()
+        check_source(source)
+        client = self._connection.client
+        only_source = models.Filter(must=[source_is(source)])
+        found = self._connection.call(
+            "count chunks", lambda: client.count(self.collection, count_filter=only_source, exact=True)
+        ).count
+        self._modified = True
+        self._connection.call(
+            "forget the source",
+            lambda: client.delete(
+                self.sources_collection, models.PointIdsList(points=[source_point_id(source)]), wait=True
+            ),
+        )
+        self._documents.forget([source])
+        self._connection.call(
+            "delete chunks",
+            lambda: client.delete(self.collection, models.FilterSelector(filter=only_source), wait=True),
+        )
+        return int(found)
+
+    def sources(self) -> dict[str, str]:
+        """Map each fully stored source to its fingerprint."""
+        self._check_open()
+        if not self._has_sources_collection:
+            return {}
+        found: dict[str, str] = {}
+        points = self._connection.scroll(
+            "list sources", self.sources_collection, SCROLL_PAGE, with_payload=True, with_vectors=False
+        )
+        for point in points:
+            payload = point.payload or {}
+            if isinstance(payload.get("source"), str) and isinstance(payload.get("fingerprint"), str):
+                found[payload["source"]] = payload["fingerprint"]
+        return dict(sorted(found.items()))
+
+    def count(self) -> int:
+        """The number of stored chunks."""
+        self._check_open()
+        client = self._connection.client
+        return int(self._connection.call("count", lambda: client.count(self.collection, exact=True)).count)
+
+    def search_many(self, query_vectors: npt.ArrayLike, k: int = 10) -> list[list[SearchHit]]:
+        """Search many queries with batched query requests (64 per round trip).
+
+        Args:
+            query_vectors: A matrix of shape (n, dimension), L2-normalised.
+            k: How many hits per query at most.
+
+        Returns:
+            One list of up to `k` hits per query, best first.
+        """
+        self._check_open()
+        k = check_k(k)
+        queries = as_query_matrix(query_vectors, self.dimension)
+        found = self._connection.query_batches(self.collection, queries, k, True)
+        return [[scored_hit(point) for point in points] for points in found]
+
+    # --- the document-ranking contract (`tempscale_rag.ranking.candidates.DocumentSource`) ---------------------------
+
+    @property
+    def candidate_policy(self) -> CandidatePolicy:
+        """Over-fetch `QDRANT_CHUNK_OVERFETCH` chunks and rescore `QDRANT_CANDIDATES` documents per wanted document."""
+        return QDRANT_POLICY
+
+    @property
+    def unit_queries(self) -> bool:
+        """True for cosine distance: Qdrant compares with the unit query, so rescoring does too."""
+        return self.distance == "cosine"
+
+    def document_table(self, sources: Sequence[str] | None) -> ChunkTable | None:
+        """The stored chunks of `sources` (from their document points), in the order given."""
+        self._check_open()
+        wanted = list(sources) if sources is not None else sorted(self.sources())
+        loaded = self._documents.load(wanted)
+        parts = [loaded[name] for name in wanted if name in loaded]
+        if not parts:
+            return None
+        groups = ChunkGroups.build(
+            np.repeat(np.arange(len(parts)), [len(part.ids) for part in parts]).tolist(),
+            [size for part in parts for size in part.sizes],
+        )
+        groups = dataclasses.replace(groups, documents=[part.source for part in parts])
+        means = np.stack(
+            [
+                parts[doc].group_vectors[size]
+                for doc, size in zip(groups.group_document.tolist(), groups.group_size.tolist(), strict=True)
+            ]
+        )
+        keys = np.asarray([chunk_id for part in parts for chunk_id in part.ids], dtype=object)
+        return ChunkTable(groups, keys, np.concatenate([part.vectors for part in parts]), None, means)
+
+    def chunk_candidates(
+        self, queries: npt.NDArray[np.float32], n_chunks: int, n_documents: int | None
+    ) -> list[list[str]]:
+        """The sources of the best chunks, per query: through the grouping API, or an over-fetching query."""
+        self._check_open()
+        if self.use_grouping_api and n_documents is not None:
+            out = []
+            for row in queries:
+                result = self._connection.call(
+                    "search documents",
+                    partial(
+                        self._connection.client.query_points_groups,
+                        self.collection,
+                        group_by="source",
+                        query=row.tolist(),
+                        limit=n_documents,
+                        group_size=1,
+                        with_payload=False,
+                    ),
+                )
+                out.append([str(group.id) for group in result.groups])
+            return out
+        found = self._connection.query_batches(self.collection, queries, n_chunks, ["source", "chunk_tokens"])
+        names = [list(dict.fromkeys(str((p.payload or {}).get("source", "")) for p in points)) for points in found]
+        return names if n_documents is None else [documents[:n_documents] for documents in names]
+
+    def mean_candidates(self, queries: npt.NDArray[np.float32], n: int) -> list[list[str]]:
+        """The `n` documents with the best exact `mean` score, per query (a search of the documents collection)."""
+        self._check_open()
+        if not self._documents.exists:
+            return [[] for _ in range(queries.shape[0])]
+        found = self._connection.query_batches(self.documents_collection, queries, n, ["source"])
+        return [[str((p.payload or {}).get("source", "")) for p in points] for points in found]
+
+    def evidence_hits(self, keys: Sequence[Hashable]) -> dict[Hashable, SearchHit]:
+        """The stored chunks with the given point ids, with score 0."""
+        self._check_open()
+        ids = [str(key) for key in keys]
+        hits: dict[Hashable, SearchHit] = {}
+        for start in range(0, len(ids), SCROLL_PAGE):
+            records = self._connection.call(
+                "fetch evidence chunks",
+                partial(
+                    self._connection.client.retrieve,
+                    self.collection,
+                    ids[start : start + SCROLL_PAGE],
+                    with_payload=True,
+                    with_vectors=False,
+                ),
+            )
+            hits.update((str(r.id), payload_hit(r.payload or {}, str(r.id), 0.0)) for r in records)
+        return hits
+
+    # --- commits, setup ------------------------------------------------------------------------------------------
+
+    def _describe_backend(self) -> dict[str, Any]:
+        mode = "server" if self._remote else ("memory" if self.path == MEMORY else "local")
+        return {
+            "backend": self.backend,
+            "index": "qdrant-hnsw",
+            "mode": mode,
+            "location": self.location,
+            "collection": self.collection,
+            "distance": self.distance,
+            "count": self.count(),
+            "sources": len(self.sources()),
+            "dimension": self.dimension,
+            "read_only": self.read_only,
+        }
+
+    def _commit_backend(self, *, final: bool) -> None:
+        # Nothing is buffered: every write above waited for Qdrant's acknowledgement (wait=True), which is Qdrant's
+        # durability point (its WAL on a server, the storage file in local mode).
+        self._check_open()
+
+    def _close_backend(self) -> None:
+        self._connection.client.close()
+
+    def _ensure_collections(self, *, create: bool) -> None:
+        connection = self._connection
+        if connection.exists(self.collection):
+            connection.check_vectors(self.collection, self.dimension, self.distance)
+            if create:
+                connection.index_source_field(self.collection)
+        elif create:
+            vectors = models.VectorParams(size=self.dimension, distance=DISTANCES[self.distance])
+            connection.create("collection", self.collection, vectors, index_source=True)
+        else:
+            raise IndexNotFoundError(
+                f"Qdrant at {self.location} has no collection {self.collection!r}; "
+                "build it with `tempscale-rag index DOCS --store qdrant` or check --collection"
+            )
+        self._has_sources_collection = connection.exists(self.sources_collection)
+        if not self._has_sources_collection and create:
+            connection.create("sources collection", self.sources_collection, {}, index_source=True)
+            self._has_sources_collection = True
+        self._documents.exists = connection.exists(self.documents_collection)
+        if not self._documents.exists and create:
+            vectors = models.VectorParams(size=self.dimension, distance=models.Distance.DOT)
+            connection.create("documents collection", self.documents_collection, vectors, index_source=False)
+            self._documents.exists = True
+            # An index written before document ranking existed: derive the document points once.
+            if self.count():
+                self._documents.refresh(None)
+
+    def _upload(self, points: list[models.PointStruct]) -> None:
+        total = len(points)
+        for start in range(0, total, self._batch_size):
+            batch = points[start : start + self._batch_size]
+            self._connection.call("upsert", partial(self._connection.client.upsert, self.collection, batch, wait=True))
+            if self._progress is not None:
+                self._progress(min(start + self._batch_size, total), total)
+
+    def forget_document_points(self, sources: list[str]) -> None:
+        """Delete the document points of `sources`, as an interrupted write may leave them (for tests and repair)."""
+        self._check_writable()
+        self._documents.forget(sources)
+
+    def scan_chunks(self, sources: list[str] | None) -> dict[str, list[Chunk]]:
+        """Every stored chunk of `sources` (None: all) as (point id, vector, chunk size), by source."""
+        self._check_open()
+        return self._documents.scan(sources)
