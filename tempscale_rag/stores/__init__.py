@@ -204,6 +204,13 @@ def open_store(
     if manifest is None or read_only or not create:
         read_manifest(folder)  # raises IndexNotFoundError with the standard message
         raise IndexNotFoundError(f"{folder} is not a tempscale-rag index")  # pragma: no cover - read_manifest raised
+    return _create(folder, manifest, use_gpu=use_gpu, qdrant_options=qdrant_options)
+
+
+def _create(
+    folder: Path, manifest: IndexManifest, *, use_gpu: bool | None, qdrant_options: dict[str, Any]
+) -> VectorStore:
+    """A new index in `folder` (see `open_store`)."""
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise IndexCorruptError(
             f"{folder} is not empty and holds no {MANIFEST_NAME}, so it is not a tempscale-rag index; "

@@ -10,6 +10,7 @@ and a `generation` counter bumped by every transaction that changes the chunks).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import tempfile
@@ -28,6 +29,8 @@ from tempscale_rag.ranking.candidates import source_groups
 from tempscale_rag.stores.base import ChunkRecord, check_dimension, chunk_size_of, metadata_json
 from tempscale_rag.stores.errors import IndexCorruptError, IndexMismatchError
 from tempscale_rag.stores.manifest import TEMP_SUFFIX, FaissSettings, current_umask, fsync_dir
+
+logger = logging.getLogger(__name__)
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -361,3 +364,46 @@ def fetch_hit_rows(db: sqlite3.Connection, vids: list[int]) -> dict[int, tuple[A
         for row in db.execute(f"SELECT {HIT_COLUMNS} FROM chunks WHERE vid IN ({marks})", part):
             rows[row[0]] = row
     return rows
+
+
+def read_all_vectors(
+    db: sqlite3.Connection,
+    db_path: Path,
+    dimension: int,
+    add: Callable[[npt.NDArray[np.float32], npt.NDArray[np.int64]], None],
+) -> int:
+    """Pass every stored vector with its vid to `add`, in batches, from one snapshot; return its generation.
+
+    Raises:
+        IndexCorruptError: If the database is damaged or holds vectors of another size.
+    """
+    try:
+        with snapshot(db):
+            generation = read_meta(db, db_path).generation
+            cursor = db.execute("SELECT vid, vector FROM chunks ORDER BY vid")
+            while rows := cursor.fetchmany(16384):
+                blob = b"".join(row[1] for row in rows)
+                if len(blob) != 4 * dimension * len(rows):
+                    raise IndexCorruptError(
+                        f"{db_path} holds vectors of the wrong size (expected {dimension} float32 values); "
+                        f"delete {db_path.parent} and run `tempscale-rag index` again"
+                    )
+                vectors = np.frombuffer(blob, dtype="<f4").reshape(len(rows), dimension).astype(np.float32)
+                add(vectors, np.fromiter((row[0] for row in rows), np.int64, len(rows)))
+    except sqlite3.DatabaseError as exc:
+        raise IndexCorruptError(damaged_database_message(db_path, str(exc))) from None
+    return generation
+
+
+def ensure_groups_table(db: sqlite3.Connection, db_path: Path, *, read_only: bool) -> bool:
+    """Whether the `groups` table exists; a writable open of an older store creates and fills it."""
+    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'groups'").fetchone():
+        return True
+    if read_only:
+        return False
+    with transaction(db):
+        db.execute(GROUPS_SCHEMA)
+        for (source,) in db.execute("SELECT DISTINCT source FROM chunks").fetchall():
+            refresh_groups(db, source)
+    logger.info("added document group vectors to %s", db_path)
+    return True

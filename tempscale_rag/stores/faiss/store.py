@@ -36,13 +36,13 @@ from tempscale_rag.stores.base import (
     check_records,
     check_source,
 )
-from tempscale_rag.stores.errors import IndexCorruptError, IndexNotFoundError
+from tempscale_rag.stores.errors import IndexNotFoundError
 from tempscale_rag.stores.faiss import database as sql
 from tempscale_rag.stores.faiss.database import DB_NAME, Change, reports_damage
 from tempscale_rag.stores.faiss.documents import DocumentView, build_view, chunk_documents
 from tempscale_rag.stores.faiss.locking import acquire_lock
 from tempscale_rag.stores.faiss.vector_file import FAISS_NAME, file_problem, read_index_file, write_index_file
-from tempscale_rag.stores.faiss.vectors import FaissVectors, faiss_gpu_count, loaded_index_problem, new_index
+from tempscale_rag.stores.faiss.vectors import FaissVectors, loaded_index_problem, new_index, resolve_gpu
 from tempscale_rag.stores.manifest import FaissSettings, remove_stale_temp_files
 
 logger = logging.getLogger(__name__)
@@ -100,13 +100,13 @@ class FaissStore(VectorStore):
             self._uuid = meta.store_uuid
             self._settings = meta.settings
             self._generation = meta.generation
-            use = self._resolve_gpu(use_gpu)
+            use = resolve_gpu(use_gpu, self._settings)
             self._changed_since_file = 0
             if not read_only:
                 remove_stale_temp_files(self.folder)
             self._db = sql.connect(self.db_path, read_only=read_only)
             self._document_view: DocumentView | None = None
-            self._has_groups_table = self._ensure_groups_table(read_only)
+            self._has_groups_table = sql.ensure_groups_table(self._db, self.db_path, read_only=read_only)
             self._generation = sql.read_meta(self._db, self.db_path).generation
             index, self._file_generation = self._load_index()
             self._vectors = FaissVectors(index, self._settings, self._rebuild_index, use_gpu=use)
@@ -412,24 +412,8 @@ class FaissStore(VectorStore):
 
     def _rebuild_index(self) -> Any:
         """Build the FAISS index from the chunks in SQLite (one consistent snapshot)."""
-        db = self._connection()
         index = new_index(self._settings, self.dimension)
-        dimension = self.dimension
-        try:
-            with sql.snapshot(db):
-                self._generation = sql.read_meta(db, self.db_path).generation
-                cursor = db.execute("SELECT vid, vector FROM chunks ORDER BY vid")
-                while rows := cursor.fetchmany(16384):
-                    blob = b"".join(row[1] for row in rows)
-                    if len(blob) != 4 * dimension * len(rows):
-                        raise IndexCorruptError(
-                            f"{self.db_path} holds vectors of the wrong size (expected {dimension} float32 values); "
-                            f"delete {self.folder} and run `tempscale-rag index` again"
-                        )
-                    vectors = np.frombuffer(blob, dtype="<f4").reshape(len(rows), dimension).astype(np.float32)
-                    index.add_with_ids(vectors, np.fromiter((row[0] for row in rows), np.int64, len(rows)))
-        except sqlite3.DatabaseError as exc:
-            raise IndexCorruptError(sql.damaged_database_message(self.db_path, str(exc))) from None
+        self._generation = sql.read_all_vectors(self._connection(), self.db_path, self.dimension, index.add_with_ids)
         return index
 
     def _load_index(self) -> tuple[Any, int | None]:
@@ -450,31 +434,6 @@ class FaissStore(VectorStore):
         if problem != "missing":
             logger.warning("rebuilding %s from %s: %s", self.faiss_path, DB_NAME, problem)
         return self._rebuild_index(), None
-
-    def _resolve_gpu(self, use_gpu: bool | None) -> bool:
-        if use_gpu is False:
-            return False
-        available = faiss_gpu_count() > 0 and self._settings.index == "flat"
-        if use_gpu and not available:
-            raise ValueError(
-                "use_gpu=True needs faiss with GPU support (a faiss-gpu package, faiss.get_num_gpus() > 0) and a "
-                f"flat index; this faiss sees {faiss_gpu_count()} GPUs and the index is {self._settings.index!r}"
-            )
-        return available
-
-    def _ensure_groups_table(self, read_only: bool) -> bool:
-        """Whether the `groups` table exists; a writable open of an older store creates and fills it."""
-        db = self._connection()
-        if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'groups'").fetchone():
-            return True
-        if read_only:
-            return False
-        with sql.transaction(db):
-            db.execute(sql.GROUPS_SCHEMA)
-            for (source,) in db.execute("SELECT DISTINCT source FROM chunks").fetchall():
-                sql.refresh_groups(db, source)
-        logger.info("added document group vectors to %s", self.db_path)
-        return True
 
     def _connection(self) -> sqlite3.Connection:
         self._check_open()

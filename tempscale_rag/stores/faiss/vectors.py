@@ -26,6 +26,23 @@ def faiss_gpu_count() -> int:
     return int(get_num_gpus()) if callable(get_num_gpus) else 0
 
 
+def resolve_gpu(use_gpu: bool | None, settings: FaissSettings) -> bool:
+    """Whether to search on the GPU: `use_gpu` None means when available (faiss with GPUs, a flat index).
+
+    Raises:
+        ValueError: If `use_gpu` is True and the GPU cannot be used.
+    """
+    if use_gpu is False:
+        return False
+    available = faiss_gpu_count() > 0 and settings.index == "flat"
+    if use_gpu and not available:
+        raise ValueError(
+            "use_gpu=True needs faiss with GPU support (a faiss-gpu package, faiss.get_num_gpus() > 0) and a "
+            f"flat index; this faiss sees {faiss_gpu_count()} GPUs and the index is {settings.index!r}"
+        )
+    return available
+
+
 def new_index(settings: FaissSettings, dimension: int) -> Any:
     """An empty `IndexIDMap` of the kind `settings` asks for."""
     inner: Any

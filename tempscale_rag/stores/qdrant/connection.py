@@ -53,6 +53,35 @@ def transient_reason(exc: BaseException) -> str | None:
     return None
 
 
+def check_options(
+    url: str | None,
+    path: str | Path | None,
+    collection: str,
+    distance: str,
+    batch_size: int,
+    retries: int,
+    timeout: float,
+    backoff: float,
+) -> None:
+    """Validate `QdrantStore`'s arguments.
+
+    Raises:
+        ValueError: On a bad combination or value.
+    """
+    if (url is None) == (path is None):
+        raise ValueError("give exactly one of url (a Qdrant server) or path (a local folder, or ':memory:')")
+    if not isinstance(collection, str) or not collection:
+        raise ValueError(f"collection must be a non-empty str, got {collection!r}")
+    if distance not in DISTANCES:
+        raise ValueError(f"distance must be 'cosine' or 'dot', got {distance!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+    if not math.isfinite(timeout) or timeout <= 0 or not math.isfinite(backoff) or backoff < 0:
+        raise ValueError(f"timeout must be > 0 and backoff >= 0 seconds, got {timeout!r} and {backoff!r}")
+
+
 def open_client(
     url: str | None, path: str | None, api_key: str | None, timeout: float, *, create: bool
 ) -> QdrantClient:
@@ -135,6 +164,16 @@ class QdrantConnection:
             yield from page
             if offset is None:
                 return
+
+    def retrieve(self, what: str, collection: str, ids: list[str]) -> list[models.Record]:
+        """The points of `collection` with the given ids that exist, with payloads, without vectors."""
+        records: list[models.Record] = []
+        for start in range(0, len(ids), SCROLL_PAGE):
+            part = ids[start : start + SCROLL_PAGE]
+            records.extend(
+                self.call(what, partial(self.client.retrieve, collection, part, with_payload=True, with_vectors=False))
+            )
+        return records
 
     def query_batches(
         self, collection: str, queries: npt.NDArray[np.float32], limit: int, payload: bool | list[str]

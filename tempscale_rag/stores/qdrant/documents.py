@@ -88,21 +88,10 @@ class DocumentPoints:
         if not self.exists or not sources:
             return out
         ids = [document_point_id(source) for source in sources]
-        for start in range(0, len(ids), SCROLL_PAGE):
-            records = self._connection.call(
-                "fetch documents",
-                partial(
-                    self._connection.client.retrieve,
-                    self.name,
-                    ids[start : start + SCROLL_PAGE],
-                    with_payload=True,
-                    with_vectors=False,
-                ),
-            )
-            for record in records:
-                document = StoredDocument.from_payload(record.payload or {}, self._dimension)
-                if document is not None:
-                    out[document.source] = document
+        for record in self._connection.retrieve("fetch documents", self.name, ids):
+            document = StoredDocument.from_payload(record.payload or {}, self._dimension)
+            if document is not None:
+                out[document.source] = document
         return out
 
     def load(self, sources: list[str]) -> dict[str, StoredDocument]:

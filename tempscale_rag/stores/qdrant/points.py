@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 from qdrant_client import models
 
-from tempscale_rag.ranking.candidates import source_groups
+from tempscale_rag.ranking.candidates import ChunkTable, source_groups
 from tempscale_rag.ranking.documents import ChunkGroups
 from tempscale_rag.stores.base import ChunkRecord, SearchHit, chunk_size_of
 
@@ -189,3 +190,22 @@ def _decode(text: str, rows: int, dimension: int) -> npt.NDArray[np.float32]:
     if len(data) != 4 * rows * dimension:
         raise ValueError(f"expected {rows} vectors of dimension {dimension}")
     return np.frombuffer(data, dtype="<f4").reshape(rows, dimension).astype(np.float32)
+
+
+def documents_table(parts: list[StoredDocument]) -> ChunkTable | None:
+    """The chunks of the given documents (in that order) as a `ChunkTable`; None when there are none."""
+    if not parts:
+        return None
+    groups = ChunkGroups.build(
+        np.repeat(np.arange(len(parts)), [len(part.ids) for part in parts]).tolist(),
+        [size for part in parts for size in part.sizes],
+    )
+    groups = dataclasses.replace(groups, documents=[part.source for part in parts])
+    means = np.stack(
+        [
+            parts[doc].group_vectors[size]
+            for doc, size in zip(groups.group_document.tolist(), groups.group_size.tolist(), strict=True)
+        ]
+    )
+    keys = np.asarray([chunk_id for part in parts for chunk_id in part.ids], dtype=object)
+    return ChunkTable(groups, keys, np.concatenate([part.vectors for part in parts]), None, means)

@@ -19,8 +19,6 @@ Every write waits for Qdrant's acknowledgement (`wait=True`); requests are retri
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from collections.abc import Hashable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
@@ -31,7 +29,6 @@ import numpy.typing as npt
 from qdrant_client import QdrantClient, models
 
 from tempscale_rag.ranking.candidates import CandidatePolicy, ChunkTable
-from tempscale_rag.ranking.documents import ChunkGroups
 from tempscale_rag.stores.base import (
     ChunkRecord,
     ProgressCallback,
@@ -50,6 +47,7 @@ from tempscale_rag.stores.qdrant.connection import (
     MEMORY,
     SCROLL_PAGE,
     QdrantConnection,
+    check_options,
     open_client,
 )
 from tempscale_rag.stores.qdrant.documents import DocumentPoints
@@ -57,6 +55,7 @@ from tempscale_rag.stores.qdrant.points import (
     Chunk,
     chunk_of,
     chunk_point,
+    documents_table,
     payload_hit,
     scored_hit,
     source_is,
@@ -128,18 +127,7 @@ class QdrantStore(VectorStore):
         progress: ProgressCallback | None = None,
     ) -> None:
         super().__init__(dimension, read_only=read_only)
-        if (url is None) == (path is None):
-            raise ValueError("give exactly one of url (a Qdrant server) or path (a local folder, or ':memory:')")
-        if not isinstance(collection, str) or not collection:
-            raise ValueError(f"collection must be a non-empty str, got {collection!r}")
-        if distance not in DISTANCES:
-            raise ValueError(f"distance must be 'cosine' or 'dot', got {distance!r}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValueError(f"retries must be an int >= 0, got {retries!r}")
-        if not math.isfinite(timeout) or timeout <= 0 or not math.isfinite(backoff) or backoff < 0:
-            raise ValueError(f"timeout must be > 0 and backoff >= 0 seconds, got {timeout!r} and {backoff!r}")
+        check_options(url, path, collection, distance, batch_size, retries, timeout, backoff)
         self.collection = collection
         self.sources_collection = collection + SOURCES_SUFFIX
         self.documents_collection = collection + DOCUMENTS_SUFFIX
@@ -365,22 +353,7 @@ class QdrantStore(VectorStore):
         self._check_open()
         wanted = list(sources) if sources is not None else sorted(self.sources())
         loaded = self._documents.load(wanted)
-        parts = [loaded[name] for name in wanted if name in loaded]
-        if not parts:
-            return None
-        groups = ChunkGroups.build(
-            np.repeat(np.arange(len(parts)), [len(part.ids) for part in parts]).tolist(),
-            [size for part in parts for size in part.sizes],
-        )
-        groups = dataclasses.replace(groups, documents=[part.source for part in parts])
-        means = np.stack(
-            [
-                parts[doc].group_vectors[size]
-                for doc, size in zip(groups.group_document.tolist(), groups.group_size.tolist(), strict=True)
-            ]
-        )
-        keys = np.asarray([chunk_id for part in parts for chunk_id in part.ids], dtype=object)
-        return ChunkTable(groups, keys, np.concatenate([part.vectors for part in parts]), None, means)
+        return documents_table([loaded[name] for name in wanted if name in loaded])
 
     def chunk_candidates(
         self, queries: npt.NDArray[np.float32], n_chunks: int, n_documents: int | None
@@ -419,21 +392,8 @@ class QdrantStore(VectorStore):
     def evidence_hits(self, keys: Sequence[Hashable]) -> dict[Hashable, SearchHit]:
         """The stored chunks with the given point ids, with score 0."""
         self._check_open()
-        ids = [str(key) for key in keys]
-        hits: dict[Hashable, SearchHit] = {}
-        for start in range(0, len(ids), SCROLL_PAGE):
-            records = self._connection.call(
-                "fetch evidence chunks",
-                partial(
-                    self._connection.client.retrieve,
-                    self.collection,
-                    ids[start : start + SCROLL_PAGE],
-                    with_payload=True,
-                    with_vectors=False,
-                ),
-            )
-            hits.update((str(r.id), payload_hit(r.payload or {}, str(r.id), 0.0)) for r in records)
-        return hits
+        records = self._connection.retrieve("fetch evidence chunks", self.collection, [str(key) for key in keys])
+        return {str(r.id): payload_hit(r.payload or {}, str(r.id), 0.0) for r in records}
 
     # --- commits, setup ------------------------------------------------------------------------------------------
 
