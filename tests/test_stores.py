@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -645,3 +646,70 @@ def test_open_store_with_an_unreachable_server_leaves_no_folder(tmp_path: Path) 
     with pytest.raises(StoreUnavailableError, match=url):
         open_store(tmp_path / "index", manifest, retries=0, timeout=1)
     assert not (tmp_path / "index").exists()
+
+
+# --- repair reports exactly what was lost (issue 24, point 6) -------------------------------------------------------
+
+REPAIR_FILES = {f"docs/file{i}.md": n for i, n in enumerate([60, 200, 90, 150, 250, 110, 130, 120])}
+
+
+def build_repairable_index(folder: Path) -> None:
+    """A FAISS index of 8 files and 1,110 chunks of MiniLM's dimension, written through `open_store` as `index` does."""
+    rng = np.random.default_rng(0)
+    manifest = IndexManifest.new(model="all-MiniLM-L6-v2", dimension=384, config=TempScaleConfig())
+    with open_store(folder, manifest) as store:
+        for source, n in REPAIR_FILES.items():
+            vectors = unit_vectors(n, 384, seed=len(source) + n)
+            records = [
+                ChunkRecord.create(
+                    text=f"chunk {i} of {source}: " + " ".join(f"w{rng.integers(1000)}" for _ in range(60)),
+                    vector=vector,
+                    source=source,
+                    position=i,
+                    token_length=64,
+                    bucket="0-128",
+                    metadata={"chunk_tokens": 64},
+                )
+                for i, vector in enumerate(vectors)
+            ]
+            store.replace_source(source, "fp-" + source, records)
+
+
+@pytest.mark.parametrize("where", [0.5, 0.3, 0.7])
+def test_repair_reports_exactly_the_chunks_and_files_lost(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: float
+) -> None:
+    """4 KB of garbage inside chunks.sqlite: the report's lost chunks and files are the true difference."""
+    from .conftest import run_cli
+
+    index = tmp_path / "index"
+    build_repairable_index(index)
+    with FaissStore(index, read_only=True) as store:
+        chunks_before, sources_before = store.count(), set(store.sources())
+    assert (chunks_before, len(sources_before)) == (1110, 8)
+    db = index / DB_NAME
+    data = db.read_bytes()
+    start = int(len(data) * where) // 4096 * 4096
+    db.write_bytes(data[:start] + bytes((i * 73 + 41) % 256 for i in range(4096)) + data[start + 4096 :])
+    shutil.copy(db, tmp_path / "damaged.sqlite")
+
+    code, out, err = run_cli(capsys, "repair", "--out", str(index), "--json")
+    report = json.loads(out)
+    with FaissStore(index, read_only=True) as store:
+        chunks_after, sources_after = store.count(), set(store.sources())
+    assert report["database_damaged"], err
+    assert (report["chunks_before"], report["files_before"]) == (chunks_before, len(sources_before))
+    assert report["chunks_kept"] == chunks_after and report["files_kept"] == len(sources_after)
+    assert report["chunks_lost"] == chunks_before - chunks_after
+    assert set(report["files_lost"]) == sources_before - sources_after
+    assert (code == 3) == bool(report["files_lost"])
+
+    # The same damage, reported as text.
+    shutil.copy(tmp_path / "damaged.sqlite", db)
+    (index / FAISS_NAME).unlink(missing_ok=True)
+    _, text, _ = run_cli(capsys, "repair", "--out", str(index))
+    lost_files = len(sources_before - sources_after)
+    assert (
+        f"kept {len(sources_after)} of {len(sources_before)} files ({chunks_after} of {chunks_before} chunks)" in text
+    )
+    assert f"lost {lost_files} files and {chunks_before - chunks_after} chunks" in text

@@ -45,7 +45,12 @@ _COLUMNS = "vid, chunk_id, source, position, token_length, bucket, text, metadat
 
 @dataclass
 class RepairReport:
-    """What `repair_faiss_index` found and did."""
+    """What `repair_faiss_index` found and did.
+
+    `files_before`/`chunks_before` are what the index held before the damage (the most any readable record of each
+    source says), `chunks_lost` is `chunks_before - chunks_kept`: the unreadable chunks plus `chunks_dropped`, the
+    readable chunks of files that lost others (a file is kept whole or not at all).
+    """
 
     folder: str
     database_damaged: bool
@@ -55,10 +60,18 @@ class RepairReport:
     chunks_kept: int = 0
     rows_unreadable: int = 0
     files_lost: list[str] = field(default_factory=list)
+    files_before: int = 0
+    chunks_before: int = 0
+    chunks_dropped: int = 0
+
+    @property
+    def chunks_lost(self) -> int:
+        """Chunks the index held before the damage and holds no more (unreadable ones and those of lost files)."""
+        return max(0, self.chunks_before - self.chunks_kept)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON types."""
-        return dict(self.__dict__)
+        """Plain JSON types (`chunks_lost` included)."""
+        return {**self.__dict__, "chunks_lost": self.chunks_lost}
 
     def describe(self) -> str:
         """A few lines for the terminal."""
@@ -66,7 +79,9 @@ class RepairReport:
             return f"{self.folder}: {DB_NAME} is intact ({self.chunks_kept} chunks); {FAISS_NAME} was rebuilt from it"
         lines = [
             f"{self.folder}: {DB_NAME} was damaged ({self.problem}); rebuilt from its readable rows",
-            f"  kept {self.files_kept} files ({self.chunks_kept} chunks); {self.rows_unreadable} rows unreadable",
+            f"  kept {self.files_kept} of {self.files_before} files ({self.chunks_kept} of {self.chunks_before} chunks)",
+            f"  lost {len(self.files_lost)} files and {self.chunks_lost} chunks ({self.chunks_lost - self.chunks_dropped} "
+            f"unreadable, {self.chunks_dropped} readable but dropped with their file)",
             f"  the damaged database is kept as {self.damaged_copy}",
         ]
         if self.files_lost:
@@ -111,6 +126,9 @@ def repair_faiss_index(folder: str | Path, manifest: IndexManifest) -> RepairRep
         report = RepairReport(folder=str(folder), database_damaged=True, problem=problem)
         sources, rows, unreadable = _salvage(db_path, manifest.dimension) if db_path.exists() else ({}, {}, 0)
         report.rows_unreadable = unreadable
+        before = _chunks_before(db_path, rows) if db_path.exists() else {}
+        report.files_before = len(set(before) | set(sources))
+        report.chunks_before = max(sum(before.values()), _total_before(db_path) if db_path.exists() else 0)
         scratch = Path(tempfile.mkdtemp(dir=folder, prefix=".repair-"))
         try:
             with FaissStore(scratch, dimension=manifest.dimension, settings=manifest.backend, create=True) as store:
@@ -119,6 +137,7 @@ def repair_faiss_index(folder: str | Path, manifest: IndexManifest) -> RepairRep
                     fingerprint, expected = sources.get(source, ("", -1))
                     if not fingerprint or len(records) != expected:
                         report.files_lost.append(source)
+                        report.chunks_dropped += len(records)
                         continue
                     store.replace_source(source, fingerprint, records)
                     report.files_kept += 1
@@ -200,6 +219,48 @@ def _salvage(db_path: Path, dimension: int) -> tuple[dict[str, tuple[str, int]],
             f"{db_path} is too damaged to read any chunks ({exc}); delete {db_path.parent} and run "
             "`tempscale-rag index` again"
         ) from None
+    finally:
+        db.close()
+
+
+def _read_pairs(db: sqlite3.Connection, query: str) -> list[tuple[str, int]]:
+    """The (source, count) rows of `query` up to the first unreadable page."""
+    out: list[tuple[str, int]] = []
+    with contextlib.suppress(sqlite3.DatabaseError, TypeError, ValueError):
+        for source, count in db.execute(query):
+            out.append((str(source), int(count)))
+    return out
+
+
+def _chunks_before(db_path: Path, rows: dict[str, list[ChunkRecord]]) -> dict[str, int]:
+    """Each source's chunk count before the damage, from every record of it that is still readable.
+
+    The `sources` table, the `groups` table and the `chunks_by_source` index each record the counts in other pages
+    than the chunk rows, so one damaged page rarely hides a source from all of them; the readable rows are a floor.
+    """
+    counts = {source: len(records) for source, records in rows.items()}
+    db = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    try:
+        for query in (
+            "SELECT source, chunks FROM sources",
+            "SELECT source, SUM(chunks) FROM groups GROUP BY source",
+            "SELECT source, COUNT(*) FROM chunks INDEXED BY chunks_by_source GROUP BY source",
+        ):
+            for source, count in _read_pairs(db, query):
+                counts[source] = max(counts.get(source, 0), count)
+    finally:
+        db.close()
+    return counts
+
+
+def _total_before(db_path: Path) -> int:
+    """The number of chunks before the damage by the `chunk_id` index (0 if unreadable); counts unknown sources too."""
+    db = sqlite3.connect(f"{db_path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None)
+    try:
+        with contextlib.suppress(sqlite3.DatabaseError, TypeError, ValueError):
+            row = db.execute("SELECT COUNT(chunk_id) FROM chunks INDEXED BY sqlite_autoindex_chunks_1").fetchone()
+            return int(row[0])
+        return 0
     finally:
         db.close()
 
