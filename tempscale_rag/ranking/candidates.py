@@ -241,7 +241,7 @@ def _with_evidence(store: DocumentSource, ranked: list[Ranked]) -> list[list[Doc
                 source=source,
                 score=score,
                 chunks=[
-                    dataclasses.replace(hits[key], score=float(value))
+                    _scored(hits[key], value)
                     for key, value in zip(chunk_keys.tolist(), chunk_scores.tolist(), strict=True)
                     if key in hits
                 ],
@@ -250,3 +250,10 @@ def _with_evidence(store: DocumentSource, ranked: list[Ranked]) -> list[list[Doc
         ]
         for documents in ranked
     ]
+
+
+def _scored(hit: SearchHit, score: float) -> SearchHit:
+    """`hit` with `score` (and its own metadata dict: a chunk can be evidence for several queries)."""
+    return SearchHit(
+        hit.id, float(score), hit.text, hit.source, hit.position, hit.token_length, hit.bucket, dict(hit.metadata)
+    )
