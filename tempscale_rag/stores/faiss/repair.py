@@ -77,11 +77,13 @@ class RepairReport:
         """A few lines for the terminal."""
         if not self.database_damaged:
             return f"{self.folder}: {DB_NAME} is intact ({self.chunks_kept} chunks); {FAISS_NAME} was rebuilt from it"
+        unreadable = self.chunks_lost - self.chunks_dropped
         lines = [
             f"{self.folder}: {DB_NAME} was damaged ({self.problem}); rebuilt from its readable rows",
-            f"  kept {self.files_kept} of {self.files_before} files ({self.chunks_kept} of {self.chunks_before} chunks)",
-            f"  lost {len(self.files_lost)} files and {self.chunks_lost} chunks ({self.chunks_lost - self.chunks_dropped} "
-            f"unreadable, {self.chunks_dropped} readable but dropped with their file)",
+            f"  kept {self.files_kept} of {self.files_before} files "
+            f"({self.chunks_kept} of {self.chunks_before} chunks)",
+            f"  lost {len(self.files_lost)} files and {self.chunks_lost} chunks ({unreadable} unreadable, "
+            f"{self.chunks_dropped} readable but dropped with their file)",
             f"  the damaged database is kept as {self.damaged_copy}",
         ]
         if self.files_lost:
