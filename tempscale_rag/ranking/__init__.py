@@ -5,6 +5,8 @@
 - `candidates.py`: the store contract (`DocumentSource`) and the exact or candidate path that ranks documents
   through it: chunk over-fetch, exact rescoring of candidate documents, the group mean vectors stores keep.
 - `search.py`: `search_documents` / `search_documents_many` over any store, and `document_scoring`.
+- `lexical.py`: the one text analyser of the lexical channel, exact BM25, and BM25 as sparse vectors (Qdrant IDF).
+- `fusion.py`: fusing the scores of several channels per query (DBSF, min-max, RRF).
 """
 
 from tempscale_rag.ranking.search import document_scoring, search_documents, search_documents_many
