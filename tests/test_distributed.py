@@ -22,7 +22,7 @@ import pytest
 
 from tempscale_rag import TempScaleEncoder
 from tempscale_rag.cli.options import EXIT_PARTIAL
-from tempscale_rag.config import ChunkingConfig, TempScaleConfig, chunk_routing
+from tempscale_rag.config import ChunkingConfig, TempScaleConfig, chunked_index_config
 from tempscale_rag.ingest.chunking import MultiSizeChunker
 from tempscale_rag.ingest.indexer import FolderIndexer, IndexSummary
 from tempscale_rag.ranking import search_documents
@@ -82,7 +82,8 @@ def ray_module() -> Iterator[Any]:
 def single(encoder: TempScaleEncoder) -> tuple[TempScaleEncoder, MultiSizeChunker]:
     """The single-process engine and chunker, set up as `tempscale-rag index` sets them up."""
     chunker = MultiSizeChunker(encoder, CHUNKING)
-    return encoder.with_config(**chunk_routing(encoder.config, chunker.routing_buckets())), chunker
+    n_special = encoder.count_tokens([""])[0]
+    return encoder.with_config(**chunked_index_config(encoder.config, CHUNKING, n_special).model_dump()), chunker
 
 
 @pytest.fixture(scope="module")

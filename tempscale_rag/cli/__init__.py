@@ -24,8 +24,10 @@ from tempscale_rag.cli.options import (
     EXIT_PARTIAL,
     EXIT_USAGE,
     add_argument,
+    flag_for_setting,
     quiet_model_loading,
 )
+from tempscale_rag.index.settings import SettingError
 
 __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_PARTIAL", "EXIT_USAGE", "build_parser", "entrypoint", "main"]
 
@@ -113,6 +115,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{' --out ' + str(folder) if folder else ''}` to salvage it, then re-run `tempscale-rag index`",
             file=sys.stderr,
         )
+        return EXIT_ERROR
+    except SettingError as exc:
+        # The library names settings; the user typed flags.
+        if verbose >= 2:
+            raise
+        print(f"tempscale-rag: error: {' '.join(exc.worded(flag_for_setting).split())}", file=sys.stderr)
         return EXIT_ERROR
     except (ValueError, TypeError, OSError, RuntimeError) as exc:
         if verbose >= 2:

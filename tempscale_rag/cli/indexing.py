@@ -1,12 +1,13 @@
-"""`tempscale-rag index`, `search`, `info` and `repair`: build an index from a folder, query it, describe it, mend it.
+"""`tempscale-rag index`, `search`, `info` and `repair`: thin commands over `Index` (and the FAISS repair).
 
 Every argument is checked, and an existing index's manifest compared with the flags, before torch or a model is
-loaded: a mistake costs no model load and changes nothing.
+loaded: a mistake costs no model load and changes nothing. `Index` does the checks and words them by setting; the
+CLI maps settings to its flags (`flag_for_setting`) and checks its own store flags (`--store`, `--qdrant-*`, `--hnsw`).
 
 Settings of an existing index: a flag left out means "the index's own value"; a flag that shapes the index
 (embedding settings, chunking, `--hnsw`, the store and its location) and differs from the recorded value is refused
-with the way to rebuild. Query settings (`--query-temperature`, `--query-prompt`) are recorded at index time and
-used by `search`; on re-index a different value is refused too, since it would have no effect.
+with the way to rebuild. Query settings (`--query-temperature`, `--query-prompt`, `--doc-score`) are recorded at index
+time and used by `search`; on re-index a different value is refused too, since it would have no effect.
 """
 
 from __future__ import annotations
@@ -28,15 +29,8 @@ from tempscale_rag.cli.options import (
     quiet_model_loading,
     temperature_flags_given,
 )
-from tempscale_rag.config import (
-    BUNDLED_MODEL,
-    DEFAULT_DOC_SCORE,
-    ChunkingConfig,
-    TempScaleConfig,
-    chunk_routing,
-    read_chunking,
-)
-from tempscale_rag.distributed.cli import add_ray_flags, run_index_on_ray, wants_ray
+from tempscale_rag.cli.ray import add_ray_flags, ray_settings
+from tempscale_rag.config import DEFAULT_DOC_SCORE, ChunkingConfig, read_chunking
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +47,12 @@ _REBUILD = (
 
 def register(subparsers: Any) -> None:
     """Add the `index`, `search`, `info` and `repair` subcommands."""
+    _register_index(subparsers)
+    _register_search(subparsers)
+    _register_info_and_repair(subparsers)
+
+
+def _register_index(subparsers: Any) -> None:
     index = subparsers.add_parser(
         "index",
         help="Index files and folders (txt, md, rst, html, pdf) incrementally.",
@@ -106,6 +106,8 @@ def register(subparsers: Any) -> None:
     add_ray_flags(index)
     index.set_defaults(run=run_index, loads_model=False)
 
+
+def _register_search(subparsers: Any) -> None:
     search = subparsers.add_parser(
         "search",
         help="Search an index.",
@@ -141,6 +143,8 @@ def register(subparsers: Any) -> None:
     _add_store_flags(search)
     search.set_defaults(run=run_search, loads_model=False)
 
+
+def _register_info_and_repair(subparsers: Any) -> None:
     info = subparsers.add_parser("info", help="Describe an index.", description="What an index holds, how built.")
     add_argument(info, "--json", action="store_true", help="Print as JSON.")
     _add_store_flags(info)
@@ -226,16 +230,6 @@ def _store_flag_problems(args: argparse.Namespace, stored: Any) -> list[str]:
     return problems
 
 
-def _refuse(problems: list[str], folder: Path, what: str = "settings") -> None:
-    from tempscale_rag.stores.base import IndexMismatchError
-
-    if problems:
-        raise IndexMismatchError(
-            f"the index at {folder} was built with other {what} ({'; '.join(problems)}): "
-            + _REBUILD.format(folder=folder)
-        )
-
-
 def _chunking_from_args(args: argparse.Namespace) -> ChunkingConfig:
     """The chunking asked for on the command line, the defaults filling what was left out."""
     fields: dict[str, Any] = {}
@@ -252,74 +246,31 @@ def _chunking_from_args(args: argparse.Namespace) -> ChunkingConfig:
     return ChunkingConfig(**fields)
 
 
-def _chunking_problems(args: argparse.Namespace, stored: ChunkingConfig | None) -> list[str]:
-    given = {
-        "--chunk-tokens": args.chunk_tokens,
-        "--chunk-overlap-tokens": args.chunk_overlap_tokens,
-        "--doc-score": args.doc_score,
-    }
-    given = {flag: value for flag, value in given.items() if value is not None}
-    if not given:
-        return []
-    if stored is None:
-        return [
-            f"{', '.join(given)}: the index was made before chunk settings were recorded "
-            "(one chunk size filling the model window)"
-        ]
-    requested = _chunking_from_args(args)
-    problems = []
+def _expected_chunking(args: argparse.Namespace) -> dict[str, Any]:
+    """The chunk settings the `index` flags state (left-out flags state nothing)."""
+    expected: dict[str, Any] = {}
     if args.chunk_tokens is not None:
-        sizes_differ = requested.sizes != stored.sizes
-        taus_differ = requested.temperatures is not None and requested.taus != stored.taus
-        if sizes_differ or taus_differ:
-            problems.append(f"--chunk-tokens: the index has {stored.spec()}, you asked for {args.chunk_tokens}")
-    if args.chunk_overlap_tokens is not None and requested.overlap_tokens != stored.overlap_tokens:
-        have = "min(32, size // 8)" if stored.overlap_tokens is None else stored.overlap_tokens
-        problems.append(f"--chunk-overlap-tokens: the index has {have}, you asked for {args.chunk_overlap_tokens}")
-    if args.doc_score is not None and args.doc_score != stored.doc_score:
-        problems.append(f"--doc-score: the index has {stored.doc_score!r}, you asked for {args.doc_score!r}")
-    return problems
+        parsed = ChunkingConfig.parse(args.chunk_tokens)
+        expected["sizes"] = parsed.sizes
+        if parsed.temperatures is not None:
+            expected["temperatures"] = parsed.temperatures
+    if args.chunk_overlap_tokens is not None:
+        expected["overlap_tokens"] = args.chunk_overlap_tokens
+    if args.doc_score is not None:
+        expected["doc_score"] = args.doc_score
+    return expected
 
 
-def _config_problems(args: argparse.Namespace, stored: Any) -> list[str]:
-    """Embedding flags that differ from the index's recorded configuration (model identity is checked apart)."""
+def _expected_settings(args: argparse.Namespace, stored: Any) -> dict[str, Any]:
+    """The embedding settings the `index` flags state for an existing index (model identity is checked apart)."""
     given = [name for name in given_config_fields(args) if name != "model"]
     if not given and not args.calibration:
-        return []
+        return {}
     requested = config_from_args(args, model=stored.config.model)  # validated, may read a calibration file
-    problems = []
-    for name in given:
-        have, want = getattr(stored.config, name), getattr(requested, name)
-        if have != want:
-            shown = ",".join(f"{b.label()}:{b.tau:g}" for b in want) if name == "buckets" else want
-            was = ",".join(f"{b.label()}:{b.tau:g}" for b in have) if name == "buckets" else have
-            problems.append(f"--{name.replace('_', '-')}: the index has {was!r}, you asked for {shown!r}")
-    if args.calibration and requested.buckets != stored.config.buckets:
-        problems.append(f"--calibration: {args.calibration} has other bucket temperatures than the index")
-    return problems
-
-
-def _check_model_flag(args: argparse.Namespace, stored: Any, folder: Path) -> str:
-    """The model to load for an existing index: `--model` when it is the index's model, else the recorded one."""
-    from tempscale_rag.stores.base import IndexMismatchError
-    from tempscale_rag.stores.manifest import same_model
-
-    model = getattr(args, "model", None)
-    if model is not None:
-        if not same_model(stored, model):
-            raise IndexMismatchError(
-                f"the index at {folder} was built with model {stored.model!r}; --model {model} is another model "
-                "(a moved model folder is accepted only when its files are the same): leave --model out, or rebuild "
-                "the index with the new model under another --out"
-            )
-        return model
-    recorded = stored.config.model
-    if recorded != BUNDLED_MODEL and Path(recorded).is_absolute() and not Path(recorded).exists():
-        raise ValueError(
-            f"the index at {folder} was built with the model folder {recorded}, which no longer exists; if you moved "
-            "it, pass its new location with --model PATH (checked to be the same model)"
-        )
-    return recorded
+    expected = {name: getattr(requested, name) for name in given}
+    if args.calibration:
+        expected["buckets"] = requested.buckets
+    return expected
 
 
 def _check_paths(paths: list[str]) -> None:
@@ -337,22 +288,33 @@ def _stored_manifest(folder: Path) -> Any:
     return read_manifest(folder) if manifest_path(folder).exists() else None
 
 
+def _open_index(args: argparse.Namespace, *, writable: bool = False, **expected: Any) -> Any:
+    """`Index.open` on --out, the store flags checked against its manifest first."""
+    from tempscale_rag.index import Index
+
+    folder = Path(args.out)
+    stored = _stored_manifest(folder)  # a corrupt manifest fails here, before any model is loaded
+    if stored is not None:
+        _refuse(_store_flag_problems(args, stored), folder, what="store settings")
+    run = {name: getattr(args, name, None) for name in RUNTIME_FIELDS}
+    return Index.open(folder, writable=writable, model=getattr(args, "model", None), **expected, **run)
+
+
+def _refuse(problems: list[str], folder: Path, what: str = "settings") -> None:
+    from tempscale_rag.stores.base import IndexMismatchError
+
+    if problems:
+        raise IndexMismatchError(
+            f"the index at {folder} was built with other {what} ({'; '.join(problems)}): "
+            + _REBUILD.format(folder=folder)
+        )
+
+
 # --- index ------------------------------------------------------------------------------------------------------------
 
 
-def indexer_options(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    """The `index` flags every indexer takes (`FolderIndexer`, and `RayIndexer` for `--ray`)."""
-    return {
-        "max_file_bytes": int(args.max_file_mb * 1e6),
-        "batch_chunks": args.commit_every,
-        "show_progress": not args.quiet,
-        "include_hidden": args.include_hidden,
-        "index_dir": folder,
-    }
-
-
 def run_index(args: argparse.Namespace) -> int:
-    """Index PATHs into the store at --out."""
+    """Index PATHs into the index at --out (created with the flags' settings, or opened with its own)."""
     if not args.paths:
         raise ValueError("give at least one file or folder to index (or set TEMPSCALE_PATHS)")
     _check_paths(args.paths)
@@ -360,57 +322,28 @@ def run_index(args: argparse.Namespace) -> int:
         raise ValueError(f"--commit-every must be at least 1, got {args.commit_every}")
     if args.max_file_mb <= 0:
         raise ValueError(f"--max-file-mb must be positive, got {args.max_file_mb}")
-    for flag in ("ray_actors", "ray_writers"):
-        value = getattr(args, flag, None)
-        if value is not None and value < 1:
-            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    ray = ray_settings(args)
     folder = Path(args.out)
-    stored = _stored_manifest(folder)  # a corrupt manifest fails here, before any model is loaded
-    runtime = {k: getattr(args, k) for k in RUNTIME_FIELDS if getattr(args, k) is not None}
-    chunking: ChunkingConfig | None
+    stored = _stored_manifest(folder)
     if stored is not None:
-        problems = _store_flag_problems(args, stored) + _config_problems(args, stored)
-        problems += _chunking_problems(args, stored.chunking)
-        _refuse(problems, folder)
-        model = _check_model_flag(args, stored, folder)
-        config = TempScaleConfig(**{**stored.config.model_dump(), **runtime, "model": model})
-        chunking = stored.chunking
-        derive_buckets = False
-        backend = stored.backend
+        expected = {
+            "expected_settings": _expected_settings(args, stored),
+            "expected_chunking": _expected_chunking(args),
+        }
+        index = _open_index(args, writable=True, **expected)
     else:
-        config = config_from_args(args)
-        chunking = _chunking_from_args(args)
-        from_calibration = args.chunk_tokens is None and bool(getattr(args, "calibration", None))
-        derive_buckets = not temperature_flags_given(args) or (from_calibration and chunking.temperatures is not None)
-        if not derive_buckets and chunking.temperatures is not None:
-            raise ValueError(
-                "temperatures given twice: --chunk-tokens SIZE:TAU sets one per chunk size, and --temperature, "
-                "--buckets, --schedule or --calibration set them for every chunk; use one or the other"
-            )
-        backend = _requested_backend(args)
-    _check_chunk_sizes_fit(config, chunking)
-    if wants_ray(args):
-        return run_index_on_ray(args, config, stored, chunking, derive_buckets, backend)
-
-    from tempscale_rag.encoder import TempScaleEncoder
-    from tempscale_rag.ingest.chunking import MultiSizeChunker, WindowChunker
-    from tempscale_rag.ingest.indexer import FolderIndexer, progress_printer
-    from tempscale_rag.stores import open_store
-
+        index = _create_index(args, folder)
     quiet_model_loading()
-    encoder = TempScaleEncoder(config=config)
-    chunker: WindowChunker | MultiSizeChunker
-    if chunking is None:
-        chunker = WindowChunker(encoder)  # a legacy index: one window-filling size, as it was built
-    else:
-        chunker = MultiSizeChunker(encoder, chunking)
-        if derive_buckets:
-            encoder = encoder.with_config(**chunk_routing(config, chunker.routing_buckets()))
-    manifest = index_manifest(stored, encoder.config, encoder.model_name, encoder.dimension, backend, chunking, folder)
-    show = not args.quiet
-    with open_store(folder, manifest, progress=progress_printer(show)) as store:
-        indexer = FolderIndexer(encoder, store, chunker=chunker, **indexer_options(args, folder))
-        summary = indexer.run(args.paths, prune=args.prune)
+    with index:
+        summary = index.index_folder(
+            args.paths,
+            prune=args.prune,
+            include_hidden=args.include_hidden,
+            max_file_bytes=int(args.max_file_mb * 1e6),
+            batch_chunks=args.commit_every,
+            show_progress=not args.quiet,
+            ray=ray,
+        )
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
     else:
@@ -418,56 +351,23 @@ def run_index(args: argparse.Namespace) -> int:
     return EXIT_PARTIAL if summary.files_failed else EXIT_OK
 
 
-def index_manifest(
-    stored: Any,
-    config: TempScaleConfig,
-    model_name: str,
-    dimension: int,
-    backend: Any,
-    chunking: ChunkingConfig | None,
-    folder: Path,
-) -> Any:
-    """The manifest `index` writes: the stored one with the engine config in use, or a new one.
+def _create_index(args: argparse.Namespace, folder: Path) -> Any:
+    """A new index with the flags' settings (the store is made at the first write)."""
+    from tempscale_rag.index import Index
 
-    Args:
-        stored: The manifest already in `folder`, or None.
-        config: The engine configuration the chunks are embedded with (routing buckets included).
-        model_name: The loaded model's name.
-        dimension: Its vector dimension.
-        backend: The store settings of a new index.
-        chunking: The chunk sizes of a new index (None: legacy).
-        folder: The index folder (for messages).
-
-    Raises:
-        IndexMismatchError: If the model makes vectors of another dimension than the stored index holds.
-    """
-    from tempscale_rag.stores.manifest import IndexManifest, model_digest
-
-    if stored is not None:
-        if dimension != stored.dimension:
-            _refuse([f"the model makes {dimension}-dim vectors, the index holds {stored.dimension}"], folder)
-        # The index's own identity, even when its model folder was moved (`_check_model_flag` proved it the same).
-        return stored.model_copy(update={"config": config})
-    digest = None if model_name == BUNDLED_MODEL else model_digest(model_name)
-    return IndexManifest.new(
-        model=model_name,
-        dimension=dimension,
-        config=config,
-        backend=backend,
-        chunking=chunking,
-        model_digest=digest,
-    )
-
-
-def _check_chunk_sizes_fit(config: TempScaleConfig, chunking: ChunkingConfig | None) -> None:
-    """Refuse chunk sizes above an explicit --max-seq-length before loading the model (the engine re-checks)."""
-    if chunking is None or config.max_seq_length is None:
-        return
-    if chunking.sizes[-1] >= config.max_seq_length:
+    config = config_from_args(args)
+    chunking = _chunking_from_args(args)
+    from_calibration = args.chunk_tokens is None and bool(getattr(args, "calibration", None))
+    # Per-size temperatures unless a flag sets them for every chunk (a per-size calibration file sets them per size).
+    size_temperatures = not temperature_flags_given(args) or (from_calibration and chunking.temperatures is not None)
+    if not size_temperatures and chunking.temperatures is not None:
         raise ValueError(
-            f"chunk size {chunking.sizes[-1]} does not fit --max-seq-length {config.max_seq_length} (with the "
-            "special tokens): lower --chunk-tokens or raise --max-seq-length"
+            "temperatures given twice: --chunk-tokens SIZE:TAU sets one per chunk size, and --temperature, "
+            "--buckets, --schedule or --calibration set them for every chunk; use one or the other"
         )
+    return Index.create(
+        folder, config, chunking=chunking, backend=_requested_backend(args), size_temperatures=size_temperatures
+    )
 
 
 def _print_summary(summary: Any, folder: Path, details: bool = False) -> None:
@@ -480,19 +380,8 @@ def _print_summary(summary: Any, folder: Path, details: bool = False) -> None:
 # --- search, info, repair --------------------------------------------------------------------------------------------
 
 
-def _open_for_reading(args: argparse.Namespace) -> tuple[Any, Any]:
-    from tempscale_rag.stores import manifest_of, open_store
-
-    folder = Path(args.out)
-    stored = _stored_manifest(folder)
-    if stored is not None:
-        _refuse(_store_flag_problems(args, stored), folder, what="store settings")
-    store = open_store(folder, read_only=True)
-    return store, manifest_of(store)
-
-
 def run_search(args: argparse.Namespace) -> int:
-    """Embed QUERY with the index's own settings and print the top-k chunks or documents."""
+    """Embed QUERY with the index's own settings (`Index.search`) and print the top-k chunks or documents."""
     if not args.query or not args.query.strip():
         raise ValueError("the query is empty; give some text to search for (or set TEMPSCALE_QUERY)")
     if args.k < 1:
@@ -501,26 +390,12 @@ def run_search(args: argparse.Namespace) -> int:
         if not args.documents:
             raise ValueError("--doc-score scores documents: add --documents")
         ChunkingConfig(doc_score=args.doc_score)  # validates the name
-    store, manifest = _open_for_reading(args)
-    with store:
-        model = _check_model_flag(args, manifest, Path(args.out))
-        from tempscale_rag.encoder import TempScaleEncoder
-        from tempscale_rag.stores.manifest import check_compatible
-
-        changes: dict[str, Any] = {"model": model}
-        if args.device:
-            changes["device"] = args.device
+    with _open_index(args) as index:
         quiet_model_loading()
-        encoder = TempScaleEncoder(config=manifest.config.model_copy(update=changes))
-        # The name may differ after a moved model folder (same_model checked the files); the dimension may not.
-        check_compatible(manifest, manifest.model, encoder.dimension, where=args.out)
-        query_vector = encoder.encode([args.query], query=True)[0]
         if args.documents:
-            return _search_documents(args, store, manifest, query_vector)
-        # A text shorter than a chunk size is the same chunk at that size and every larger one (a 150-token file is
-        # one chunk at 192 and at 499 tokens): fetch enough to show k different texts.
-        copies = len(manifest.chunking.sizes) if manifest.chunking else 1
-        hits = distinct_hits(store.search(query_vector, k=args.k * copies), args.k)
+            documents = index.search_documents(args.query, args.k, doc_score=args.doc_score, evidence=EVIDENCE_CHUNKS)
+            return _print_documents(args, documents)
+        hits = index.search(args.query, args.k)
     results = [
         {
             "rank": i + 1,
@@ -547,43 +422,17 @@ def run_search(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def distinct_hits(hits: list[Any], k: int) -> list[Any]:
-    """The first `k` hits with different (source, text), best first.
-
-    The same text cut at several chunk sizes is shown once, with its best score.
-    """
-    seen: set[tuple[str, str]] = set()
-    out = []
-    for hit in hits:
-        key = (hit.source, hit.text)
-        if key not in seen:
-            seen.add(key)
-            out.append(hit)
-            if len(out) == k:
-                break
-    return out
-
-
 def _snippet(text: str, limit: int = 240) -> str:
     flat = " ".join(text.split())
     return flat[:limit] + ("..." if len(flat) > limit else "")
 
 
-def _search_documents(args: argparse.Namespace, store: Any, manifest: Any, query_vector: Any) -> int:
-    doc_score = args.doc_score or (manifest.chunking.doc_score if manifest.chunking else DEFAULT_DOC_SCORE)
-    from tempscale_rag.ranking import document_scoring, search_documents
-
-    copies = len(manifest.chunking.sizes) if manifest.chunking else 1
-    scoring = document_scoring(doc_score, manifest.chunking)
-    documents = search_documents(store, query_vector, args.k, scoring=scoring, evidence=EVIDENCE_CHUNKS * copies)
-    results: list[dict[str, Any]] = [
+def _print_documents(args: argparse.Namespace, documents: list[Any]) -> int:
+    results = [
         {
             "source": doc.source,
             "score": float(doc.score),
-            "chunks": [
-                {"text": h.text, "position": h.position, "score": float(h.score)}
-                for h in distinct_hits(doc.chunks, EVIDENCE_CHUNKS)
-            ],
+            "chunks": [{"text": h.text, "position": h.position, "score": float(h.score)} for h in doc.chunks],
         }
         for doc in documents
     ]
@@ -601,31 +450,11 @@ def _search_documents(args: argparse.Namespace, store: Any, manifest: Any, query
 
 
 def run_info(args: argparse.Namespace) -> int:
-    """Print what the index holds and how it was built; check the database's integrity on the way."""
-    from tempscale_rag.stores.manifest import describe_chunking
-
-    store, manifest = _open_for_reading(args)
-    with store:
-        check = getattr(store, "check_integrity", None)
-        if callable(check):
-            check()
-        described = store.describe()
-        info = {
-            "index": str(Path(args.out).resolve()),
-            "chunks": int(store.count()),
-            "files": len(store.sources()),
-            "model": manifest.model,
-            "dimension": manifest.dimension,
-            "store": manifest.store,
-            "backend": manifest.backend.model_dump(mode="json"),
-            "config": manifest.config.to_json_dict(),
-            "chunking": manifest.chunking.to_json_dict() if manifest.chunking else None,
-            "package_version": manifest.package_version,
-            "format_version": manifest.format_version,
-            "created_at": manifest.created_at.isoformat(),
-            "updated_at": manifest.updated_at.isoformat(),
-            "details": described,
-        }
+    """Print what the index holds and how it was built (`Index.info`); checks the database's integrity on the way."""
+    with _open_index(args) as index:
+        info = index.info()
+        manifest = index.manifest
+    described = info.pop("chunking_described")
     if args.json:
         print(json.dumps(info, indent=2, ensure_ascii=False))
         return EXIT_OK
@@ -645,7 +474,7 @@ def run_info(args: argparse.Namespace) -> int:
     )
     print(f"holds      {info['files']} files, {info['chunks']} chunks ({where})")
     print(f"model      {manifest.model} (dim {manifest.dimension}), window {config.max_seq_length or 'full'}")
-    print(f"chunks     {describe_chunking(manifest.chunking)}")
+    print(f"chunks     {described}")
     print(f"temps      {temps}; long text: {config.long_text}")
     if config.query_temperature is not None:
         print(f"queries    tau {config.query_temperature:g}")

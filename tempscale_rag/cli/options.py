@@ -12,7 +12,7 @@ import os
 import shlex
 from typing import Any
 
-from tempscale_rag.config import TempScaleConfig
+from tempscale_rag.config import TempScaleConfig, settings_that_shape
 
 ENV_PREFIX = "TEMPSCALE_"
 
@@ -30,8 +30,8 @@ EXIT_CODES_HELP = f"""exit codes:
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C); committed work is kept, re-run to finish
 A closed output pipe (`tempscale-rag search ... | head -1`) ends quietly with {EXIT_OK}."""
 
-RUNTIME_FIELDS = ("device", "dtype", "max_batch_tokens", "tokenize_workers")
-"""Config fields that change where and how fast vectors are made, never the vectors themselves."""
+RUNTIME_FIELDS = tuple(n for n in settings_that_shape(TempScaleConfig, "run") if n != "calibration_file")
+"""Config flags that change where and how fast vectors are made, never the vectors (the fields declared `run`)."""
 
 # Config fields exposed as flags, with the argparse type used to read them from text.
 _CONFIG_FLAGS: dict[str, Any] = {
@@ -144,14 +144,10 @@ TEMPERATURE_FIELDS = ("temperature", "buckets", "schedule")
 """Config fields that set document temperatures explicitly (they override per-chunk-size temperatures)."""
 
 
-def config_flags_given(args: argparse.Namespace) -> bool:
-    """Whether any flag that changes the vectors was given (device, dtype, batching and tokenizing do not)."""
-    return bool(given_config_fields(args)) or bool(getattr(args, "calibration", None))
-
-
 def given_config_fields(args: argparse.Namespace) -> list[str]:
-    """The vector-shaping config fields (not run-time ones) given as flags or environment variables."""
-    return [n for n in _CONFIG_FLAGS if n not in RUNTIME_FIELDS and getattr(args, n, None) is not None]
+    """The config fields that shape documents or queries (not `run` ones) given as flags or environment variables."""
+    shaping = settings_that_shape(TempScaleConfig, "documents", "queries")
+    return [n for n in _CONFIG_FLAGS if n in shaping and getattr(args, n, None) is not None]
 
 
 def temperature_flags_given(args: argparse.Namespace) -> bool:
@@ -173,3 +169,16 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> TempScaleCon
     if calibration:
         return TempScaleConfig.with_calibration(calibration, **fields)
     return TempScaleConfig(**fields)
+
+
+_CHUNKING_FLAGS = {
+    "chunking.sizes": "--chunk-tokens",
+    "chunking.temperatures": "--chunk-tokens",
+    "chunking.overlap_tokens": "--chunk-overlap-tokens",
+    "chunking.doc_score": "--doc-score",
+}
+
+
+def flag_for_setting(setting: str) -> str:
+    """The command-line flag of a setting named by a library error: `max_seq_length` -> `--max-seq-length`."""
+    return _CHUNKING_FLAGS.get(setting) or "--" + setting.removeprefix("chunking.").replace("_", "-")

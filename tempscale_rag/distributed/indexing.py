@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm.auto import tqdm
 
-from tempscale_rag.config import ChunkingConfig, TempScaleConfig, chunk_routing
+from tempscale_rag.config import ChunkingConfig, TempScaleConfig, chunked_index_config
 from tempscale_rag.distributed.cluster import require_ray
 from tempscale_rag.distributed.embedding import RayEmbedder
 from tempscale_rag.ingest.chunking import Chunk, MultiSizeChunker, WindowChunker
@@ -102,25 +102,26 @@ def read_files(paths: list[Path], stored: dict[str, str], spec: ChunkingSpec) ->
     ]
 
 
-def _routing_buckets(spec: ChunkingSpec) -> Any:
-    if spec.chunking is None:
-        raise ValueError("a legacy index (one window-filling chunk size) has no per-size buckets to derive")
-    chunker = _chunker(spec)
-    if not isinstance(chunker, MultiSizeChunker):  # for mypy: a spec with chunking builds a MultiSizeChunker
-        raise TypeError("expected a MultiSizeChunker")
-    return chunker.routing_buckets()
+def _special_tokens(spec: ChunkingSpec) -> int:
+    """Tokens the engine adds to every document (what `MultiSizeChunker` sizes its buckets with)."""
+    from tempscale_rag.encoder import TempScaleEncoder
+
+    config = TempScaleConfig.model_validate_json(spec.config).model_copy(
+        update={"device": "cpu", "tokenize_workers": 0}
+    )
+    return TempScaleEncoder(config=config).count_tokens([""])[0]
 
 
 def routing_config(config: TempScaleConfig, chunking: ChunkingConfig) -> TempScaleConfig:
-    """`config` with one length bucket per chunk size (`MultiSizeChunker.routing_buckets`), computed in a Ray task.
+    """`chunked_index_config` (a length bucket per chunk size, one query tau), with the tokenizer loaded in a Ray task.
 
-    What `tempscale-rag index` does with its local engine (`encoder.with_config(buckets=chunker.routing_buckets())`)
-    when no temperature flag is given, without loading the model in the driver. Ray must be connected.
+    The same configuration `Index` gives a new chunked index, without loading the model in the driver. Ray must be
+    connected.
     """
     ray = require_ray()
     spec = ChunkingSpec(config.model_dump_json(), chunking.model_dump_json())
-    buckets = ray.get(ray.remote(_routing_buckets).options(num_cpus=1).remote(spec))
-    return TempScaleConfig(**{**config.model_dump(), **chunk_routing(config, buckets)})
+    n_special = ray.get(ray.remote(_special_tokens).options(num_cpus=1).remote(spec))
+    return chunked_index_config(config, chunking, int(n_special))
 
 
 @dataclass

@@ -53,15 +53,16 @@ from tempscale_rag.config import (
     LongTextPolicy,
     TempScaleConfig,
     chunk_query_temperature,
+    chunked_index_config,
     parse_buckets,
     read_calibration,
 )
-from tempscale_rag.ranking.documents import DOC_SCORES, ChunkGroups, DocumentScoring, group_vectors, score_documents
 from tempscale_rag.encoder import TempScaleEncoder, padded_length
 from tempscale_rag.evaluation.chunkpool import MIN_POOL_CHARACTERS, ChunkPool, default_workers
 from tempscale_rag.evaluation.datasets import RetrievalDataset, load_beir
 from tempscale_rag.evaluation.metrics import LengthBin, MetricsResult, breakdown_by_length, evaluate_run
 from tempscale_rag.evaluation.synthetic import LONGEMBED_LENGTHS, make_needle, make_passkey
+from tempscale_rag.ranking.documents import DOC_SCORES, ChunkGroups, DocumentScoring, group_vectors, score_documents
 
 logger = logging.getLogger(__name__)
 
@@ -271,8 +272,8 @@ class EvalConfiguration:
         """
         if not self.size_taus or self.chunking is None:
             return self
-        buckets = self.chunking.buckets(n_special)
-        config = self.config.model_copy(update={"buckets": buckets, "temperature": None, "schedule": None})
+        # The rule `Index` builds a chunked index's engine config with: a bucket per size, one tau for queries.
+        config = chunked_index_config(self.config, self.chunking, n_special)
         return dataclasses.replace(self, config=config)
 
 

