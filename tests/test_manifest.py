@@ -117,7 +117,7 @@ def test_wrong_model_or_dimension_is_refused_with_an_actionable_message(built_in
     message = str(info.value)
     assert f"index at {built_index} was built with model '{MODEL}' (dim {DIM})" in message
     assert "you asked for model 'all-mpnet-base-v2' (dim 768)" in message
-    assert "--out" in message
+    assert "use another folder for a new index" in message and "--" not in message, "a library error names no flag"
     with pytest.raises(IndexMismatchError, match=r"\(dim 16\)"):
         check_compatible(manifest, MODEL, 16)
 

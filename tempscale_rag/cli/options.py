@@ -171,7 +171,8 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> TempScaleCon
     return TempScaleConfig(**fields)
 
 
-_CHUNKING_FLAGS = {
+_SETTING_FLAGS = {
+    "folder": "--out",
     "chunking.sizes": "--chunk-tokens",
     "chunking.temperatures": "--chunk-tokens",
     "chunking.overlap_tokens": "--chunk-overlap-tokens",
@@ -181,4 +182,4 @@ _CHUNKING_FLAGS = {
 
 def flag_for_setting(setting: str) -> str:
     """The command-line flag of a setting named by a library error: `max_seq_length` -> `--max-seq-length`."""
-    return _CHUNKING_FLAGS.get(setting) or "--" + setting.removeprefix("chunking.").replace("_", "-")
+    return _SETTING_FLAGS.get(setting) or "--" + setting.removeprefix("chunking.").replace("_", "-")

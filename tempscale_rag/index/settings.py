@@ -19,7 +19,8 @@ from tempscale_rag.stores.base import IndexMismatchError
 from tempscale_rag.stores.manifest import IndexManifest, same_model
 
 Namer = Callable[[str], str]
-"""Turns a setting name (`temperature`, `chunking.sizes`) into the word a message uses for it."""
+"""Turns a setting name (`temperature`, `chunking.sizes`, or `folder`: the index folder) into the word a message uses
+for it."""
 
 
 def _plain(name: str) -> str:
@@ -130,8 +131,8 @@ def refuse_differences(folder: Path, differences: list[SettingDifference]) -> No
         listed = "; ".join(d.describe(namer) for d in found)
         return (
             f"the index at {folder} was built with other settings ({listed}): open it with its own settings "
-            f"(they are in its manifest.json), or rebuild with the new ones: delete {folder} (or use another folder) "
-            "and build the index again"
+            f"(they are in its manifest.json), or rebuild with the new ones: delete {folder} (or pick another "
+            f"{namer('folder')}) and build the index again"
         )
 
     raise SettingMismatchError(render)

@@ -309,7 +309,9 @@ def read_manifest(folder: str | Path) -> IndexManifest:
         IndexMismatchError: If it was written by a newer format version.
     """
     path = manifest_path(folder)
-    rebuild = f"delete {Path(folder)} (or use another folder) and build the index again"
+    rebuild = (
+        f"delete {Path(folder)} (or use another folder) and build it again (`tempscale-rag index` or Index.create)"
+    )
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
