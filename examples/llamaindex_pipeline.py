@@ -55,8 +55,9 @@ def main() -> None:
     report = embed_model.last_report
     print(f"{len(nodes)} chunks embedded, {report.truncated_inputs} truncated, {report.tokens} tokens")
     store = FaissVectorStore(faiss_index=faiss.IndexFlatIP(embed_model.dimension))
-    index = VectorStoreIndex(nodes, storage_context=StorageContext.from_defaults(vector_store=store),
-                             embed_model=embed_model)
+    index = VectorStoreIndex(
+        nodes, storage_context=StorageContext.from_defaults(vector_store=store), embed_model=embed_model
+    )
     retriever = index.as_retriever(similarity_top_k=1)
     for question in QUESTIONS:
         hit = retriever.retrieve(question)[0]

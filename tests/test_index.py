@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -159,3 +160,48 @@ def test_index_folder_matches_the_cli(tmp_path: Path, cli_index: Path, capsys: p
         vector = cli.query_vector(QUESTIONS[1])
         ranked = [(d.source, round(d.score, 5)) for d in api.search_documents(vector, k=3)]
         assert ranked == [(d.source, round(d.score, 5)) for d in cli.search_documents(vector, k=3)]
+
+
+def load_example(name: str) -> Any:
+    """A module of `examples/` (not a package), imported from its file."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"example_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # pydantic resolves the retriever's annotations through it
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_langchain_retriever_example_over_an_index(cli_index: Path) -> None:
+    from langchain_core.retrievers import BaseRetriever
+
+    example = load_example("langchain_index_retriever")
+    with Index.open(cli_index) as index:
+        retriever = example.TempScaleIndexRetriever(index=index, k=3)
+        assert isinstance(retriever, BaseRetriever)
+        docs = retriever.invoke(QUESTIONS[0])
+        hits = index.search(QUESTIONS[0], k=3)
+        assert [(d.page_content, d.metadata["score"], d.id) for d in docs] == [(h.text, h.score, h.id) for h in hits]
+        files = example.TempScaleIndexRetriever(index=index, k=2, documents=True).invoke(QUESTIONS[1])
+        assert [d.metadata["source"] for d in files] == [d.source for d in index.search_documents(QUESTIONS[1], k=2)]
+        assert files[0].metadata["source"].endswith("contract.rst")
+
+
+def test_llamaindex_retriever_example_over_an_index(cli_index: Path) -> None:
+    from llama_index.core.retrievers import BaseRetriever
+
+    example = load_example("llamaindex_index_retriever")
+    with Index.open(cli_index) as index:
+        retriever = example.TempScaleIndexRetriever(index, k=3)
+        assert isinstance(retriever, BaseRetriever)
+        nodes = retriever.retrieve(QUESTIONS[2])
+        hits = index.search(QUESTIONS[2], k=3)
+        assert [(n.node.get_content(), n.score, n.node.node_id) for n in nodes] == [
+            (h.text, h.score, h.id) for h in hits
+        ]
+        files = example.TempScaleIndexRetriever(index, k=2, documents=True).retrieve(QUESTIONS[2])
+        assert files[0].node.metadata["source"].endswith("soup.md")
+        assert [n.score for n in files] == [d.score for d in index.search_documents(QUESTIONS[2], k=2)]

@@ -59,6 +59,29 @@ class _NewIndex:
     backend: FaissSettings | QdrantSettings
     size_temperatures: bool
 
+    @classmethod
+    def build(
+        cls,
+        config: TempScaleConfig,
+        chunking: ChunkingConfig,
+        backend: FaissSettings | QdrantSettings | None,
+        size_temperatures: bool | None,
+    ) -> _NewIndex:
+        """Check the settings of a new index (see `Index.create`) before anything is loaded or written."""
+        if size_temperatures is None:
+            size_temperatures = config.temperature is None and config.schedule is None
+        if size_temperatures and config.temperature is not None:
+            raise ValueError("temperature sets one tau for every chunk; it cannot be combined with size temperatures")
+        window, largest = config.max_seq_length, chunking.sizes[-1]
+        if window is not None and largest >= window:
+            raise SettingError(
+                lambda namer: (
+                    f"chunk size {largest} does not fit {namer('max_seq_length')} {window} (with the special "
+                    f"tokens): lower {namer('chunking.sizes')} or raise {namer('max_seq_length')}"
+                )
+            )
+        return cls(config, chunking, backend or FaissSettings(), size_temperatures)
+
 
 class Index:
     """An index folder and the engine that built it. Make one with `Index.open` or `Index.create`.
@@ -176,23 +199,9 @@ class Index:
             )
         if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
             raise IndexCorruptError(f"{folder} is not empty: a new index is only written into a new or empty folder")
-        config = config or TempScaleConfig()
-        chunking = chunking or ChunkingConfig()
-        if size_temperatures is None:
-            size_temperatures = config.temperature is None and config.schedule is None
-        if size_temperatures and config.temperature is not None:
-            raise ValueError("temperature sets one tau for every chunk; it cannot be combined with size temperatures")
-        window, largest = config.max_seq_length, chunking.sizes[-1]
-        if window is not None and largest >= window:
-            raise SettingError(
-                lambda namer: (
-                    f"chunk size {largest} does not fit {namer('max_seq_length')} {window} (with the special "
-                    f"tokens): lower {namer('chunking.sizes')} or raise {namer('max_seq_length')}"
-                )
-            )
-        new = _NewIndex(config, chunking, backend or FaissSettings(), size_temperatures)
+        new = _NewIndex.build(config or TempScaleConfig(), chunking or ChunkingConfig(), backend, size_temperatures)
         options: dict[str, Any] = {"api_key": api_key, "use_gpu": use_gpu}
-        return cls(folder, store=None, new=new, model=config.model, run={}, store_options=options)
+        return cls(folder, store=None, new=new, model=new.config.model, run={}, store_options=options)
 
     # -- what it is ------------------------------------------------------------------------------------------------
 
@@ -241,28 +250,7 @@ class Index:
             `index`, `chunks`, `files`, `model`, `dimension`, `store`, `backend`, `config`, `chunking`,
             `chunking_described`, `package_version`, `format_version`, `created_at`, `updated_at`, `details`.
         """
-        store = self._require_store()
-        manifest = self._require_manifest()
-        check = getattr(store, "check_integrity", None)
-        if callable(check):
-            check()
-        return {
-            "index": str(self._folder.resolve()),
-            "chunks": int(store.count()),
-            "files": len(store.sources()),
-            "model": manifest.model,
-            "dimension": manifest.dimension,
-            "store": manifest.store,
-            "backend": manifest.backend.model_dump(mode="json"),
-            "config": manifest.config.to_json_dict(),
-            "chunking": manifest.chunking.to_json_dict() if manifest.chunking else None,
-            "chunking_described": describe_chunking(manifest.chunking),
-            "package_version": manifest.package_version,
-            "format_version": manifest.format_version,
-            "created_at": manifest.created_at.isoformat(),
-            "updated_at": manifest.updated_at.isoformat(),
-            "details": store.describe(),
-        }
+        return describe_index(self._require_store(), self._require_manifest(), self._folder)
 
     def sources(self) -> dict[str, str]:
         """Every indexed source (file path or `add` name) with its content fingerprint."""
@@ -282,17 +270,7 @@ class Index:
             if not query.strip():
                 raise ValueError("the query is empty; give some text to search for")
             return np.asarray(self.encoder.encode([query], query=True)[0], dtype=np.float32)
-        array = np.asarray(query)
-        if array.ndim != 1 or array.shape[0] != manifest.dimension:
-            raise ValueError(
-                f"a query vector for the index at {self._folder} has {manifest.dimension} values (its dimension), "
-                f"got shape {array.shape}"
-            )
-        if not np.issubdtype(array.dtype, np.floating):
-            raise TypeError(f"a query vector must be a text or a float array, got {array.dtype}")
-        if not np.isfinite(array).all():
-            raise ValueError("the query vector contains NaN or infinity")
-        return np.ascontiguousarray(array, dtype=np.float32)
+        return check_query_vector(query, manifest.dimension, self._folder)
 
     def search(self, query: str | npt.ArrayLike, k: int = 10) -> list[SearchHit]:
         """The `k` best chunks for `query` (a text, or a vector of the index's dimension), best first.
@@ -553,6 +531,44 @@ class Index:
                 require_ray().shutdown()
 
 
+def describe_index(store: VectorStore, manifest: IndexManifest, folder: Path) -> dict[str, Any]:
+    """`Index.info`: the store's integrity checked, then what it holds and the manifest, as plain JSON types."""
+    check = getattr(store, "check_integrity", None)
+    if callable(check):
+        check()
+    return {
+        "index": str(folder.resolve()),
+        "chunks": int(store.count()),
+        "files": len(store.sources()),
+        "model": manifest.model,
+        "dimension": manifest.dimension,
+        "store": manifest.store,
+        "backend": manifest.backend.model_dump(mode="json"),
+        "config": manifest.config.to_json_dict(),
+        "chunking": manifest.chunking.to_json_dict() if manifest.chunking else None,
+        "chunking_described": describe_chunking(manifest.chunking),
+        "package_version": manifest.package_version,
+        "format_version": manifest.format_version,
+        "created_at": manifest.created_at.isoformat(),
+        "updated_at": manifest.updated_at.isoformat(),
+        "details": store.describe(),
+    }
+
+
+def check_query_vector(query: npt.ArrayLike, dimension: int, folder: Path) -> npt.NDArray[np.float32]:
+    """A query vector as float32 if it is a finite 1-D float array of `dimension` values, else raise."""
+    array = np.asarray(query)
+    if array.ndim != 1 or array.shape[0] != dimension:
+        raise ValueError(
+            f"a query vector for the index at {folder} has {dimension} values (its dimension), got shape {array.shape}"
+        )
+    if not np.issubdtype(array.dtype, np.floating):
+        raise TypeError(f"a query must be a text or a float vector, got {array.dtype}")
+    if not np.isfinite(array).all():
+        raise ValueError("the query vector contains NaN or infinity")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
 def _check_k(k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
@@ -599,4 +615,12 @@ def check_dimension(manifest: IndexManifest, model: str, dimension: int, folder:
     )
 
 
-__all__ = ["DEFAULT_EVIDENCE", "Index", "check_declared_dimension", "check_dimension", "distinct_hits"]
+__all__ = [
+    "DEFAULT_EVIDENCE",
+    "Index",
+    "check_declared_dimension",
+    "check_dimension",
+    "check_query_vector",
+    "describe_index",
+    "distinct_hits",
+]
