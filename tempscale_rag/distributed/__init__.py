@@ -6,7 +6,7 @@
   embeds batches of texts, fault tolerant) and `embed_dataset` (a vector column for a user's own `ray.data.Dataset`).
 - `indexing.py`: `RayIndexer`, `FolderIndexer` spread over a cluster: reading and chunking as Ray tasks, embedding in
   the actor pool, one writer (the driver) committing to the store in batches. It builds the index the single-process
-  `FolderIndexer` builds.
+  `FolderIndexer` builds; `Index.index_folder(paths, ray=RaySettings())` and `tempscale-rag index --ray` use it.
 
 Ray is an optional dependency: `pip install 'tempscale-rag[ray]'`. Nothing here imports it until it is used.
 """

@@ -5,22 +5,21 @@ flush + fsync, `os.replace`, fsync of the folder). It records the model, the vec
 `TempScaleConfig`, the chunking (`ChunkingConfig`: chunk sizes, their temperatures, overlap, document score), the
 store backend and its settings, and timestamps.
 
-Compatibility policy:
+Compatibility policy, by what each setting declares it shapes (`tempscale_rag.config.settings_that_shape`):
 
 - model or dimension differ: always refused (`check_compatible`), vectors from two models are not comparable.
 - store backend or its identity differ (faiss vs qdrant, flat vs hnsw, another collection/url): refused.
-- settings that change *document* vectors differ (temperatures, buckets or schedule, long-text policy, window,
-  normalisation, document prompt): refused when writing, because adding such vectors to the index would silently mix
-  two embeddings; a warning (`IndexConfigWarning`) when only searching, because the stored vectors are what they are.
-- chunking (chunk sizes, per-size temperatures, overlap, document score): refused when writing, because one index
-  must never mix chunk settings; ignored when searching. An index written before chunking was recorded
+- settings that shape *documents* (temperatures, buckets or schedule, long-text policy, window, normalisation,
+  document prompt): refused when writing, because adding such vectors to the index would silently mix two embeddings;
+  a warning (`IndexConfigWarning`) when only searching, because the stored vectors are what they are.
+- chunk settings that shape documents (chunk sizes, per-size temperatures, overlap): refused when writing, because
+  one index must never mix chunk settings; ignored when searching. An index written before chunking was recorded
   (`chunking` is None) is a legacy index of one window-filling chunk size; adding chunks of recorded sizes to it is
-  refused. The softmax document score's T is recorded but not checked: search reads it, so an index keeps the T it
-  was built with (0.02, `LEGACY_SOFTMAX_TEMPERATURE`, for manifests written before T was recorded).
-- settings that only change *query* vectors (query temperature, query prompt): a warning when searching, ignored
-  when writing through the API (the stored manifest keeps its own; the CLI refuses such a flag on re-index, since
-  it would have no effect).
-- run-time settings (device, dtype, batch budget, calibration file path): ignored.
+  refused. The document score and the softmax T shape only searches: recorded, so an index is searched as it was
+  built (T 0.02, `LEGACY_SOFTMAX_TEMPERATURE`, for manifests written before T was recorded), not checked on writes.
+- settings that shape only *queries* (query temperature, query prompt): a warning when searching, ignored when
+  writing through the API (the stored manifest keeps its own; `Index.open` refuses a differing one it is given).
+- `run` settings (device, dtype, batch budget, tokenizer workers, calibration file path): ignored.
 """
 
 from __future__ import annotations
