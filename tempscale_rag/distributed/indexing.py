@@ -1,15 +1,15 @@
 """`RayIndexer`: `FolderIndexer` spread over a Ray cluster, building the same index.
 
-The driver runs `FolderIndexer.run` unchanged: discovery (`find_files` with the same skip rules), the stored
-fingerprints, removals, pruning and the summary. Only its reading-and-embedding step is spread out: Ray tasks call
-`read_file` (the function `FolderIndexer` reads, fingerprints, extracts and chunks each file with) on groups of files,
-with the same chunker (`MultiSizeChunker` for the chunking the index records, `WindowChunker` for a legacy index);
-the chunks go to the `RayEmbedder` actor pool in batches as they arrive, embedded with the engine configuration the
-index records (its routing buckets included); the driver is the one writer: it takes the read results in file order
-(`FolderIndexer._accept`: unchanged, failures, removals, encodings), and once every chunk of a file has its vector it
-stores the file (`FolderIndexer._finish`, atomic per file, with each chunk's `chunk_tokens`), committing every
-`batch_chunks` chunks. A run killed at any point leaves whole files only, and running it again redoes exactly the
-files not committed.
+A `FolderIndexer` runs the run in the driver with this module's cluster step as its `files_step`: discovery
+(`find_files` with the same skip rules), the stored fingerprints, removals, pruning and the summary. Only the
+reading-and-embedding step is spread out: Ray tasks call `read_file` (the function `FolderIndexer` reads,
+fingerprints, extracts and chunks each file with) on groups of files, with the same chunker (`MultiSizeChunker` for
+the chunking the index records, `WindowChunker` for a legacy index); the chunks go to the `RayEmbedder` actor pool in
+batches as they arrive, embedded with the engine configuration the index records (its routing buckets included); the
+driver is the one writer: it takes the read results in file order (`IndexRun.accept`: unchanged, failures, removals,
+encodings), and once every chunk of a file has its vector it stores the file (`chunk_records`, atomic per file, with
+each chunk's `chunk_tokens`; `IndexRun.store_file`), committing every `batch_chunks` chunks. A run killed at any
+point leaves whole files only, and running it again redoes exactly the files not committed.
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ from tempscale_rag.distributed.embedding import RayEmbedder
 from tempscale_rag.ingest.chunking import Chunk, MultiSizeChunker, WindowChunker
 from tempscale_rag.ingest.indexer import (
     DEFAULT_BATCH_CHUNKS,
-    STAGING_DIR,
+    FileJob,
     FileRead,
     FolderIndexer,
+    IndexRun,
     IndexSummary,
-    _Job,
-    _Staging,
+    chunk_records,
     read_file,
 )
 from tempscale_rag.ingest.readers import DEFAULT_MAX_FILE_BYTES, source_name
@@ -128,7 +128,7 @@ def routing_config(config: TempScaleConfig, chunking: ChunkingConfig) -> TempSca
 class _Pending:
     """A file's chunks on their way through the actors: vectors by position, filled as batches come back."""
 
-    job: _Job
+    job: FileJob
     chunks: list[Chunk]
     vectors: list[npt.NDArray[np.float32] | None] = field(default_factory=list)
     tokens: list[int] = field(default_factory=list)
@@ -136,8 +136,12 @@ class _Pending:
     missing: int = 0
 
 
-class RayIndexer(FolderIndexer):
+class RayIndexer:
     """Indexes files and folders into a store on a Ray cluster: the index and summary `FolderIndexer` would give.
+
+    Composed, not derived: a `FolderIndexer` runs the run (discovery, fingerprints, problems, removals, pruning, the
+    summary) with this class's cluster step as its `files_step`; the step records every file through the run's
+    `IndexRun` and stores it with `chunk_records`, as the local step does.
 
     Args:
         embedder: The actor pool; its config is the index's engine config (with the routing buckets already derived
@@ -169,22 +173,23 @@ class RayIndexer(FolderIndexer):
         exclude: Sequence[str | os.PathLike[str]] = (),
         progress: Callable[[int, int], None] | None = None,
     ) -> None:
-        # FolderIndexer's engine and chunker live in the actors and tasks here; the driver keeps its run() and writer.
-        if batch_chunks < 1:
-            raise ValueError(f"batch_chunks must be >= 1, got {batch_chunks}")
         self.embedder = embedder
         self.store = store
         self.chunking = chunking
-        self.max_file_bytes = max_file_bytes
         self.batch_chunks = batch_chunks
         self.show_progress = show_progress
-        self.include_hidden = include_hidden
-        self.index_dir = Path(index_dir) if index_dir is not None else None
-        self.exclude = [Path(p) for p in exclude] + ([self.index_dir] if self.index_dir is not None else [])
-        # Batches are not staged here (results come back out of order); the staging folder is only cleaned.
-        self._staging = _Staging(self.index_dir / STAGING_DIR, "") if self.index_dir is not None else None
-        self._known = {}
         self.progress = progress
+        self._runner = FolderIndexer(
+            None,
+            store,
+            max_file_bytes=max_file_bytes,
+            batch_chunks=batch_chunks,
+            show_progress=show_progress,
+            include_hidden=include_hidden,
+            index_dir=index_dir,
+            exclude=exclude,
+            files_step=self._index_files,
+        )
         self._writers: ThreadPoolExecutor | None = None
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -193,7 +198,12 @@ class RayIndexer(FolderIndexer):
             embedder.config.model_dump_json(), chunking.model_dump_json() if chunking else None, max_file_bytes
         )
 
-    def _index_files(self, files: list[Path], known: dict[str, str], summary: IndexSummary, kept: set[str]) -> None:
+    def run(self, paths: Sequence[str | Path], *, prune: bool = False) -> IndexSummary:
+        """Index `paths` as `FolderIndexer.run` does (same summary), reading and embedding on the cluster."""
+        return self._runner.run(paths, prune=prune)
+
+    def _index_files(self, files: list[Path], run: IndexRun) -> None:
+        known, summary = run.known, run.summary
         pending: dict[str, _Pending] = {}
         finished: list[_Pending] = []  # every chunk has its vector; stored at the next commit
         counts = {"read": 0, "embedded": 0, "staged": 0}
@@ -201,7 +211,7 @@ class RayIndexer(FolderIndexer):
 
         def on_read(read: FileRead) -> list[tuple[str, int]]:
             bar.update(1)
-            job = self._accept(read, known, summary, kept)
+            job = run.accept(read)
             if job is None or job.chunks is None:
                 return []
             state = _Pending(job, job.chunks, [None] * job.n_chunks, [0] * job.n_chunks, [""] * job.n_chunks)
@@ -230,10 +240,10 @@ class RayIndexer(FolderIndexer):
                 if self.progress is not None:
                     self.progress(counts["embedded"], counts["read"])
                 if counts["staged"] >= self.batch_chunks:
-                    self._store(finished, summary)
+                    self._store(finished, run)
                     counts["staged"] = 0
                     bar.set_postfix(chunks=summary.chunks_added)
-            self._store(finished, summary)
+            self._store(finished, run)
         finally:
             bar.close()
             self._close_writers()
@@ -278,7 +288,7 @@ class RayIndexer(FolderIndexer):
         if rows:
             yield rows, texts
 
-    def _store(self, finished: list[_Pending], summary: IndexSummary) -> None:
+    def _store(self, finished: list[_Pending], run: IndexRun) -> None:
         """Store every finished file (each atomically, as `FolderIndexer` does), then commit.
 
         On a Qdrant server the files go through `RaySettings.writers` concurrent writers (threads of the driver, each
@@ -294,20 +304,20 @@ class RayIndexer(FolderIndexer):
             job = state.job
             job.vectors = [v for v in state.vectors if v is not None]
             job.tokens, job.buckets = state.tokens, state.buckets
-            jobs.append((job, self._records(job, state.chunks)))
+            jobs.append((job, chunk_records(job.source, state.chunks, job.vectors, job.tokens, job.buckets)))
         finished.clear()
         writers = self._writer_pool(len(jobs))
         if writers is None:
             for job, records in jobs:
                 self.store.replace_source(job.source, job.fingerprint, records)
-                self._finished(job, len(records), summary)
+                run.store_file(job, records)
         else:
             futures = [writers.submit(self._write, job.source, job.fingerprint, records) for job, records in jobs]
             wait(futures)  # every write has ended before an error propagates: none runs on behind the caller
             for future in futures:
                 future.result()
             for job, records in jobs:
-                self._finished(job, len(records), summary)
+                run.store_file(job, records)
         self.store.commit()
 
     def _writer_pool(self, files: int) -> ThreadPoolExecutor | None:

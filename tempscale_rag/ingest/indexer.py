@@ -256,8 +256,8 @@ def read_file(
 
 
 @dataclass
-class _Job:
-    """One file to (re)embed: its chunks, and the vectors embedded so far."""
+class FileJob:
+    """One file to (re)embed: its chunks, and the vectors (token counts, buckets) embedded for them so far."""
 
     path: Path
     source: str
@@ -273,6 +273,7 @@ class _Job:
 
     @property
     def done(self) -> int:
+        """Chunks embedded so far."""
         return len(self.tokens)
 
 
@@ -290,11 +291,14 @@ class FolderIndexer:
         index_dir: The index's own folder: never walked, and home of the staging folder that lets an interrupted
             file resume. None: no staging (an interrupted file is redone from the start).
         exclude: More folders never to walk.
+        files_step: Reads, embeds and stores the files of a run instead of this process's engine (Ray's
+            `RayIndexer` passes its cluster step); it gets the run's `IndexRun`. `encoder` and `chunker` are then
+            unused (None), and nothing is staged.
     """
 
     def __init__(
         self,
-        encoder: TempScaleEncoder,
+        encoder: TempScaleEncoder | None,
         store: VectorStore,
         *,
         chunker: WindowChunker | MultiSizeChunker | None = None,
@@ -304,20 +308,38 @@ class FolderIndexer:
         include_hidden: bool = False,
         index_dir: str | os.PathLike[str] | None = None,
         exclude: Sequence[str | os.PathLike[str]] = (),
+        files_step: Callable[[list[Path], IndexRun], None] | None = None,
     ) -> None:
         if batch_chunks < 1:
             raise ValueError(f"batch_chunks must be >= 1, got {batch_chunks}")
+        if encoder is None and files_step is None:
+            raise TypeError("FolderIndexer needs an encoder, unless a files_step reads and embeds the files")
         self.encoder = encoder
         self.store = store
-        self.chunker: WindowChunker | MultiSizeChunker = chunker or WindowChunker(encoder)
+        self.files_step = files_step
+        self._chunker = chunker or (WindowChunker(encoder) if encoder is not None else None)
         self.max_file_bytes = max_file_bytes
         self.batch_chunks = batch_chunks
         self.show_progress = show_progress
         self.include_hidden = include_hidden
         self.index_dir = Path(index_dir) if index_dir is not None else None
         self.exclude = [Path(p) for p in exclude] + ([self.index_dir] if self.index_dir is not None else [])
-        self._staging = _Staging(self.index_dir / STAGING_DIR, self._settings_key()) if self.index_dir else None
+        # A files step stages nothing; the folder is only cleaned of what an interrupted local run left there.
+        key = self._settings_key() if files_step is None else ""
+        self._staging = _Staging(self.index_dir / STAGING_DIR, key) if self.index_dir else None
         self._known: dict[str, str] = {}
+
+    @property
+    def chunker(self) -> WindowChunker | MultiSizeChunker:
+        """The chunker files are split with in this process."""
+        if self._chunker is None:
+            raise TypeError("this FolderIndexer has no chunker: its files_step chunks the files")
+        return self._chunker
+
+    def _engine(self) -> TempScaleEncoder:
+        if self.encoder is None:
+            raise TypeError("this FolderIndexer has no encoder: its files_step embeds the files")
+        return self.encoder
 
     def run(self, paths: Sequence[str | Path], *, prune: bool = False) -> IndexSummary:
         """Index `paths` (files or folders, recursively); skip unchanged files; optionally prune removed ones.
@@ -353,13 +375,18 @@ class FolderIndexer:
         return summary
 
     def _index_files(self, files: list[Path], known: dict[str, str], summary: IndexSummary, kept: set[str]) -> None:
-        """Read, chunk, embed and store `files` (the part of a run that `RayIndexer` spreads over a cluster)."""
+        """Read, chunk, embed and store `files` (the part of a run that a `files_step` replaces)."""
+        if self.files_step is not None:
+            self.files_step(files, IndexRun(self, known, summary, kept))
+            return
         self._embed_all(self._read_all(files, known, summary, kept), summary, kept)
 
     # Reading ---------------------------------------------------------------------------------------------------
 
-    def _read_all(self, files: list[Path], known: dict[str, str], summary: IndexSummary, kept: set[str]) -> list[_Job]:
-        jobs: list[_Job] = []
+    def _read_all(
+        self, files: list[Path], known: dict[str, str], summary: IndexSummary, kept: set[str]
+    ) -> list[FileJob]:
+        jobs: list[FileJob] = []
         budget = _PLAN_TEXT_BUDGET
         bar = tqdm(total=len(files), desc="Reading", unit="file", disable=not self.show_progress, leave=False)
         try:
@@ -377,14 +404,14 @@ class FolderIndexer:
 
     def _read(
         self, path: Path, known: dict[str, str], summary: IndexSummary, kept: set[str], *, keep_text: bool
-    ) -> _Job | None:
+    ) -> FileJob | None:
         """Read and split one file; None when there is nothing to embed (unchanged, or a problem handled here)."""
         read = read_file(path, self.chunker, max_file_bytes=self.max_file_bytes, stored=known.get(source_name(path)))
         return self._accept(read, known, summary, kept, keep_text=keep_text)
 
     def _accept(
         self, read: FileRead, known: dict[str, str], summary: IndexSummary, kept: set[str], *, keep_text: bool = True
-    ) -> _Job | None:
+    ) -> FileJob | None:
         """Record what reading one file gave (unchanged, a problem, a detected encoding); the job to embed, if any."""
         if read.unchanged:
             summary.files_unchanged += 1
@@ -396,7 +423,7 @@ class FolderIndexer:
             summary.encodings.append({"path": read.source, "encoding": read.encoding})
             logger.info("%s: decoded as %s", read.source, read.encoding)
         chunks = read.chunks
-        return _Job(read.path, read.source, read.fingerprint, len(chunks), chunks if keep_text else None)
+        return FileJob(read.path, read.source, read.fingerprint, len(chunks), chunks if keep_text else None)
 
     def _problem(
         self, exc: DocumentError, source: str, known: dict[str, str], summary: IndexSummary, kept: set[str]
@@ -418,12 +445,12 @@ class FolderIndexer:
 
     # Embedding -------------------------------------------------------------------------------------------------
 
-    def _embed_all(self, jobs: list[_Job], summary: IndexSummary, kept: set[str]) -> None:
+    def _embed_all(self, jobs: list[FileJob], summary: IndexSummary, kept: set[str]) -> None:
         staging = self._staging
         total = sum(job.n_chunks for job in jobs)
         bar = tqdm(total=total, desc="Embedding", unit="chunk", disable=not self.show_progress, leave=False)
         try:
-            batch: list[tuple[_Job, Chunk]] = []
+            batch: list[tuple[FileJob, Chunk]] = []
             for job in jobs:
                 chunks = job.chunks if job.chunks is not None else self._reread(job, summary, kept, bar)
                 if chunks is None:
@@ -446,7 +473,7 @@ class FolderIndexer:
         finally:
             bar.close()
 
-    def _reread(self, job: _Job, summary: IndexSummary, kept: set[str], bar: Any) -> list[Chunk] | None:
+    def _reread(self, job: FileJob, summary: IndexSummary, kept: set[str], bar: Any) -> list[Chunk] | None:
         # Files beyond the in-memory budget are read again now; if they changed meanwhile, index what is there now.
         fresh = self._read(job.path, self._known, summary, kept, keep_text=True)
         if fresh is None or fresh.chunks is None:
@@ -456,14 +483,15 @@ class FolderIndexer:
         job.fingerprint, job.n_chunks = fresh.fingerprint, fresh.n_chunks
         return fresh.chunks
 
-    def _embed_batch(self, batch: list[tuple[_Job, Chunk]], summary: IndexSummary, bar: Any) -> None:
+    def _embed_batch(self, batch: list[tuple[FileJob, Chunk]], summary: IndexSummary, bar: Any) -> None:
         if not batch:
             return
-        vectors = self.encoder.encode([chunk.text for _, chunk in batch], show_progress=False)
-        report = self.encoder.last_report
+        encoder = self._engine()
+        vectors = encoder.encode([chunk.text for _, chunk in batch], show_progress=False)
+        report = encoder.last_report
         summary.embedding.merge(report)
         summary.tokens += report.tokens
-        touched: dict[int, _Job] = {}
+        touched: dict[int, FileJob] = {}
         for row, (job, _) in enumerate(batch):
             job.vectors.append(np.asarray(vectors[row], dtype=np.float32))
             job.tokens.append(int(report.input_tokens[row]))
@@ -481,17 +509,17 @@ class FolderIndexer:
         bar.update(len(batch))
         bar.set_postfix(tokens=summary.tokens, files=summary.files_indexed)
 
-    def _finish(self, job: _Job, chunks: list[Chunk], summary: IndexSummary) -> None:
+    def _finish(self, job: FileJob, chunks: list[Chunk], summary: IndexSummary) -> None:
         records = self._records(job, chunks)
         # One transaction: the old chunks stay searchable until the new ones and the fingerprint are all in.
         self.store.replace_source(job.source, job.fingerprint, records)
         self._finished(job, len(records), summary)
 
-    def _records(self, job: _Job, chunks: list[Chunk]) -> list[ChunkRecord]:
+    def _records(self, job: FileJob, chunks: list[Chunk]) -> list[ChunkRecord]:
         """The store records of a file whose chunks all have their vectors."""
         return chunk_records(job.source, chunks, job.vectors, job.tokens, job.buckets)
 
-    def _finished(self, job: _Job, chunks_stored: int, summary: IndexSummary) -> None:
+    def _finished(self, job: FileJob, chunks_stored: int, summary: IndexSummary) -> None:
         """Count a file whose chunks replaced its old ones, and release its staged batches and vectors."""
         summary.files_indexed += 1
         summary.files_resumed += int(job.resumed)
@@ -534,12 +562,11 @@ class FolderIndexer:
 
     def _settings_key(self) -> str:
         # Staged vectors may be resumed across settings that do not shape documents (device, batching, queries).
-        config = self.encoder.config.model_dump(
-            mode="json", include=set(settings_that_shape(TempScaleConfig, "documents"))
-        )
+        encoder = self._engine()
+        config = encoder.config.model_dump(mode="json", include=set(settings_that_shape(TempScaleConfig, "documents")))
         payload = json.dumps(
             {
-                "model": self.encoder.model_name,
+                "model": encoder.model_name,
                 "config": config,
                 "chunker": (
                     self.chunker.chunking.model_dump(mode="json")
@@ -550,6 +577,33 @@ class FolderIndexer:
             sort_keys=True,
         )
         return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclass
+class IndexRun:
+    """One run's bookkeeping, handed by `FolderIndexer.run` to a `files_step` (e.g. Ray's).
+
+    Another reading and embedding step records files through it exactly as the local one does.
+
+    Attributes:
+        indexer: The indexer running.
+        known: The fingerprints the store held when the run started (updated as files are removed).
+        summary: The run's summary, filled in as files are accepted and stored.
+        kept: Sources kept as they are because they could not be read.
+    """
+
+    indexer: FolderIndexer
+    known: dict[str, str]
+    summary: IndexSummary
+    kept: set[str]
+
+    def accept(self, read: FileRead) -> FileJob | None:
+        """Record what reading one file gave (unchanged, a problem, an encoding); the job to embed, if any."""
+        return self.indexer._accept(read, self.known, self.summary, self.kept)
+
+    def store_file(self, job: FileJob, records: list[ChunkRecord]) -> None:
+        """Count a file whose `records` the step stored (`replace_source`), and release its vectors."""
+        self.indexer._finished(job, len(records), self.summary)
 
 
 def chunk_records(
@@ -593,7 +647,7 @@ class _Staging:
     def _dir(self, source: str) -> Path:
         return self.folder / hashlib.sha256(source.encode("utf-8")).hexdigest()[:32]
 
-    def save(self, job: _Job) -> None:
+    def save(self, job: FileJob) -> None:
         """Save the vectors embedded for `job` since the last save."""
         chunks = job.chunks or []
         folder = self._dir(job.source)
@@ -621,7 +675,7 @@ class _Staging:
         job.saved_parts += 1
         job.saved_chunks = end
 
-    def resume(self, job: _Job, chunks: list[Chunk]) -> int:
+    def resume(self, job: FileJob, chunks: list[Chunk]) -> int:
         """Load the saved batches of `job` if they match its content and settings; the number of chunks loaded."""
         folder = self._dir(job.source)
         if not folder.exists():
