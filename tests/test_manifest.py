@@ -324,3 +324,41 @@ def test_softmax_temperature_is_recorded_kept_for_old_manifests_and_not_a_chunk_
     for bad in (0.0, -0.1, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="softmax_temperature must be a finite number > 0"):
             ChunkingConfig(softmax_temperature=bad)
+
+
+def test_one_declaration_says_what_each_setting_shapes() -> None:
+    """Every config field declares documents, queries or run; the manifest checks and the CLI read that declaration."""
+    from tempscale_rag.cli.options import RUNTIME_FIELDS
+    from tempscale_rag.config import setting_shape, settings_that_shape
+    from tempscale_rag.stores.manifest import document_settings, query_settings
+
+    for model in (TempScaleConfig, ChunkingConfig):
+        for name in model.model_fields:
+            assert setting_shape(model, name) in ("documents", "queries", "run")
+    run = settings_that_shape(TempScaleConfig, "run")
+    assert set(RUNTIME_FIELDS) <= set(run) and "device" in run and "temperature" not in run
+    assert set(settings_that_shape(ChunkingConfig, "queries")) == {"doc_score", "softmax_temperature"}
+    base = TempScaleConfig(model=MODEL, long_text="chunk_mean")
+    changed = {
+        "temperature": 0.8,
+        "long_text": "truncate",
+        "chunk_overlap": 7,
+        "max_seq_length": 128,
+        "normalize": False,
+        "document_prompt": "d: ",
+        "buckets": "0-64:1.0,64-:0.9",
+        "query_temperature": 0.7,
+        "query_prompt": "q: ",
+        "device": "cpu",
+        "dtype": "float16",
+        "max_batch_tokens": 99,
+        "tokenize_workers": 0,
+        "calibration_file": "c.json",
+    }
+    for name, value in changed.items():
+        other = TempScaleConfig(**{**base.model_dump(), name: value})
+        shape = setting_shape(TempScaleConfig, name)
+        assert (document_settings(other) != document_settings(base)) == (shape == "documents"), name
+        assert (query_settings(other) != query_settings(base)) == (shape == "queries"), name
+    with pytest.raises(ValueError, match="has no setting"):
+        setting_shape(TempScaleConfig, "nope")
