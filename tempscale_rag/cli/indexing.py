@@ -301,7 +301,7 @@ def _open_index(args: argparse.Namespace, *, writable: bool = False, **expected:
 
 
 def _refuse(problems: list[str], folder: Path, what: str = "settings") -> None:
-    from tempscale_rag.stores.base import IndexMismatchError
+    from tempscale_rag.stores.errors import IndexMismatchError
 
     if problems:
         raise IndexMismatchError(

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -35,6 +35,7 @@ from tempscale_rag.stores import (
     QdrantSettings,
     SearchHit,
     VectorStore,
+    manifest_of,
     open_store,
     read_manifest,
 )
@@ -213,7 +214,7 @@ class Index:
     @property
     def manifest(self) -> IndexManifest | None:
         """The index's manifest; None for a new index before its first write."""
-        return None if self._store is None else self._store.manifest
+        return None if self._store is None else manifest_of(self._store)
 
     @property
     def dimension(self) -> int | None:
@@ -322,9 +323,13 @@ class Index:
     def _rank_documents(
         self, vector: npt.NDArray[np.float32], k: int, doc_score: str | None, evidence: int
     ) -> list[DocumentHit]:
-        # The one place that ranks documents: `tempscale_rag.ranking` takes this over from the stores.
-        store = self._require_store()
-        return store.search_documents_many(vector[None, :], k, doc_score=doc_score, evidence=evidence)[0]
+        # The one place that ranks documents, with the index's own aggregation and its parameters (softmax T).
+        from tempscale_rag.ranking import document_scoring, search_documents
+        from tempscale_rag.ranking.candidates import DocumentSource
+
+        scoring = document_scoring(doc_score, self._require_manifest().chunking)
+        store = cast(DocumentSource, self._require_store())  # every backend open_store opens ranks documents
+        return search_documents(store, vector, k, scoring=scoring, evidence=evidence)
 
     # -- writing ---------------------------------------------------------------------------------------------------
 
@@ -434,10 +439,7 @@ class Index:
         return self._store
 
     def _require_manifest(self) -> IndexManifest:
-        manifest = self._require_store().manifest
-        if manifest is None:  # pragma: no cover - open_store always attaches one
-            raise RuntimeError(f"the store at {self._folder} has no manifest")
-        return manifest
+        return manifest_of(self._require_store())
 
     def _copies(self) -> int:
         chunking = self._require_manifest().chunking

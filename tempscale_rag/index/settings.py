@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tempscale_rag.config import Bucket, ChunkingConfig, TempScaleConfig, settings_that_shape
-from tempscale_rag.stores.base import IndexMismatchError
+from tempscale_rag.stores.errors import IndexMismatchError
 from tempscale_rag.stores.manifest import IndexManifest, same_model
 
 Namer = Callable[[str], str]
