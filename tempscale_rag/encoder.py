@@ -48,6 +48,7 @@ from tempscale_rag.models import (
 )
 from tempscale_rag.routing import LengthRouter
 from tempscale_rag.tokenizing import TokenizerPool, TokenizerPoolError
+from tempscale_rag.windows import cut_windows
 
 logger = logging.getLogger(__name__)
 
@@ -522,31 +523,21 @@ class TempScaleEncoder:
         chunk = texts[offset : offset + PART_TEXTS]
         n_tokens, flat = self._tokenize(chunk, query=query, pool=pool, offset=offset)
         text_start = np.concatenate(([0], np.cumsum(n_tokens)[:-1])).astype(np.int64)
-        capacity = self.window - self._m.specials.count
-        stride = max(1, capacity - min(self.config.chunk_overlap, capacity - 1))
-        if self.config.long_text == "truncate":
-            pieces = np.ones(len(chunk), dtype=np.int64)
-            dropped = np.maximum(n_tokens - capacity, 0)
-        else:  # windows at 0, stride, 2*stride, ... until one reaches the end of the text
-            pieces = np.maximum(1, -(-(n_tokens - capacity + stride) // stride))
-            dropped = np.zeros(len(chunk), dtype=np.int64)
-        first = np.concatenate(([0], np.cumsum(pieces)[:-1])).astype(np.int64)
-        owner_local = np.repeat(np.arange(len(chunk)), pieces)
-        skip = (np.arange(len(owner_local)) - first[owner_local]) * stride  # window index x stride (0 if truncated)
-        body = np.minimum(n_tokens[owner_local] - skip, capacity)
+        config = self.config
+        cut = cut_windows(n_tokens, self.window - self._m.specials.count, config.long_text, config.chunk_overlap)
         table = self._route_table(query)
-        seen = body + self._m.specials.count
+        seen = cut.body + self._m.specials.count
         return _Part(
             offset=offset,
             first_segment=0,  # set by `_run`, which numbers segments as parts arrive
             flat=flat,
-            start=text_start[owner_local] + skip,
-            body=body,
-            owner=owner_local + offset,
+            start=text_start[cut.owner] + cut.skip,
+            body=cut.body,
+            owner=cut.owner + offset,
             tau=table.tau[seen],
             bucket=table.bucket[seen],
-            first=first,
-            dropped=dropped,
+            first=cut.first,
+            dropped=cut.dropped,
             empty=sum(1 for text in chunk if not text.strip()),
         )
 

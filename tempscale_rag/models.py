@@ -101,17 +101,27 @@ def transformer_model(st: SentenceTransformer) -> torch.nn.Module:
 
 def full_window(st: SentenceTransformer) -> int:
     """The longest input the model's position embeddings allow (sentence-transformers often caps it lower)."""
-    config: Any = transformer_model(st).config
+    return window_of(transformer_model(st).config, st.tokenizer, st.max_seq_length)
+
+
+def window_of(config: Any, tokenizer: Any, fallback: int | None) -> int:
+    """`full_window` from a transformers config and tokenizer (no weights needed); `fallback` when neither says.
+
+    Args:
+        config: The transformer's configuration (`max_position_embeddings`, `model_type`, `pad_token_id`).
+        tokenizer: Its tokenizer (`model_max_length`, for relative-position models).
+        fallback: The window to use when neither does (sentence-transformers' `max_seq_length`); None: 512.
+    """
     positions = getattr(config, "max_position_embeddings", None)
     if isinstance(positions, int) and positions > 0:
         if config.model_type in _POSITION_OFFSET_MODELS:
             positions -= (getattr(config, "pad_token_id", 1) or 1) + 1
         return positions
     # Relative-position models (T5) have no hard limit: keep the length they were trained for.
-    tokenizer_max = getattr(st.tokenizer, "model_max_length", None)
+    tokenizer_max = getattr(tokenizer, "model_max_length", None)
     if isinstance(tokenizer_max, int) and 0 < tokenizer_max < 1_000_000:
         return tokenizer_max
-    return st.max_seq_length or 512
+    return fallback or 512
 
 
 @dataclass(frozen=True)
