@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
 from tempscale_rag import TempScaleEncoder
 from tempscale_rag.config import (
+    BUNDLED_MODEL,
     DEFAULT_CHUNK_SIZES,
     DEFAULT_SIZE_TEMPERATURES,
     ChunkingConfig,
@@ -17,6 +19,7 @@ from tempscale_rag.config import (
 from tempscale_rag.ingest.chunking import MultiSizeChunker, WindowChunker
 from tempscale_rag.routing import LengthRouter
 from tempscale_rag.stores import make_chunk_id
+from tempscale_rag.windows import TokenCounter
 
 TEXT = " ".join(
     f"Sentence number {i} talks about the {['budget', 'remote', 'design', 'lentils'][i % 4]} in some detail."
@@ -120,3 +123,35 @@ def test_window_chunker_still_one_size(encoder: TempScaleEncoder) -> None:
     chunker = WindowChunker(encoder, 64, 8)
     chunks = chunker.split(TEXT)
     assert {c.size for c in chunks} == {64} and [c.position for c in chunks] == list(range(len(chunks)))
+
+
+def test_token_counter_from_the_model_folder_equals_the_engines(encoder: TempScaleEncoder) -> None:
+    # Chunking in a worker (Ray, the evaluator's pool) loads only the tokenizer; its chunks must be the engine's.
+    for options in ({}, {"max_seq_length": 128, "document_prompt": "passage: "}):
+        engine = encoder.with_config(**options)
+        mine = TokenCounter.from_config(TempScaleConfig(**options))
+        theirs = TokenCounter.from_encoder(engine)
+        assert (
+            (mine.window, mine.n_special)
+            == (theirs.window, theirs.n_special)
+            == (engine.window, engine.count_tokens([""])[0])
+        )
+        assert mine.count(TEXT) == theirs.count(TEXT) == engine.count_tokens([TEXT])[0]
+        chunking = ChunkingConfig.parse("16,64")
+        assert MultiSizeChunker(mine, chunking).split(TEXT) == MultiSizeChunker(engine, chunking).split(TEXT)
+    assert TokenCounter.from_model(BUNDLED_MODEL).window == 512  # the full position window, not ST's 256 cap
+    assert TokenCounter.from_json(str(theirs.tokenizer_json), 64, 2).ids("Hello world") == theirs.ids("Hello world")
+
+
+def test_token_counter_rejects_what_cannot_chunk(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="exceeds the model's 512 positions"):
+        TokenCounter.from_model(BUNDLED_MODEL, max_seq_length=1024)
+    with pytest.raises(ValueError, match="cannot load the tokenizer"):
+        TokenCounter.from_model(str(tmp_path))
+    counter = TokenCounter.from_model(BUNDLED_MODEL)
+    with pytest.raises(ValueError, match="no room for text"):
+        TokenCounter(counter.tokenizer, 2, 2)
+    with pytest.raises(TypeError, match="takes a TokenCounter"):
+        WindowChunker("all-MiniLM-L6-v2")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="between 8 and 62 tokens"):
+        MultiSizeChunker(TokenCounter(counter.tokenizer, 64, 2), ChunkingConfig.parse("64"))

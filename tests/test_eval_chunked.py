@@ -11,7 +11,6 @@ import pytest
 
 from tempscale_rag import TempScaleConfig, TempScaleEncoder
 from tempscale_rag.config import ChunkingConfig
-from tempscale_rag.ranking.documents import ChunkGroups, DocumentScoring, group_vectors, score_documents
 from tempscale_rag.evaluation import evaluate_run
 from tempscale_rag.evaluation import runner as runner_module
 from tempscale_rag.evaluation.report import markdown_report, write_outputs
@@ -24,6 +23,8 @@ from tempscale_rag.evaluation.runner import (
     passkey_task,
 )
 from tempscale_rag.ingest.chunking import MultiSizeChunker
+from tempscale_rag.ranking.documents import ChunkGroups, DocumentScoring, group_vectors, score_documents
+from tempscale_rag.windows import TokenCounter
 
 from .test_eval_runner import write_beir
 
@@ -244,8 +245,9 @@ def test_chunk_pool_workers_give_the_chunks_of_the_in_process_chunker(
     n_special = engine.count_tokens([""])[0]
     local = MultiSizeChunker(engine, ChunkingConfig(sizes=(16,), overlap_tokens=3))
     expected = [[chunk.text for chunk in local.split(text)] for text in texts]
-    assert engine.rust_tokenizer is not None
-    pool = ChunkPool(engine.rust_tokenizer.to_str(), engine.window, n_special, 16, 3, workers=2)
+    counter = TokenCounter.from_encoder(engine)
+    assert counter.n_special == n_special and counter.tokenizer_json is not None
+    pool = ChunkPool(counter, 16, 3, workers=2)
     assert pool.split(texts) == expected
 
 

@@ -43,6 +43,7 @@ from tempscale_rag.ingest.indexer import (
 )
 from tempscale_rag.ingest.readers import DEFAULT_MAX_FILE_BYTES, source_name
 from tempscale_rag.stores import ChunkRecord, VectorStore
+from tempscale_rag.windows import TokenCounter
 
 logger = logging.getLogger(__name__)
 
@@ -69,17 +70,12 @@ _CHUNKERS: dict[ChunkingSpec, WindowChunker | MultiSizeChunker] = {}
 
 def _chunker(spec: ChunkingSpec) -> WindowChunker | MultiSizeChunker:
     if spec not in _CHUNKERS:
-        from tempscale_rag.encoder import TempScaleEncoder
-
-        # Chunking needs the tokenizer and window only: a CPU engine, whatever device the actors embed on.
-        config = TempScaleConfig.model_validate_json(spec.config).model_copy(
-            update={"device": "cpu", "tokenize_workers": 0}
-        )
-        encoder = TempScaleEncoder(config=config)
+        # Chunking needs the tokenizer and window only: no model is loaded.
+        counter = TokenCounter.from_config(TempScaleConfig.model_validate_json(spec.config))
         _CHUNKERS[spec] = (
-            WindowChunker(encoder)
+            WindowChunker(counter)
             if spec.chunking is None
-            else MultiSizeChunker(encoder, ChunkingConfig.model_validate_json(spec.chunking))
+            else MultiSizeChunker(counter, ChunkingConfig.model_validate_json(spec.chunking))
         )
     return _CHUNKERS[spec]
 

@@ -7,8 +7,8 @@ processes, each on a slice of the documents, and returns exactly the chunks the 
 
 Workers are plain subprocesses (`python -m tempscale_rag.evaluation.chunkpool`), as in `tempscale_rag.tokenizing` and
 for the same reasons (no re-import of the user's script, no inherited CUDA or thread state). A worker rebuilds the
-chunker from the engine's Rust tokenizer (its JSON), window and special-token count, the only parts of the engine the
-chunker uses. Protocol: JSON lines; first `{"tokenizer", "window", "n_special", "size", "overlap"}`, then per request
+chunker's `TokenCounter` from its Rust tokenizer (as JSON), window and special-token count: the chunker needs no
+model. Protocol: JSON lines; first `{"tokenizer", "window", "n_special", "size", "overlap"}`, then per request
 a list of texts, answered by a list of chunk-text lists (or `{"error": message}`).
 """
 
@@ -22,6 +22,8 @@ import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+from tempscale_rag.windows import TokenCounter
 
 MIN_POOL_CHARACTERS = 2_000_000
 """Fewest characters worth the workers' start-up (a few seconds: each imports the package)."""
@@ -37,19 +39,29 @@ class ChunkPool:
     """Splits texts at one chunk size in worker processes, with the chunker `tempscale-rag index` uses.
 
     Args:
-        tokenizer_json: The engine's Rust tokenizer (`TempScaleEncoder.rust_tokenizer.to_str()`).
-        window: The engine's window.
-        n_special: Tokens the engine adds to every document (`count_tokens([""])[0]`).
+        counter: The model's tokenizer, window and special tokens; its tokenizer must be a fast (Rust) one.
         size: Chunk size in content tokens.
         overlap: Chunk overlap in tokens.
         workers: Worker processes (at least 1).
+
+    Raises:
+        ValueError: If `workers` < 1 or the tokenizer has no Rust backend to hand to the workers.
     """
 
-    def __init__(self, tokenizer_json: str, window: int, n_special: int, size: int, overlap: int, workers: int) -> None:
+    def __init__(self, counter: TokenCounter, size: int, overlap: int, workers: int) -> None:
         if workers < 1:
             raise ValueError(f"a chunk pool needs at least one worker, got {workers}")
+        tokenizer_json = counter.tokenizer_json
+        if tokenizer_json is None:
+            raise ValueError("a chunk pool needs a fast (Rust) tokenizer to hand to its workers; chunk in this process")
         self._header = json.dumps(
-            {"tokenizer": tokenizer_json, "window": window, "n_special": n_special, "size": size, "overlap": overlap}
+            {
+                "tokenizer": tokenizer_json,
+                "window": counter.window,
+                "n_special": counter.n_special,
+                "size": size,
+                "overlap": overlap,
+            }
         )
         self.workers = workers
 
@@ -99,29 +111,13 @@ class ChunkPool:
         return answer
 
 
-class _WorkerEngine:
-    """The parts of `TempScaleEncoder` that `MultiSizeChunker` uses, rebuilt from the header."""
-
-    def __init__(self, tokenizer_json: str, window: int, n_special: int) -> None:
-        from tokenizers import Tokenizer
-
-        self.rust_tokenizer = Tokenizer.from_str(tokenizer_json)
-        self.window = window
-        self._n_special = n_special
-        self.model = self  # `encoder.model.tokenizer`: only used when there is no Rust tokenizer
-        self.tokenizer = None
-
-    def count_tokens(self, texts: Sequence[str], *, query: bool = False) -> list[int]:
-        return [self._n_special + len(self.rust_tokenizer.encode(t, add_special_tokens=False).ids) for t in texts]
-
-
 def _main() -> int:
     from tempscale_rag.config import ChunkingConfig
     from tempscale_rag.ingest.chunking import MultiSizeChunker
 
     header = json.loads(sys.stdin.readline())
-    engine: Any = _WorkerEngine(header["tokenizer"], header["window"], header["n_special"])
-    chunker = MultiSizeChunker(engine, ChunkingConfig(sizes=(header["size"],), overlap_tokens=header["overlap"]))
+    counter = TokenCounter.from_json(header["tokenizer"], header["window"], header["n_special"])
+    chunker = MultiSizeChunker(counter, ChunkingConfig(sizes=(header["size"],), overlap_tokens=header["overlap"]))
     for line in sys.stdin:
         try:
             texts = json.loads(line)

@@ -11,12 +11,14 @@ most the window minus the special tokens, so every chunk is embedded whole.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tempscale_rag.config import ChunkingConfig
-from tempscale_rag.encoder import TempScaleEncoder
+from tempscale_rag.windows import TokenCounter
+
+if TYPE_CHECKING:
+    from tempscale_rag.encoder import TempScaleEncoder
 
 # SentenceSplitter counts the tokens of each piece separately; joined pieces can tokenise a little longer, so leave a
 # small margin below the window rather than truncate a few tokens from some chunks.
@@ -40,23 +42,24 @@ class Chunk:
     size: int = 0
 
 
-def chunk_capacity(encoder: TempScaleEncoder) -> int:
-    """Content tokens that fit the encoder's window: the window minus special tokens and document prompt."""
-    return encoder.window - encoder.count_tokens([""])[0]
+def chunk_capacity(counter: TokenCounter | TempScaleEncoder) -> int:
+    """Content tokens that fit the window: the window minus special tokens and document prompt."""
+    return as_token_counter(counter).capacity
 
 
-def _token_counter(encoder: TempScaleEncoder) -> Callable[[str], list[int]]:
-    tokenizer: Any = encoder.model.tokenizer
-    rust: Any = encoder.rust_tokenizer
+def as_token_counter(counter: TokenCounter | TempScaleEncoder) -> TokenCounter:
+    """`counter` itself, or an engine's `TokenCounter.from_encoder` (chunking needs no more of an engine)."""
+    if isinstance(counter, TokenCounter):
+        return counter
+    if hasattr(counter, "count_tokens") and hasattr(counter, "window"):
+        return TokenCounter.from_encoder(counter)
+    raise TypeError(f"chunking takes a TokenCounter (or a TempScaleEncoder), got {type(counter).__name__}")
 
-    def count(text: str) -> list[int]:
-        # SentenceSplitter calls this once per split: the Rust tokenizer directly is ~30% faster than the
-        # transformers wrapper, with the same ids (so the same chunks).
-        if rust is not None:
-            return list(rust.encode(text, add_special_tokens=False).ids)
-        return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
-    return count
+def _sentence_splitter(size: int, overlap: int, counter: TokenCounter) -> Any:
+    from llama_index.core.node_parser import SentenceSplitter
+
+    return SentenceSplitter(chunk_size=size, chunk_overlap=overlap, tokenizer=counter.ids)
 
 
 def _check_size(size: int, overlap: int, capacity: int) -> None:
@@ -69,10 +72,11 @@ def _check_size(size: int, overlap: int, capacity: int) -> None:
 
 
 class WindowChunker:
-    """Splits text into chunks of one size that fit the encoder's window (sentence-aware, with overlap).
+    """Splits text into chunks of one size that fit the model's window (sentence-aware, with overlap).
 
     Args:
-        encoder: The engine whose tokenizer and window define chunk sizes.
+        counter: The model's tokenizer, window and special tokens (`TokenCounter`); an engine is taken as its
+            `TokenCounter.from_encoder`.
         chunk_tokens: Target chunk size in model tokens; None fills the window.
         overlap_tokens: Tokens shared by consecutive chunks.
 
@@ -80,18 +84,17 @@ class WindowChunker:
         ValueError: If the sizes do not fit the window.
     """
 
-    def __init__(self, encoder: TempScaleEncoder, chunk_tokens: int | None = None, overlap_tokens: int = 32) -> None:
-        from llama_index.core.node_parser import SentenceSplitter
-
-        capacity = chunk_capacity(encoder)
+    def __init__(
+        self, counter: TokenCounter | TempScaleEncoder, chunk_tokens: int | None = None, overlap_tokens: int = 32
+    ) -> None:
+        self.counter = as_token_counter(counter)
+        capacity = self.counter.capacity
         default = max(16, int(capacity * (1 - _MARGIN)))
         size = default if chunk_tokens is None else chunk_tokens
         _check_size(size, overlap_tokens, capacity)
         self.chunk_tokens = size
         self.overlap_tokens = overlap_tokens
-        self._splitter = SentenceSplitter(
-            chunk_size=size, chunk_overlap=overlap_tokens, tokenizer=_token_counter(encoder)
-        )
+        self._splitter = _sentence_splitter(size, overlap_tokens, self.counter)
 
     def split(self, text: str) -> list[Chunk]:
         """Chunks of `text`, in order; whitespace-only pieces are dropped."""
@@ -112,25 +115,22 @@ class MultiSizeChunker:
     (see `routing_buckets`) so that each size gets its own temperature.
 
     Args:
-        encoder: The engine whose tokenizer and window define chunk sizes.
+        counter: The model's tokenizer, window and special tokens (`TokenCounter`); an engine is taken as its
+            `TokenCounter.from_encoder`.
         chunking: Sizes, temperatures and overlap.
 
     Raises:
         ValueError: If a size (or its overlap) does not fit the window.
     """
 
-    def __init__(self, encoder: TempScaleEncoder, chunking: ChunkingConfig | None = None) -> None:
-        from llama_index.core.node_parser import SentenceSplitter
-
+    def __init__(self, counter: TokenCounter | TempScaleEncoder, chunking: ChunkingConfig | None = None) -> None:
+        self.counter = as_token_counter(counter)
         self.chunking = chunking or ChunkingConfig()
-        capacity = chunk_capacity(encoder)
-        count = _token_counter(encoder)
-        self._n_special = encoder.count_tokens([""])[0]
         self._splitters: list[tuple[int, Any]] = []
         for size in self.chunking.sizes:
             overlap = self.chunking.overlap(size)
-            _check_size(size, overlap, capacity)
-            self._splitters.append((size, SentenceSplitter(chunk_size=size, chunk_overlap=overlap, tokenizer=count)))
+            _check_size(size, overlap, self.counter.capacity)
+            self._splitters.append((size, _sentence_splitter(size, overlap, self.counter)))
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -138,8 +138,8 @@ class MultiSizeChunker:
         return self.chunking.sizes
 
     def routing_buckets(self) -> tuple[Any, ...]:
-        """`ChunkingConfig.buckets` for this encoder's special-token count: one length bucket per chunk size."""
-        return self.chunking.buckets(self._n_special)
+        """`ChunkingConfig.buckets` for this model's special-token count: one length bucket per chunk size."""
+        return self.chunking.buckets(self.counter.n_special)
 
     def split(self, text: str) -> list[Chunk]:
         """Chunks of `text` at every size (smallest size first); whitespace-only pieces are dropped."""
