@@ -18,9 +18,10 @@ from tempscale_rag.evaluation.runner import (
     beir_task,
     build_configurations,
     passkey_task,
-    segment_lengths,
+    segment_signature,
     split_by_documents,
 )
+from tempscale_rag.windows import cut_windows
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 BASE = TempScaleConfig(device="cpu", chunk_overlap=4)
@@ -133,18 +134,30 @@ def test_synthetic_scores_per_length_and_mean(encoder: TempScaleEncoder, tiny_pa
     assert "| tau=1 |" in markdown_report(results)
 
 
-def test_segment_lengths_mirror_the_encoder(encoder: TempScaleEncoder) -> None:
-    n_special = encoder.count_tokens([""])[0]
+@pytest.mark.parametrize("prompt", ["", "passage: "])
+def test_the_evaluator_cuts_windows_with_the_encoders_rule(encoder: TempScaleEncoder, prompt: str) -> None:
+    # The evaluator predicts what the encoder embeds (for its cost figures and its cache keys) with `cut_windows`,
+    # the function the encoder itself cuts with; a document prompt shifts the windows and must be counted once.
+    specials = encoder.count_tokens([""])[0]
     text = "The grass is green. The sky is blue. " * 40
-    n_tokens = encoder.count_tokens([text])[0]
     for window, overlap in ((64, 8), (100, 0), (128, 32)):
-        enc = encoder.with_config(long_text="chunk_mean", max_seq_length=window, chunk_overlap=overlap)
+        enc = encoder.with_config(
+            long_text="chunk_mean", max_seq_length=window, chunk_overlap=overlap, document_prompt=prompt
+        )
+        n_tokens = enc.count_tokens([text])[0]
         enc.encode([text])
-        lengths = segment_lengths(n_tokens, window, n_special, "chunk_mean", overlap)
-        assert enc.last_report.segments == len(lengths)
-        assert enc.last_report.tokens == sum(lengths)
-    assert segment_lengths(n_tokens, 64, n_special, "truncate", 8) == [64]
-    assert segment_lengths(10, 64, n_special, "chunk_mean", 8) == [10]
+        content = n_tokens - specials
+        windows = cut_windows([content], window - specials, "chunk_mean", overlap)
+        assert enc.last_report.segments == len(windows.body) > 1
+        assert enc.last_report.tokens == int(windows.body.sum()) + specials * len(windows.body)
+        routes = segment_signature(enc, n_tokens, specials, query=False)[-1]
+        assert [length for length, _tau, _shape in routes] == (windows.body + specials).tolist()
+        truncated = cut_windows([content], window - specials, "truncate", overlap)
+        assert truncated.body.tolist() == [window - specials] and truncated.dropped.tolist() == [
+            content - (window - specials)
+        ]
+    assert cut_windows([10], 62, "chunk_mean", 8).body.tolist() == [10]
+    assert cut_windows([], 62, "chunk_mean", 8).body.tolist() == []
 
 
 def test_per_size_rows_put_queries_at_the_product_query_tau_and_the_baseline_at_one() -> None:

@@ -4,15 +4,17 @@ A run evaluates several configurations on one task. A configuration is a *pipeli
 query is compared with) and a temperature setting (the tau = 1 baseline, global taus, bucketed taus, per-chunk-size
 taus, calibration files, a schedule):
 
-- chunked pipelines (`doc_score` one of `tempscale_rag.ranking.documents.DOC_SCORES`, the default): what the product does.
-  Every document is chunked by `MultiSizeChunker` (the chunker of `tempscale-rag index`) at every size of a
+- chunked pipelines (`doc_score` one of `tempscale_rag.ranking.documents.DOC_SCORES`, the default): what the product
+  does. Every document is chunked by `MultiSizeChunker` (the chunker of `tempscale-rag index`) at every size of a
   `ChunkingConfig`, each chunk is embedded at the tau its length routes to (each size is its own length bucket,
   `ChunkingConfig.buckets`), and documents are ranked exactly by `score_documents` over every chunk, as the exact
   FAISS store ranks them;
 - the `vector` pipeline: one vector per document (the first window, `truncate`, or the mean of windows,
-  `chunk_mean`), LongEmbed's and MTEB's protocol, searched through the exact FAISS store.
+  `chunk_mean`), LongEmbed's and MTEB's protocol, ranked exactly by inner product (`score_documents` with one chunk
+  per document).
 
-Sharing embeddings: the encoder makes a text's vector depend only on the text, the window segments it is cut into,
+Sharing embeddings: the encoder makes a text's vector depend only on the text, the window segments it is cut into
+(`tempscale_rag.windows.cut_windows`, the encoder's own rule),
 each segment's temperature and its padded shape (batches never mix shapes, see `tempscale_rag.encoder`). The
 `EmbeddingCache` therefore keys a vector by the text and that *segment signature*, so a query that every
 configuration routes to tau = 1 is encoded once for all of them, a chunk embedded at tau = 0.8 is shared by every
@@ -35,7 +37,6 @@ import dataclasses
 import hashlib
 import logging
 import math
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,7 +63,10 @@ from tempscale_rag.evaluation.chunkpool import MIN_POOL_CHARACTERS, ChunkPool, d
 from tempscale_rag.evaluation.datasets import RetrievalDataset, load_beir
 from tempscale_rag.evaluation.metrics import LengthBin, MetricsResult, breakdown_by_length, evaluate_run
 from tempscale_rag.evaluation.synthetic import LONGEMBED_LENGTHS, make_needle, make_passkey
+from tempscale_rag.ingest.chunking import MultiSizeChunker
+from tempscale_rag.models import special_tokens
 from tempscale_rag.ranking.documents import DOC_SCORES, ChunkGroups, DocumentScoring, group_vectors, score_documents
+from tempscale_rag.windows import TokenCounter, cut_windows
 
 logger = logging.getLogger(__name__)
 
@@ -508,36 +512,50 @@ class EmbeddingCache:
         return len(self.vectors)
 
 
-def segment_lengths(n_tokens: int, window: int, n_special: int, policy: LongTextPolicy, overlap: int) -> list[int]:
-    """Token counts (special tokens included) of the segments the encoder cuts a text of `n_tokens` into.
+def segment_signature(encoder: TempScaleEncoder, n_tokens: int, specials: int, *, query: bool) -> tuple[Any, ...]:
+    """What a text's vector depends on besides the text: how it is cut, and each segment's tau and padded shape.
 
-    Mirrors `TempScaleEncoder`'s plan: a text that fits is one segment; otherwise `truncate` keeps one full window
-    and `chunk_mean` cuts windows of `window - n_special` content tokens every `stride` tokens.
+    Args:
+        encoder: The engine that embeds the text.
+        n_tokens: The text's tokens as `encoder.count_tokens` counts them (prompt and special tokens included).
+        specials: The model's special tokens per input (no prompt).
+        query: Whether the text is embedded as a query.
     """
-    capacity = window - n_special
-    n = n_tokens - n_special
-    if n <= capacity:
-        return [n_tokens]
-    if policy == "truncate":
-        return [window]
-    stride = max(1, capacity - min(overlap, capacity - 1))
-    return [min(capacity, n - s) + n_special for s in range(0, n - capacity + stride, stride)]
+    return _signatures(encoder, [n_tokens], specials, query=query)[0]
 
 
-def segment_signature(encoder: TempScaleEncoder, n_tokens: int, n_special: int, *, query: bool) -> tuple[Any, ...]:
-    """What a text's vector depends on besides the text: how it is cut, and each segment's tau and padded shape."""
+def _segments(encoder: TempScaleEncoder, tokens: Sequence[int], specials: int) -> tuple[npt.NDArray[np.int64], ...]:
+    """Per text, the lengths (special tokens included) of the windows the encoder cuts it into (`cut_windows`)."""
+    config = encoder.config
+    if not len(tokens):
+        return ()
+    content = np.asarray(tokens, dtype=np.int64) - specials
+    windows = cut_windows(content, encoder.window - specials, config.long_text, config.chunk_overlap)
+    return tuple(np.split(windows.body + specials, windows.first[1:]))
+
+
+def _signatures(
+    encoder: TempScaleEncoder, tokens: Sequence[int], specials: int, *, query: bool
+) -> list[tuple[Any, ...]]:
+    """`segment_signature` of many texts (routes are looked up once per length)."""
     config = encoder.config
     window = encoder.window
-    lengths = segment_lengths(n_tokens, window, n_special, config.long_text, config.chunk_overlap)
-    capacity = window - n_special
-    cut: tuple[Any, ...] = ()
-    if n_tokens - n_special > capacity:
-        cut = (config.long_text, capacity, config.chunk_overlap if config.long_text == "chunk_mean" else 0)
-    routes = tuple(
-        (length, encoder.router.route(length, query=query).tau, padded_length(length, window)) for length in lengths
-    )
+    capacity = window - specials
+    overlap = config.chunk_overlap if config.long_text == "chunk_mean" else 0
     prompt = config.query_prompt if query else config.document_prompt
-    return (config.model, config.dtype, config.normalize, prompt, cut, routes)
+    head = (config.model, config.dtype, config.normalize, prompt)
+    routes: dict[int, tuple[Any, ...]] = {}
+
+    def route(length: int) -> tuple[Any, ...]:
+        if length not in routes:
+            routes[length] = (length, encoder.router.route(length, query=query).tau, padded_length(length, window))
+        return routes[length]
+
+    out = []
+    for n, lengths in zip(tokens, _segments(encoder, tokens, specials), strict=True):
+        cut: tuple[Any, ...] = (config.long_text, capacity, overlap) if n - specials > capacity else ()
+        out.append((*head, cut, tuple(route(length) for length in lengths.tolist())))
+    return out
 
 
 # -- results -------------------------------------------------------------------------------------------------------
@@ -721,8 +739,10 @@ class RetrievalEvaluator:
         self.show_progress = show_progress
         self.length_bins = tuple(length_bins)
         self._n_special = encoder.count_tokens([""])[0]
+        # The model's own special tokens (no prompt): what the encoder's window rule subtracts from the window.
+        self._specials = special_tokens(encoder.model.tokenizer).count
         self._token_counts: dict[tuple[str, bool, str], int] = {}
-        self._chunkers: dict[tuple[Any, ...], Any] = {}
+        self._chunkers: dict[tuple[Any, ...], MultiSizeChunker] = {}
         self._chunked: dict[tuple[Any, ...], _ChunkedPart] = {}
         self._splits: dict[tuple[Any, ...], tuple[list[list[str]], list[list[str]]]] = {}
         if chunk_workers is not None and (isinstance(chunk_workers, bool) or chunk_workers < 0):
@@ -843,7 +863,9 @@ class RetrievalEvaluator:
                 run = self._rank_documents(chunked.groups, docs.vectors, scoring, query_ids, queries.vectors)
             else:
                 cost["vectors_stored"] += len(doc_ids)
-                run = self._retrieve(encoder, doc_ids, doc_texts, doc_tokens, docs.vectors, query_ids, queries.vectors)
+                # One vector per document: `max` over a single chunk is the exact inner-product ranking.
+                groups = ChunkGroups.build(doc_ids)
+                run = self._rank_documents(groups, docs.vectors, DocumentScoring("max"), query_ids, queries.vectors)
             parts[label] = evaluate_run(run, dataset.qrels, self.k_values)
             for doc_id, n in zip(doc_ids, doc_tokens, strict=True):
                 doc_lengths[f"{label}\x00{doc_id}"] = n
@@ -928,21 +950,18 @@ class RetrievalEvaluator:
         self, encoder: TempScaleEncoder, size: int, overlap: int, docs_key: tuple[str, ...], texts: list[str]
     ) -> tuple[list[list[str]], list[list[str]]]:
         """Chunk texts and their digests, per document, of one chunk size (cached)."""
-        from tempscale_rag.ingest.chunking import MultiSizeChunker
-
         key = (encoder.window, size, overlap, *docs_key)
         if key not in self._splits:
             shape = (encoder.window, size, overlap)
             if shape not in self._chunkers:
                 one = ChunkingConfig(sizes=(size,), overlap_tokens=overlap)
-                self._chunkers[shape] = MultiSizeChunker(encoder, one)
+                self._chunkers[shape] = MultiSizeChunker(TokenCounter.from_encoder(encoder), one)
             chunker = self._chunkers[shape]
             unique = list(dict.fromkeys(texts))  # a text repeated in the corpus is split once
             workers = default_workers() if self.chunk_workers is None else self.chunk_workers
-            rust = getattr(encoder, "rust_tokenizer", None)
-            if workers > 0 and rust is not None and sum(len(t) for t in unique) >= self._pool_characters:
-                pool = ChunkPool(rust.to_str(), encoder.window, self._n_special, size, overlap, workers)
-                pieces = pool.split(unique)
+            pooled = workers > 0 and chunker.counter.tokenizer_json is not None
+            if pooled and sum(len(t) for t in unique) >= self._pool_characters:
+                pieces = ChunkPool(chunker.counter, size, overlap, workers).split(unique)
             else:
                 pieces = [[chunk.text for chunk in chunker.split(text)] for text in unique]
             by_text = {text: (p, [text_key(piece) for piece in p]) for text, p in zip(unique, pieces, strict=True)}
@@ -973,14 +992,7 @@ class RetrievalEvaluator:
         stats: dict[str, Any],
         keys: list[str] | None = None,
     ) -> _Embedded:
-        config = encoder.config
-        seen = np.asarray(
-            [
-                sum(segment_lengths(n, encoder.window, self._n_special, config.long_text, config.chunk_overlap))
-                for n in tokens
-            ],
-            dtype=np.int64,
-        )
+        seen = np.fromiter((int(lengths.sum()) for lengths in _segments(encoder, tokens, self._specials)), np.int64)
         if self.cache is None:
             started = time.perf_counter()
             with _quiet_truncation():
@@ -993,10 +1005,8 @@ class RetrievalEvaluator:
             share = elapsed * seen / max(1, int(seen.sum()))
             return _Embedded(vectors, share.astype(np.float64), seen)
         text_keys = keys if keys is not None else [text_key(t) for t in texts]
-        full_keys = [
-            (k, query, segment_signature(encoder, n, self._n_special, query=query))
-            for k, n in zip(text_keys, tokens, strict=True)
-        ]
+        signatures = _signatures(encoder, tokens, self._specials, query=query)
+        full_keys = [(k, query, signature) for k, signature in zip(text_keys, signatures, strict=True)]
         todo: dict[tuple[Any, ...], int] = {}
         for i, key in enumerate(full_keys):
             if key not in self.cache.vectors and key not in todo:
@@ -1050,43 +1060,6 @@ class RetrievalEvaluator:
             for row, qid in enumerate(query_ids[start : start + block]):
                 run[qid] = {str(documents[j]): float(scores[row, j]) for j in top[row]}
         return run
-
-    def _retrieve(
-        self,
-        encoder: TempScaleEncoder,
-        doc_ids: list[str],
-        doc_texts: list[str],
-        doc_tokens: list[int],
-        docs: npt.NDArray[np.float32],
-        query_ids: list[str],
-        queries: npt.NDArray[np.float32],
-    ) -> dict[str, dict[str, float]]:
-        """Exact inner-product search through the FAISS store, in a temporary folder."""
-        from tempscale_rag.stores.base import ChunkRecord
-        from tempscale_rag.stores.faiss import FaissStore
-
-        records = []
-        for doc_id, text, n, vector in zip(doc_ids, doc_texts, doc_tokens, docs, strict=True):
-            seen = min(n, encoder.window)
-            records.append(
-                ChunkRecord.create(
-                    text=text,
-                    vector=vector,
-                    source=doc_id,
-                    position=0,
-                    token_length=seen,
-                    bucket=encoder.router.route(seen).bucket,
-                )
-            )
-        k = min(len(doc_ids), max(RETRIEVAL_DEPTH, *self.k_values))
-        with tempfile.TemporaryDirectory(prefix="tempscale-eval-") as folder:
-            store = FaissStore(Path(folder) / "index", dimension=docs.shape[1], create=True, use_gpu=False)
-            try:
-                store.upsert(records)
-                hits = store.search_many(queries, k=k)
-            finally:
-                store.close()
-        return {qid: {hit.source: hit.score for hit in found} for qid, found in zip(query_ids, hits, strict=True)}
 
 
 @contextlib.contextmanager
