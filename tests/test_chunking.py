@@ -155,3 +155,45 @@ def test_token_counter_rejects_what_cannot_chunk(tmp_path: Path) -> None:
         WindowChunker("all-MiniLM-L6-v2")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="between 8 and 62 tokens"):
         MultiSizeChunker(TokenCounter(counter.tokenizer, 64, 2), ChunkingConfig.parse("64"))
+
+
+CODE_PROSE = (
+    "To parse the command line, create a parser with parser = argparse.ArgumentParser(description='Sum integers') "
+    "and then call parser.parse_args(), whose result joins paths with os.path.join(a, b) in the usual way; "
+    "the object returned by argparse.ArgumentParser(description='...') holds every argument, and "
+    "os.path.join(base, name) returns a str that os.path.exists(path) can check before parser.exit(status) runs."
+)
+CODE_BLOCK = "\n".join(
+    [
+        "import argparse, os.path",
+        "parser = argparse.ArgumentParser(description='Process some integers.')",
+        "parser.add_argument('integers', metavar='N', type=int, nargs='+', help='an integer for the accumulator')",
+        "parser.add_argument('--sum', dest='accumulate', action='store_const', const=sum, default=max)",
+        "args = parser.parse_args()",
+        "path = os.path.join(args.base, args.name)",
+        "print(args.accumulate(args.integers), os.path.exists(path), os.path.getsize(path))",
+    ]
+)
+
+
+@pytest.mark.parametrize("sizes", ["24,48", "16"])
+def test_chunks_do_not_end_inside_a_dotted_name(encoder: TempScaleEncoder, sizes: str) -> None:
+    # Issue 24: the splitter's fallback cut long "sentences" (code) at every dot, so a chunk ended
+    # `parser = argparse.` and the next began `ArgumentParser(`. In code, cut at line ends; in prose, at sentence
+    # ends; never at the dot of `os.path.join` or `argparse.ArgumentParser`.
+    text = "\n\n".join([CODE_PROSE, CODE_BLOCK, CODE_PROSE, CODE_BLOCK])
+    chunking = ChunkingConfig.parse(sizes, overlap_tokens=0)
+    chunks = MultiSizeChunker(TokenCounter.from_encoder(encoder), chunking).split(text)
+    assert len(chunks) > 10, "the sizes must force splits inside the code and the prose"
+    cursor: dict[int, int] = {}
+    for chunk in chunks:
+        start = text.index(chunk.text, cursor.get(chunk.size, 0))  # every chunk is a slice of the text
+        cursor[chunk.size] = end = start + len(chunk.text)
+        before, after = text[max(0, start - 2) : start], text[end : end + 1]
+        assert not (chunk.text[-2:-1].isalnum() and chunk.text.endswith(".") and after.isidentifier()), chunk.text
+        assert not (before[-1:] == "." and before[:1].isalnum() and chunk.text[:1].isidentifier()), chunk.text
+    for size in chunking.sizes:
+        # Each size still covers the text, code lines whole where they fit.
+        same = [c.text for c in chunks if c.size == size]
+        assert "".join("".join(same).split()) == "".join(text.split())
+        assert size < 24 or any("path = os.path.join(args.base, args.name)" in piece for piece in same)

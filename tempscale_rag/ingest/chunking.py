@@ -25,6 +25,19 @@ if TYPE_CHECKING:
 _MARGIN = 0.02
 _MIN_CHUNK = 8
 
+# What the splitter does with a "sentence" longer than a chunk (a code block, a long list), before it falls back to
+# words: cut it at line ends first (code is cut between its lines), then into pieces that end at `,` `.` `;`
+# followed by a space or the end, or at a CJK stop. LlamaIndex's default regex (`[^,.;。？！]+[,.;。？！]?`) also ends
+# a piece at a dot inside a token, so chunks ended `parser = argparse.` and the next began `ArgumentParser(...`
+# (issue 24); here a mark followed by a non-space (`os.path`, `3.14`, `f(a,b)`) stays in its token. Every
+# character belongs to exactly one piece, so no text is lost.
+LINES = r"[^\n]*\n|[^\n]+"
+"""Lines, each with its line end."""
+_PIECE_END = r"(?:[,.;](?!\S)|[。？！]|\n)"
+_PIECE_CHAR = r"(?:[^,.;。？！\n]|[,.;](?=\S))"
+PIECES = rf"{_PIECE_CHAR}*{_PIECE_END}|{_PIECE_CHAR}+"
+"""The `secondary_chunking_regex` of the chunkers' `SentenceSplitter`s."""
+
 
 @dataclass(frozen=True)
 class Chunk:
@@ -58,8 +71,14 @@ def as_token_counter(counter: TokenCounter | TempScaleEncoder) -> TokenCounter:
 
 def _sentence_splitter(size: int, overlap: int, counter: TokenCounter) -> Any:
     from llama_index.core.node_parser import SentenceSplitter
+    from llama_index.core.node_parser.text.utils import split_by_regex
 
-    return SentenceSplitter(chunk_size=size, chunk_overlap=overlap, tokenizer=counter.ids)
+    splitter: Any = SentenceSplitter(
+        chunk_size=size, chunk_overlap=overlap, tokenizer=counter.ids, secondary_chunking_regex=PIECES
+    )
+    # SentenceSplitter takes one fallback regex; line ends go before it (its list of fallbacks, tried in order).
+    splitter._sub_sentence_split_fns = [split_by_regex(LINES), *splitter._sub_sentence_split_fns]
+    return splitter
 
 
 def _check_size(size: int, overlap: int, capacity: int) -> None:
