@@ -44,6 +44,7 @@ spaced in name order, as distractors: the same questions over a folder closer in
     python benchmarks/html_extraction.py [--docs DIR] [--python-docs DIR] [--node-docs DIR] [--sets book,fs,python,node]
         [--log FILE]
     python benchmarks/html_extraction.py --sets python --python-pages 100 --log FILE
+    python benchmarks/html_extraction.py --sets python --readers after --log FILE   (a chunker change: one index)
 """
 
 from __future__ import annotations
@@ -428,6 +429,12 @@ def main() -> None:
         "Default: all.",
     )
     parser.add_argument(
+        "--readers",
+        default="before,after",
+        help="Which readers to build indexes with: before, after, or both (default). `after` alone measures a change "
+        "elsewhere (the chunker) at half the cost.",
+    )
+    parser.add_argument(
         "--log",
         type=Path,
         default=Path(__file__).parent / "results" / "html_extraction.log",
@@ -444,6 +451,10 @@ def main() -> None:
     unknown = sorted(set(sets) - {"book", "fs", "python", "node"})
     if unknown:
         raise SystemExit(f"--sets: unknown folder(s) {', '.join(unknown)}; choose from book, fs, python, node")
+
+    readers_wanted = {name.strip() for name in args.readers.split(",") if name.strip()}
+    if not readers_wanted or readers_wanted - {"before", "after"}:
+        raise SystemExit(f"--readers: choose before, after or both, got {args.readers!r}")
 
     from tempscale_rag.ingest import readers
 
@@ -500,12 +511,14 @@ def main() -> None:
                 shutil.copy(source / name, docs / name)
             new_reader = readers._html_text
             rows = []
-            try:
-                readers._html_text = old_html_text
-                rows.append(build_and_score("before: BeautifulSoup get_text", docs, Path(tmp) / "b", questions, 5))
-            finally:
-                readers._html_text = new_reader
-            rows.append(build_and_score("after: trafilatura main content", docs, Path(tmp) / "a", questions, 5))
+            if "before" in readers_wanted:
+                try:
+                    readers._html_text = old_html_text
+                    rows.append(build_and_score("before: BeautifulSoup get_text", docs, Path(tmp) / "b", questions, 5))
+                finally:
+                    readers._html_text = new_reader
+            if "after" in readers_wanted:
+                rows.append(build_and_score("after: trafilatura main content", docs, Path(tmp) / "a", questions, 5))
         results.append({"corpus": title, "folder": str(source), "results": rows})
         n_all = len(questions)
         spec = f"chunk sizes {rows[0]['chunking']}, doc score {rows[0]['doc_score']}"

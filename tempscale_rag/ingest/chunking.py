@@ -74,11 +74,32 @@ def _sentence_splitter(size: int, overlap: int, counter: TokenCounter) -> Any:
     from llama_index.core.node_parser.text.utils import split_by_regex
 
     splitter: Any = SentenceSplitter(
-        chunk_size=size, chunk_overlap=overlap, tokenizer=counter.ids, secondary_chunking_regex=PIECES
+        chunk_size=size,
+        chunk_overlap=overlap,
+        tokenizer=counter.ids,
+        chunking_tokenizer_fn=_sentences,
+        secondary_chunking_regex=PIECES,
     )
     # SentenceSplitter takes one fallback regex; line ends go before it (its list of fallbacks, tried in order).
     splitter._sub_sentence_split_fns = [split_by_regex(LINES), *splitter._sub_sentence_split_fns]
     return splitter
+
+
+def _sentences(text: str) -> list[str]:
+    """NLTK punkt's sentences (LlamaIndex's default), joined again where punkt cut with no space after the cut.
+
+    Punkt ends a sentence at `?` or `!` followed by a quote, also inside code (`nargs='?'`); a sentence end in prose
+    is followed by whitespace.
+    """
+    from llama_index.core.node_parser.text.utils import split_by_sentence_tokenizer
+
+    out: list[str] = []
+    for piece in split_by_sentence_tokenizer()(text):
+        if out and not out[-1][-1:].isspace():
+            out[-1] += piece
+        else:
+            out.append(piece)
+    return out
 
 
 def _check_size(size: int, overlap: int, capacity: int) -> None:
