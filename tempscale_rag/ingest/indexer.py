@@ -53,6 +53,7 @@ from tempscale_rag.ingest.readers import (
     extract,
     find_files,
     fingerprint,
+    legacy_source_name,
     path_of,
     read_bytes,
     source_name,
@@ -361,10 +362,12 @@ class FolderIndexer:
         for source in known:
             if source not in present and _under(path_of(source), discovery.unlisted_dirs):
                 kept.add(source)  # its folder could not be listed: unknown, not gone
+        legacy = _legacy_names(discovery.files, known, present)
         self._index_files(discovery.files, known, summary, kept)
+        renamed = self._drop_legacy_names(legacy, known)
         if prune:
             self._prune(known, discovery, kept, paths, summary)
-        if summary.files_removed or summary.pruned:
+        if summary.files_removed or summary.pruned or renamed:
             self.store.commit()
         if self._staging is not None:
             self._staging.discard({source_name(p) for p in discovery.files})
@@ -527,6 +530,17 @@ class FolderIndexer:
         if self._staging is not None:
             self._staging.drop(job.source)
         job.vectors, job.chunks = [], None
+
+    def _drop_legacy_names(self, legacy: dict[str, str], known: dict[str, str]) -> bool:
+        """Remove the chunks stored under the old name of a non-UTF-8 path once it is indexed under its new one."""
+        stored = self.store.sources() if legacy else {}
+        dropped = False
+        for source, old in legacy.items():
+            if source in stored:
+                self.store.delete_source(old)
+                known.pop(old, None)
+                dropped = True
+        return dropped
 
     # Pruning ---------------------------------------------------------------------------------------------------
 
@@ -727,6 +741,19 @@ class _Staging:
                 shutil.rmtree(folder, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.folder.rmdir()  # only when empty
+
+
+def _legacy_names(files: list[Path], known: dict[str, str], present: set[str]) -> dict[str, str]:
+    r"""`{source: old name}` for files stored by an earlier version under their `legacy_source_name`.
+
+    The old name (`/a/caf\xe9.txt`) is taken for this file only when no file of that literal name exists.
+    """
+    out = {}
+    for path in files:
+        old = legacy_source_name(path)
+        if old is not None and old in known and old not in present and not os.path.lexists(old):
+            out[source_name(path)] = old
+    return out
 
 
 def _under(path: Path, folders: Sequence[Path]) -> bool:

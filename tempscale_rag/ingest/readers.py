@@ -14,8 +14,9 @@ The rules, in one place (the README's "What gets indexed" section says the same)
 - Text files are decoded as UTF-8 (a UTF-8/16/32 byte-order mark is honoured). Other encodings (Latin-1, cp1252, ...)
   are detected with charset-normalizer when it is confident; the encoding used is reported. Otherwise the file is
   rejected with a reason.
-- File names that are not valid UTF-8 are indexed under a printable name in which each undecodable byte is written as
-  `\xNN` (see `source_name`), so the name survives SQLite, JSON and any terminal.
+- A path that is not valid UTF-8 is indexed under the way Python writes its raw bytes, `b'/docs/caf\xe9.txt'` (see
+  `source_name`): printable, so it survives SQLite, JSON and any terminal, and never the name of another file (every
+  indexed path is absolute, and no absolute path starts with `b'`), so two files never share a name in the index.
 
 Every problem is a `DocumentError` with a `kind` that says what happened: a *skip* (by rule, not a problem: unsupported
 type, hidden, link, duplicate, the index folder, no text) or a *failure* (the file should have been indexed but
@@ -24,6 +25,7 @@ could not: rejected content, unreadable, missing path).
 
 from __future__ import annotations
 
+import ast
 import codecs
 import hashlib
 import itertools
@@ -118,23 +120,42 @@ class Extracted:
 
 
 def source_name(path: str | os.PathLike[str]) -> str:
-    r"""The printable, storable name of a path.
+    r"""The printable, storable name of a path: the key of its chunks in the store.
 
-    The path itself, or for a name that is not valid UTF-8, the path with each undecodable byte written as `\xNN`.
+    The path itself, or for a path that is not valid UTF-8, Python's way of writing its raw bytes: `b'/a/caf\xe9.txt'`.
 
-    Python represents such bytes as lone surrogates (PEP 383), which SQLite, JSON and terminals refuse. `path_of`
-    turns the name back into the real path.
+    Python represents undecodable bytes as lone surrogates (PEP 383), which SQLite, JSON and terminals refuse. The
+    bytes form cannot be the name of another indexed file, since indexed paths are absolute and start with `/`:
+    the earlier `/a/caf\xe9.txt` (each undecodable byte written as `\xNN`, see `legacy_source_name`) was also the
+    name of a file literally called `caf\xe9.txt`, and the two overwrote each other. `path_of` turns a name back
+    into the path.
+    """
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return repr(os.fsencode(text))
+    return text
+
+
+def legacy_source_name(path: str | os.PathLike[str]) -> str | None:
+    r"""The name earlier versions stored a non-UTF-8 path under (`/a/caf\xe9.txt`), else None.
+
+    An index written then holds such names; `FolderIndexer` replaces them by `source_name` when it re-indexes the file.
     """
     text = os.fspath(path)
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
         return os.fsencode(text).decode("utf-8", "backslashreplace")
-    return text
+    return None
 
 
 def path_of(source: str) -> Path:
-    """The file a `source_name` refers to (the inverse of `source_name` for names that exist on disk)."""
+    """The path a `source_name` refers to (also for the `legacy_source_name` of a file that exists)."""
+    raw = _bytes_literal(source)
+    if raw is not None:
+        return Path(os.fsdecode(raw))
     path = Path(source)
     if "\\x" in source and not os.path.lexists(path):
         try:
@@ -146,6 +167,17 @@ def path_of(source: str) -> Path:
         if os.path.lexists(candidate):
             return candidate
     return path
+
+
+def _bytes_literal(source: str) -> bytes | None:
+    """The bytes of a name written by `source_name` as a bytes literal, else None."""
+    if len(source) < 3 or source[:2] not in ("b'", 'b"') or source[-1] != source[1]:
+        return None
+    try:
+        value = ast.literal_eval(source)
+    except (ValueError, SyntaxError):
+        return None
+    return value if isinstance(value, bytes) else None
 
 
 def _scandir(folder: Path) -> list[os.DirEntry[str]]:

