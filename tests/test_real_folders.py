@@ -87,3 +87,37 @@ def test_an_index_with_the_old_escaped_name_moves_it_to_the_new_one(
     code, summary = index_json(capsys, str(docs), "--out", str(index))
     assert code == 0 and summary["files_indexed"] == 1 and summary["files"] == 1, summary
     assert {h["source"] for h in search_sources(capsys, index, "espresso")} == {new}
+
+
+# Point 2: --max-file-mb is a size -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "0", "1e400"])
+def test_max_file_mb_that_is_not_a_size_is_refused_before_anything_is_created(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    docs = tmp_path / "a"
+    docs.mkdir()
+    (docs / "menu.txt").write_text("Tea menu", encoding="utf-8")
+    index = tmp_path / "ia"
+    code, out, err = cli(capsys, "index", str(docs), "--out", str(index), "--max-file-mb", value)
+    assert code == 1 and out == "", (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "--max-file-mb" in lines[0] and "none" in lines[0] and "Traceback" not in err, err
+    assert not index.exists(), "nothing is created"
+
+
+def test_max_file_mb_none_lifts_the_limit_and_a_word_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    docs = tmp_path / "a"
+    docs.mkdir()
+    (docs / "menu.txt").write_text("Tea menu. " * 20, encoding="utf-8")  # 200 bytes
+    index = tmp_path / "ia"
+    code, out, err = cli(capsys, "index", str(docs), "--out", str(index), "--max-file-mb", "0.0001")
+    assert code == 3 and "above the 0.0001 MB limit" in out, (out, err)
+    code, summary = index_json(capsys, str(docs), "--out", str(index), "--max-file-mb", "none")
+    assert code == 0 and summary["files_indexed"] == 1, summary
+    with pytest.raises(SystemExit) as exit_info:
+        cli(capsys, "index", str(docs), "--out", str(index), "--max-file-mb", "lots")
+    assert exit_info.value.code == 2 and "not a number of MB: 'lots'" in capsys.readouterr().err

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +95,13 @@ def _register_index(subparsers: Any) -> None:
         "recorded in the index.",
         shown_default=DEFAULT_DOC_SCORE,
     )
-    add_argument(index, "--max-file-mb", type=float, default=64.0, help="Skip files larger than this.")
+    add_argument(
+        index,
+        "--max-file-mb",
+        type=_size_mb,
+        default=64.0,
+        help="Reject files larger than this many MB ('none': no limit; big text files are read in blocks).",
+    )
     add_argument(index, "--commit-every", type=int, default=256, help="Chunks embedded and committed together.")
     add_argument(
         index,
@@ -313,6 +321,16 @@ def _refuse(problems: list[str], folder: Path, what: str = "settings") -> None:
 # --- index ------------------------------------------------------------------------------------------------------------
 
 
+def _size_mb(text: str) -> float | None:
+    """`--max-file-mb`: a number (checked by `run_index`), or `none` for no limit."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of MB: {text!r} (or 'none' for no limit)") from None
+
+
 def run_index(args: argparse.Namespace) -> int:
     """Index PATHs into the index at --out (created with the flags' settings, or opened with its own)."""
     if not args.paths:
@@ -320,8 +338,10 @@ def run_index(args: argparse.Namespace) -> int:
     _check_paths(args.paths)
     if args.commit_every < 1:
         raise ValueError(f"--commit-every must be at least 1, got {args.commit_every}")
-    if args.max_file_mb <= 0:
-        raise ValueError(f"--max-file-mb must be positive, got {args.max_file_mb}")
+    if args.max_file_mb is not None and not (math.isfinite(args.max_file_mb) and args.max_file_mb > 0):
+        raise ValueError(
+            f"--max-file-mb must be a number of MB above 0, got {args.max_file_mb}; use --max-file-mb none for no limit"
+        )
     ray = ray_settings(args)
     folder = Path(args.out)
     stored = _stored_manifest(folder)
@@ -339,7 +359,8 @@ def run_index(args: argparse.Namespace) -> int:
             args.paths,
             prune=args.prune,
             include_hidden=args.include_hidden,
-            max_file_bytes=int(args.max_file_mb * 1e6),
+            # `none`: no limit (`Index.index_folder` reads None as its default size limit).
+            max_file_bytes=sys.maxsize if args.max_file_mb is None else int(args.max_file_mb * 1e6),
             batch_chunks=args.commit_every,
             show_progress=not args.quiet,
             ray=ray,

@@ -61,7 +61,7 @@ class ChunkingSpec:
 
     config: str
     chunking: str | None
-    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES
+    max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES
 
 
 # One chunker per worker process and spec: Ray reuses worker processes, so the tokenizer is loaded once per worker.
@@ -161,7 +161,7 @@ class RayIndexer:
         store: VectorStore,
         *,
         chunking: ChunkingConfig | None = None,
-        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
         batch_chunks: int = DEFAULT_BATCH_CHUNKS,
         show_progress: bool = True,
         include_hidden: bool = False,

@@ -228,7 +228,7 @@ def read_file(
     path: Path,
     chunker: WindowChunker | MultiSizeChunker,
     *,
-    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
     stored: str | None = None,
 ) -> FileRead:
     """Read, fingerprint, extract and chunk one file, as every indexer does; problems are returned, not raised.
@@ -236,7 +236,7 @@ def read_file(
     Args:
         path: A file listed by `find_files`.
         chunker: The indexer's chunker.
-        max_file_bytes: Larger files are rejected.
+        max_file_bytes: Larger files are rejected (None: no limit).
         stored: The fingerprint the store holds for this file, if any (an equal one means unchanged).
 
     Returns:
@@ -285,7 +285,7 @@ class FolderIndexer:
         encoder: The engine that embeds the chunks (document mode).
         store: An open, writable store whose manifest matches the encoder.
         chunker: Splits documents to the window; None builds the default `WindowChunker`.
-        max_file_bytes: Larger files are rejected and reported.
+        max_file_bytes: Larger files are rejected and reported (None: no limit).
         batch_chunks: Chunks per engine call and per commit (the most work a kill can lose).
         show_progress: Progress bars on stderr.
         include_hidden: Also index hidden files and folders (and `__pycache__`, `node_modules`).
@@ -303,7 +303,7 @@ class FolderIndexer:
         store: VectorStore,
         *,
         chunker: WindowChunker | MultiSizeChunker | None = None,
-        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
         batch_chunks: int = DEFAULT_BATCH_CHUNKS,
         show_progress: bool = True,
         include_hidden: bool = False,
@@ -315,6 +315,10 @@ class FolderIndexer:
             raise ValueError(f"batch_chunks must be >= 1, got {batch_chunks}")
         if encoder is None and files_step is None:
             raise TypeError("FolderIndexer needs an encoder, unless a files_step reads and embeds the files")
+        if max_file_bytes is not None and not (isinstance(max_file_bytes, int) and max_file_bytes >= 1):
+            raise ValueError(
+                f"max_file_bytes must be a whole number of bytes >= 1 or None (no limit), got {max_file_bytes}"
+            )
         self.encoder = encoder
         self.store = store
         self.files_step = files_step

@@ -333,24 +333,28 @@ def fingerprint(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def read_bytes(path: Path, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
-    """Read a file's bytes, refusing files above `max_bytes` before reading them.
+def read_bytes(path: Path, max_bytes: int | None = DEFAULT_MAX_FILE_BYTES) -> bytes:
+    """Read a file's bytes, refusing files above `max_bytes` (None: no limit) before reading them.
 
     Raises:
         DocumentError: kind `rejected` for a file over the limit, `unreadable` when it cannot be read (permission,
             I/O error), `missing` when it disappeared since it was found.
     """
     try:
-        size = path.stat().st_size
-        if size > max_bytes:
-            raise DocumentError(
-                path, f"file is {size / 1e6:.1f} MB, above the {max_bytes / 1e6:g} MB limit (--max-file-mb)", "rejected"
-            )
+        check_size(path, path.stat().st_size, max_bytes)
         return path.read_bytes()
     except FileNotFoundError:
         raise DocumentError(path, "disappeared while indexing", "missing") from None
     except OSError as exc:
         raise DocumentError(path, f"cannot read: {_os_reason(exc)}", "unreadable") from None
+
+
+def check_size(path: Path, size: int, max_bytes: int | None) -> None:
+    """Raise `DocumentError` (kind `rejected`) for a file above `max_bytes` (None: no limit)."""
+    if max_bytes is not None and size > max_bytes:
+        raise DocumentError(
+            path, f"file is {size / 1e6:.1f} MB, above the {max_bytes / 1e6:g} MB limit (--max-file-mb)", "rejected"
+        )
 
 
 def extract(path: Path, data: bytes) -> Extracted:
