@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from tempscale_rag.ingest import indexer as indexer_module
+from tempscale_rag.ingest import readers
 from tempscale_rag.ingest.readers import path_of, source_name
 
 from .conftest import run_cli as cli
@@ -121,3 +122,68 @@ def test_max_file_mb_none_lifts_the_limit_and_a_word_is_a_usage_error(
     with pytest.raises(SystemExit) as exit_info:
         cli(capsys, "index", str(docs), "--out", str(index), "--max-file-mb", "lots")
     assert exit_info.value.code == 2 and "not a number of MB: 'lots'" in capsys.readouterr().err
+
+
+# Point 7: counts that say what failed, and an empty folder -----------------------------------------------------
+
+
+def test_a_failed_folder_is_counted_as_a_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = tmp_path / "a"
+    (docs / "locked").mkdir(parents=True)
+    (docs / "locked" / "vault.md").write_text("The vault combination.", encoding="utf-8")
+    (docs / "chain.txt").write_text("Oil the bicycle chain.", encoding="utf-8")
+    (docs / "soup.md").write_text("Red lentil soup.", encoding="utf-8")
+    real_scandir, real_read = readers._scandir, Path.read_bytes
+
+    # Tests run as root, so permission bits would not stop the reads: simulate them (as test_ingest_indexer does).
+    def scandir(folder: Path) -> Any:
+        if folder.name == "locked":
+            raise PermissionError(13, "Permission denied", os.fspath(folder))
+        return real_scandir(folder)
+
+    def read_bytes(path: Path) -> bytes:
+        if path.name == "chain.txt":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_read(path)
+
+    monkeypatch.setattr(readers, "_scandir", scandir)
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    code, out, err = cli(capsys, "index", str(docs), "--out", str(tmp_path / "ia"))
+    assert code == 3, err
+    assert "exit code 3: 1 file and 1 folder could not be read or indexed (listed above)" in out, out
+    code, summary = index_json(capsys, str(docs), "--out", str(tmp_path / "ia"))
+    assert {f["path"].rsplit("/", 1)[-1]: f["what"] for f in summary["files_failed"]} == {
+        "locked": "folder",
+        "chain.txt": "file",
+    }
+
+
+def test_an_empty_folder_is_refused_for_a_new_index_and_said_for_an_existing_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    index = tmp_path / "ia"
+    code, out, err = cli(capsys, "index", str(empty), "--out", str(index))
+    assert code == 1 and out == "" and not index.exists(), (out, err)
+    assert err.startswith("tempscale-rag: error: nothing to index:") and "holds no files" in err, err
+    assert "no index was created" in err and len(err.strip().splitlines()) == 1, err
+    (empty / "photo.jpg").write_bytes(b"\xff\xd8")
+    (empty / ".notes.md").write_text("hidden", encoding="utf-8")
+    code, out, err = cli(capsys, "index", str(empty), "--out", str(index))
+    assert code == 1 and not index.exists(), err
+    assert "2 skipped (1 hidden, 1 unsupported)" in err and "--include-hidden" in err, err
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "tea.txt").write_text("Tea menu: sencha and oolong.", encoding="utf-8")
+    assert cli(capsys, "index", str(docs), "--out", str(index))[0] == 0
+    code, out, err = cli(capsys, "index", str(empty), "--out", str(index))  # an existing index: said, not refused
+    assert code == 0 and "no supported files were found in the given paths" in out, (out, err)
+    (docs / "tea.txt").unlink()
+    code, out, err = cli(capsys, "index", str(docs), "--out", str(index), "--prune")
+    assert code == 0 and "1 pruned" in out and ": 0 files, 0 chunks" in out, out
+    code, out, err = cli(capsys, "search", "sencha", "--out", str(index))
+    assert code == 0 and out.strip() == f"no results: the index at {index} is empty", (out, err)

@@ -352,6 +352,11 @@ def run_index(args: argparse.Namespace) -> int:
         }
         index = _open_index(args, writable=True, **expected)
     else:
+        from tempscale_rag.ingest.indexer import nothing_to_index
+
+        empty = nothing_to_index(args.paths, include_hidden=args.include_hidden, exclude=[folder])
+        if empty is not None:
+            raise ValueError(f"{empty}; no index was created at {folder}")
         index = _create_index(args, folder)
     quiet_model_loading()
     with index:
@@ -395,7 +400,7 @@ def _print_summary(summary: Any, folder: Path, details: bool = False) -> None:
     for line in summary.lines(folder, details=details):
         print(line)
     if summary.files_failed:
-        print(f"exit code {EXIT_PARTIAL}: {len(summary.files_failed)} files could not be indexed (listed above)")
+        print(f"exit code {EXIT_PARTIAL}: {summary.failure_line()} (listed above)")
 
 
 # --- search, info, repair --------------------------------------------------------------------------------------------

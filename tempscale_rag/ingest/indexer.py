@@ -83,15 +83,16 @@ class IndexSummary:
         files_indexed: Files (re)embedded and stored by this run.
         files_unchanged: Files whose content fingerprint was already stored: kept as they are.
         files_resumed: Of `files_indexed`, files finished from batches an interrupted run had saved.
+        files_found: Supported files found in the given paths (0: nothing to index there).
         files_failed: Files and folders that should have been indexed but were not, each
-            `{"path", "reason", "kind"}` with kind `rejected` (content cannot be indexed: binary, undecodable,
-            broken or encrypted PDF, over the size limit), `unreadable` (permission denied, I/O error, a folder that
-            cannot be listed; chunks already stored are kept) or `missing` (a given path does not exist).
-            A non-empty list means the run was partial.
-        skipped: Paths not indexed by rule, each `{"path", "reason", "kind"}` with kind `unsupported` (file type),
-            `hidden` (dot-names, `__pycache__`, `node_modules`; see `include_hidden`), `link` (dangling symbolic
-            link, link loop, folder already walked), `duplicate` (same file reached twice), `index` (the index's own
-            folder), `special` (device, socket, pipe) or `empty` (no text). Not failures.
+            `{"path", "reason", "kind", "what"}` (`what`: `file`, `folder`, or `path` when unknown) with kind
+            `rejected` (content cannot be indexed: binary, undecodable, broken or encrypted PDF, over the size limit),
+            `unreadable` (permission denied, I/O error, a folder that cannot be listed; chunks already stored are
+            kept) or `missing` (a given path does not exist). A non-empty list means the run was partial.
+        skipped: Paths not indexed by rule, each `{"path", "reason", "kind", "what"}` with kind `unsupported` (file
+            type), `hidden` (dot-names, `__pycache__`, `node_modules`; see `include_hidden`), `link` (dangling
+            symbolic link, link loop, folder already walked), `duplicate` (same file reached twice), `index` (the
+            index's own folder), `special` (device, socket, pipe) or `empty` (no text). Not failures.
         files_removed: Previously indexed files whose chunks were removed because their current content is rejected
             or has no text, each `{"path", "reason"}`.
         kept_unreadable: Previously indexed files kept as they were because they (or their folder) could not be read.
@@ -106,6 +107,7 @@ class IndexSummary:
         embedding: The engine's report (buckets, truncation), summed over the run.
     """
 
+    files_found: int = 0
     files_indexed: int = 0
     files_unchanged: int = 0
     files_resumed: int = 0
@@ -132,6 +134,17 @@ class IndexSummary:
     def partial(self) -> bool:
         """True when some file failed (`files_failed` is not empty)."""
         return bool(self.files_failed)
+
+    def failure_line(self) -> str:
+        """What failed, counted as files and folders: "1 file and 1 folder could not be indexed"."""
+        counts: dict[str, int] = {}
+        for item in self.files_failed:
+            what = item.get("what", "file")
+            counts[what] = counts.get(what, 0) + 1
+        names = {"file": ("file", "files"), "folder": ("folder", "folders"), "path": ("path", "paths")}
+        parts = [f"{n} {names[w][n != 1]}" for w, n in sorted(counts.items(), key=lambda i: list(names).index(i[0]))]
+        text = " and ".join(parts) if len(parts) < 3 else ", ".join(parts[:-1]) + " and " + parts[-1]
+        return f"{text} could not be {'read or indexed' if 'folder' in counts else 'indexed'}"
 
     def skipped_by_kind(self) -> dict[str, int]:
         """How many paths were skipped for each kind of reason."""
@@ -177,6 +190,8 @@ class IndexSummary:
             + f", {len(self.files_removed)} removed, {self.files_pruned} pruned in {self.seconds:.1f}s",
             f"index {source_name(index)}: {self.files} files, {self.chunks} chunks",
         ]
+        if not self.files_found:
+            out.append("  no supported files were found in the given paths: nothing to index (-v lists the skips)")
         for label, bucket in self.embedding.buckets.items():
             taus = ",".join(f"{t:g}" for t in bucket.taus)
             line = f"  bucket {label:>9} tau {taus:<8} {bucket.inputs:6d} chunks"
@@ -355,6 +370,7 @@ class FolderIndexer:
         start = time.perf_counter()
         summary = IndexSummary()
         discovery = find_files(paths, include_hidden=self.include_hidden, exclude=self.exclude)
+        summary.files_found = len(discovery.files)
         summary.skipped += [s.to_dict() for s in discovery.skipped]
         summary.files_failed += [f.to_dict() for f in discovery.failed]
         for problem in discovery.failed:
@@ -435,7 +451,7 @@ class FolderIndexer:
     def _problem(
         self, exc: DocumentError, source: str, known: dict[str, str], summary: IndexSummary, kept: set[str]
     ) -> None:
-        entry = {"path": source, "reason": exc.reason, "kind": exc.kind}
+        entry = {**exc.to_dict(), "path": source}
         if exc.kind == "unreadable":
             # Could not be read this time: what the index holds for it is the best we know, so keep it.
             kept.add(source)
@@ -745,6 +761,36 @@ class _Staging:
                 shutil.rmtree(folder, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.folder.rmdir()  # only when empty
+
+
+def nothing_to_index(
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    include_hidden: bool = False,
+    exclude: Sequence[str | os.PathLike[str]] = (),
+) -> str | None:
+    """Why `paths` hold no file to index, as a sentence, or None when they hold one (a walk, no file is read).
+
+    `tempscale-rag index` refuses to create a new, empty index for an empty folder (a mistyped path, as a rule).
+    """
+    discovery = find_files(paths, include_hidden=include_hidden, exclude=exclude)
+    if discovery.files:
+        return None
+    names = ", ".join(repr(source_name(p)) for p in paths)
+    problems = [f"{e}" for e in discovery.failed]
+    kinds: dict[str, int] = {}
+    for skip in discovery.skipped:
+        kinds[skip.kind] = kinds.get(skip.kind, 0) + 1
+    if not problems and not kinds:
+        return f"nothing to index: {names} holds no files"
+    found = []
+    if kinds:
+        counted = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
+        found.append(f"{len(discovery.skipped)} skipped ({counted})")
+    if problems:
+        found.append(f"{len(problems)} failed ({'; '.join(problems[:3])}{'; ...' if len(problems) > 3 else ''})")
+    hint = "; --include-hidden indexes hidden ones" if "hidden" in kinds else ""
+    return f"nothing to index: {names} holds no supported file ({', '.join(found)}{hint})"
 
 
 def _legacy_names(files: list[Path], known: dict[str, str], present: set[str]) -> dict[str, str]:

@@ -69,13 +69,17 @@ _BOMS = (
 
 
 class DocumentError(ValueError):
-    """A file or folder that is not indexed, with the reason and its kind (see `SKIP_KINDS`, `FAILURE_KINDS`)."""
+    """A file or folder that is not indexed, with the reason and its kind (see `SKIP_KINDS`, `FAILURE_KINDS`).
 
-    def __init__(self, path: Path, reason: str, kind: str = "rejected") -> None:
+    `what` says what the path is: `file`, `folder`, or `path` when that is unknown (missing, cannot be looked at).
+    """
+
+    def __init__(self, path: Path, reason: str, kind: str = "rejected", what: str = "file") -> None:
         super().__init__(f"{source_name(path)}: {reason}")
         self.path = path
         self.reason = reason
         self.kind = kind
+        self.what = what
 
     @property
     def is_failure(self) -> bool:
@@ -83,8 +87,8 @@ class DocumentError(ValueError):
         return self.kind in FAILURE_KINDS
 
     def to_dict(self) -> dict[str, str]:
-        """`{"path", "reason", "kind"}` with a printable path."""
-        return {"path": source_name(self.path), "reason": self.reason, "kind": self.kind}
+        """`{"path", "reason", "kind", "what"}` with a printable path."""
+        return {"path": source_name(self.path), "reason": self.reason, "kind": self.kind, "what": self.what}
 
 
 @dataclass
@@ -227,10 +231,10 @@ class _Walker:
             info = os.stat(path)
         except FileNotFoundError:
             problem = "dangling symbolic link" if os.path.islink(path) else "no such file or folder"
-            self.discovery.failed.append(DocumentError(path, problem, "missing"))
+            self.discovery.failed.append(DocumentError(path, problem, "missing", "path"))
             return
         except OSError as exc:
-            self.discovery.failed.append(DocumentError(path, _os_reason(exc), "unreadable"))
+            self.discovery.failed.append(DocumentError(path, _os_reason(exc), "unreadable", "path"))
             return
         path = path.resolve()
         if stat.S_ISDIR(info.st_mode):
@@ -241,20 +245,22 @@ class _Walker:
     def folder(self, path: Path, info: os.stat_result) -> None:
         identity = _identity(info)
         if identity in self.excluded:
-            self.skip(path, "the index's own folder (never indexed)", "index")
+            self.skip(path, "the index's own folder (never indexed)", "index", "folder")
             return
         if identity in self.walked:
             first = self.walked[identity]
             if first != path:
                 what = "a symbolic link loop" if first in path.parents else "the same folder"
-                self.skip(path, f"{what}: already walked as {source_name(first)}", "link")
+                self.skip(path, f"{what}: already walked as {source_name(first)}", "link", "folder")
             return
         self.walked[identity] = path
         try:
             entries = sorted(_scandir(path), key=lambda e: e.name)
         except OSError as exc:
             self.discovery.failed.append(
-                DocumentError(path, f"cannot list folder: {_os_reason(exc)}; its indexed files are kept", "unreadable")
+                DocumentError(
+                    path, f"cannot list folder: {_os_reason(exc)}; its indexed files are kept", "unreadable", "folder"
+                )
             )
             self.discovery.unlisted_dirs.append(path)
             return
@@ -275,11 +281,12 @@ class _Walker:
             if entry.is_symlink():
                 self.skip(path, f"broken symbolic link: {_os_reason(exc)}", "link")
             else:
-                self.discovery.failed.append(DocumentError(path, _os_reason(exc), "unreadable"))
+                what = "folder" if entry.is_dir(follow_symlinks=False) else "file"
+                self.discovery.failed.append(DocumentError(path, _os_reason(exc), "unreadable", what))
             return
         if hidden and not self.include_hidden:
             what = "folder" if stat.S_ISDIR(info.st_mode) else "file"
-            self.skip(path, f"hidden {what} (use --include-hidden to index it)", "hidden")
+            self.skip(path, f"hidden {what} (use --include-hidden to index it)", "hidden", what)
             return
         if stat.S_ISDIR(info.st_mode):
             self.folder(path, info)
@@ -307,8 +314,8 @@ class _Walker:
         self.files[identity] = path
         self.discovery.files.append(path)
 
-    def skip(self, path: Path, reason: str, kind: str) -> None:
-        self.discovery.skipped.append(DocumentError(path, reason, kind))
+    def skip(self, path: Path, reason: str, kind: str, what: str = "file") -> None:
+        self.discovery.skipped.append(DocumentError(path, reason, kind, what))
 
 
 def _identity(info: os.stat_result) -> tuple[int, int]:
