@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sqlite3
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tempscale_rag import TempScaleEncoder
 from tempscale_rag.ingest import indexer as indexer_module
 from tempscale_rag.ingest import readers
+from tempscale_rag.ingest.chunking import WindowChunker
+from tempscale_rag.ingest.indexer import STAGING_DIR, FolderIndexer, IndexSummary
 from tempscale_rag.ingest.readers import path_of, source_name
+from tempscale_rag.stores import FaissSettings, IndexManifest, open_store
 
 from .conftest import run_cli as cli
 
@@ -187,3 +195,131 @@ def test_an_empty_folder_is_refused_for_a_new_index_and_said_for_an_existing_one
     assert code == 0 and "1 pruned" in out and ": 0 files, 0 chunks" in out, out
     code, out, err = cli(capsys, "search", "sencha", "--out", str(index))
     assert code == 0 and out.strip() == f"no results: the index at {index} is empty", (out, err)
+
+
+# Point 3: a big text file is read, split and embedded in blocks ------------------------------------------------
+
+
+def paragraphs(n: int, word: str = "plain") -> str:
+    return "\n\n".join(f"Paragraph {i} of the long report covers topic number {i} in {word} words." for i in range(n))
+
+
+def test_a_big_text_file_is_split_in_blocks_with_bounded_memory_and_resumes_after_ctrl_c(
+    tmp_path: Path, encoder: TempScaleEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "big.txt").write_text(paragraphs(300), encoding="utf-8")  # 22 KB: "big" below, in 4 KB blocks
+    (docs / "small.txt").write_text("A short note about ferrets.", encoding="utf-8")
+    monkeypatch.setattr(indexer_module, "STREAM_BYTES", 4096)
+    monkeypatch.setattr(readers, "TEXT_BLOCK_CHARS", 4096)
+    chunker = WindowChunker(encoder, chunk_tokens=32, overlap_tokens=0)
+    split_lengths: list[int] = []
+    real_split = chunker.split
+
+    def split(text: str) -> Any:
+        split_lengths.append(len(text))
+        return real_split(text)
+
+    monkeypatch.setattr(chunker, "split", split)
+    held: list[int] = []  # vectors of the big file in memory each time a batch is staged
+    real_save = indexer_module._Staging.save
+
+    def save(self: Any, job: Any) -> None:
+        held.append(len(job.vectors))
+        real_save(self, job)
+
+    monkeypatch.setattr(indexer_module._Staging, "save", save)
+
+    def run(folder: Path) -> IndexSummary:
+        with open_store(folder, manifest(encoder)) as store:
+            indexer = FolderIndexer(
+                encoder, store, chunker=chunker, batch_chunks=8, show_progress=False, index_dir=folder
+            )
+            return indexer.run([docs])
+
+    real_encode = encoder.encode
+    calls: list[int] = []
+
+    def interrupted(texts: list[str], **kwargs: Any) -> Any:
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # Ctrl-C during the 4th batch
+        calls.append(len(texts))
+        return real_encode(texts, **kwargs)
+
+    index = tmp_path / "index"
+    monkeypatch.setattr(encoder, "encode", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(index)
+    staged = len(list((index / STAGING_DIR).rglob("*.npy")))
+    assert staged == 3, "each embedded batch of the big file was staged"
+    assert split_lengths and max(split_lengths) <= 4096 and held and max(held) <= 8, (split_lengths, held)
+
+    embedded: list[int] = []
+
+    def counting(texts: list[str], **kwargs: Any) -> Any:
+        embedded.append(len(texts))
+        return real_encode(texts, **kwargs)
+
+    monkeypatch.setattr(encoder, "encode", counting)
+    split_lengths.clear()
+    summary = run(index)
+    assert len(split_lengths) >= 5 and max(split_lengths) <= 4096, "the whole file went through in blocks"
+    assert max(held) <= 8, "memory holds a batch of the file's vectors, never the file's"
+    assert summary.files_resumed == 1 and summary.files_indexed == 2 and summary.files_failed == []
+    assert sum(embedded) == summary.chunks_added - 24, "the 3 staged batches are not embedded again"
+    assert not (index / STAGING_DIR).exists()
+
+    clean = tmp_path / "clean"
+    clean_summary = run(clean)
+    assert clean_summary.chunks == summary.chunks > 100
+    assert stored_rows(clean) == stored_rows(index), "the resumed index equals a clean run's"
+
+
+def manifest(encoder: TempScaleEncoder) -> IndexManifest:
+    return IndexManifest.new(
+        model=encoder.model_name, dimension=encoder.dimension, config=encoder.config, backend=FaissSettings()
+    )
+
+
+def stored_rows(folder: Path) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(folder / "chunks.sqlite") as db:
+        return sorted(
+            db.execute("SELECT chunk_id, source, position, token_length, bucket, text, metadata, vector FROM chunks")
+        )
+
+
+def test_ctrl_c_on_a_big_file_exits_130_at_once_and_a_rerun_resumes(tmp_path: Path) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "big.txt").write_text(paragraphs(30_000), encoding="utf-8")  # 2.3 MB, 4 chunk sizes: hours to embed
+    out = tmp_path / "index"
+    command = [sys.executable, "-m", "tempscale_rag.cli", "-q", "index", str(docs), "--out", str(out)]
+    command += ["--commit-every", "8"]
+    parts = out / STAGING_DIR
+
+    def interrupt_after(n_parts: int) -> tuple[int, float, int]:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 240
+        while proc.poll() is None and time.monotonic() < deadline:
+            if len(list(parts.glob("*/*.npy"))) >= n_parts:
+                break
+            time.sleep(0.05)
+        status = Path(f"/proc/{proc.pid}/status")
+        peak_kb = int(next(line for line in status.read_text().splitlines() if line.startswith("VmHWM")).split()[1])
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert "interrupted" in err and "Traceback" not in err, err
+        return proc.returncode, time.monotonic() - sent, peak_kb
+
+    code, seconds, peak_kb = interrupt_after(2)
+    assert code == 130 and seconds < 2.0, (code, seconds)
+    assert peak_kb < 1_500_000, f"peak RSS {peak_kb} kB"
+    first = sorted(parts.glob("*/*.npy"))
+    assert len(first) >= 2
+    stamps = {p: p.stat().st_mtime_ns for p in first}
+    code, seconds, _ = interrupt_after(len(first) + 2)
+    assert code == 130 and seconds < 2.0, (code, seconds)
+    assert all(p.exists() and p.stat().st_mtime_ns == stamps[p] for p in first), "the re-run resumed after them"
+    assert len(list(parts.glob("*/*.npy"))) >= len(first) + 2

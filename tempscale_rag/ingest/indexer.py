@@ -48,15 +48,19 @@ from tempscale_rag.encoder import EncodeReport, TempScaleEncoder
 from tempscale_rag.ingest.chunking import Chunk, MultiSizeChunker, WindowChunker
 from tempscale_rag.ingest.readers import (
     DEFAULT_MAX_FILE_BYTES,
+    TEXT_SUFFIXES,
     Discovery,
     DocumentError,
+    TextScan,
     extract,
     find_files,
     fingerprint,
     legacy_source_name,
     path_of,
     read_bytes,
+    scan_text,
     source_name,
+    text_blocks,
 )
 from tempscale_rag.stores import ChunkRecord, VectorStore
 
@@ -64,6 +68,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_CHUNKS = 256
 """Chunks embedded per engine call and committed together (bounded memory, bounded work lost on a crash)."""
+
+STREAM_BYTES = 1024 * 1024
+"""Text files bigger than this are split and embedded block by block (`text_blocks`), never held whole."""
 
 STAGING_DIR = ".partial"
 """Folder inside the index that holds the embedded batches of files not finished yet."""
@@ -219,7 +226,8 @@ class FileRead:
         source: Its printable name (`source_name`), the key of its chunks in the store.
         fingerprint: The content fingerprint ("" when the file could not be read).
         unchanged: The fingerprint equals the stored one: nothing to do.
-        chunks: The chunks to embed; None when unchanged or not indexable (`kind`, `reason`).
+        chunks: The chunks to embed; None when unchanged, read in blocks (`scan`) or not indexable (`kind`, `reason`).
+        scan: For a big text file, its check by `scan_text`: it is split block by block as it is embedded.
         encoding: The detected encoding of a text file that is not UTF-8, else None.
         kind: Why the file is not indexed (a `DocumentError` kind), "" otherwise.
         reason: The reason, for the summary.
@@ -230,6 +238,7 @@ class FileRead:
     fingerprint: str = ""
     unchanged: bool = False
     chunks: list[Chunk] | None = None
+    scan: TextScan | None = None
     encoding: str | None = None
     kind: str = ""
     reason: str = ""
@@ -245,6 +254,7 @@ def read_file(
     *,
     max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES,
     stored: str | None = None,
+    stream_above: int | None = None,
 ) -> FileRead:
     """Read, fingerprint, extract and chunk one file, as every indexer does; problems are returned, not raised.
 
@@ -253,12 +263,21 @@ def read_file(
         chunker: The indexer's chunker.
         max_file_bytes: Larger files are rejected (None: no limit).
         stored: The fingerprint the store holds for this file, if any (an equal one means unchanged).
+        stream_above: A text file bigger than this many bytes is only checked (`FileRead.scan`), not read whole;
+            None reads every file whole.
 
     Returns:
         The file's chunks, or why it has none.
     """
     source = source_name(path)
     try:
+        if stream_above is not None and path.suffix.lower() in TEXT_SUFFIXES:
+            scan = scan_text(path, max_file_bytes, above=stream_above)
+            if scan is not None:
+                if stored == scan.fingerprint:
+                    return FileRead(path, source, scan.fingerprint, unchanged=True)
+                encoding = scan.encoding if scan.detected else None
+                return FileRead(path, source, scan.fingerprint, scan=scan, encoding=encoding)
         data = read_bytes(path, max_file_bytes)
         digest = fingerprint(data)
         if stored == digest:
@@ -286,11 +305,24 @@ class FileJob:
     saved_parts: int = 0
     saved_chunks: int = 0
     resumed: bool = False
+    # A big text file read in blocks: `chunks`, `vectors`, `tokens` and `buckets` hold only what follows its first
+    # `base` chunks, which are in the staging folder; `n_chunks` counts the chunks split so far until `split_all`.
+    scan: TextScan | None = None
+    base: int = 0
+    split_all: bool = False
+    estimate: int = 0
 
     @property
     def done(self) -> int:
-        """Chunks embedded so far."""
-        return len(self.tokens)
+        """Chunks embedded so far (staged ones included)."""
+        return self.base + len(self.tokens)
+
+    @property
+    def complete(self) -> bool:
+        """Every chunk of the file has its vector."""
+        if self.scan is not None:
+            return self.split_all and self.done == self.n_chunks
+        return self.chunks is not None and self.done == len(self.chunks)
 
 
 class FolderIndexer:
@@ -429,7 +461,13 @@ class FolderIndexer:
         self, path: Path, known: dict[str, str], summary: IndexSummary, kept: set[str], *, keep_text: bool
     ) -> FileJob | None:
         """Read and split one file; None when there is nothing to embed (unchanged, or a problem handled here)."""
-        read = read_file(path, self.chunker, max_file_bytes=self.max_file_bytes, stored=known.get(source_name(path)))
+        read = read_file(
+            path,
+            self.chunker,
+            max_file_bytes=self.max_file_bytes,
+            stored=known.get(source_name(path)),
+            stream_above=STREAM_BYTES,
+        )
         return self._accept(read, known, summary, kept, keep_text=keep_text)
 
     def _accept(
@@ -439,13 +477,15 @@ class FolderIndexer:
         if read.unchanged:
             summary.files_unchanged += 1
             return None
-        if read.chunks is None:
+        if read.chunks is None and read.scan is None:
             self._problem(read.error(), read.source, known, summary, kept)
             return None
         if read.encoding is not None:
             summary.encodings.append({"path": read.source, "encoding": read.encoding})
             logger.info("%s: decoded as %s", read.source, read.encoding)
-        chunks = read.chunks
+        if read.scan is not None:
+            return FileJob(read.path, read.source, read.fingerprint, 0, [], scan=read.scan)
+        chunks = read.chunks or []
         return FileJob(read.path, read.source, read.fingerprint, len(chunks), chunks if keep_text else None)
 
     def _problem(
@@ -470,12 +510,18 @@ class FolderIndexer:
 
     def _embed_all(self, jobs: list[FileJob], summary: IndexSummary, kept: set[str]) -> None:
         staging = self._staging
-        total = sum(job.n_chunks for job in jobs)
+        for job in jobs:
+            if job.scan is not None:
+                job.estimate = self._estimate_chunks(job.scan.size)
+        total = sum(job.n_chunks + job.estimate for job in jobs)
         bar = tqdm(total=total, desc="Embedding", unit="chunk", disable=not self.show_progress, leave=False)
         try:
             batch: list[tuple[FileJob, Chunk]] = []
             for job in jobs:
                 chunks = job.chunks if job.chunks is not None else self._reread(job, summary, kept, bar)
+                if job.scan is not None:
+                    batch = self._embed_blocks(job, batch, summary, kept, bar)
+                    continue
                 if chunks is None:
                     continue
                 if staging is not None:
@@ -496,11 +542,85 @@ class FolderIndexer:
         finally:
             bar.close()
 
+    def _embed_blocks(
+        self, job: FileJob, batch: list[tuple[FileJob, Chunk]], summary: IndexSummary, kept: set[str], bar: Any
+    ) -> list[tuple[FileJob, Chunk]]:
+        """Split a big text file block by block into `batch`, embedding each full batch; the batch left to embed.
+
+        Memory is bounded by a block and a batch, not by the file: embedded chunks are staged and released after
+        every batch (with staging), and a resumed file skips the chunks staged by an interrupted run.
+        """
+        while True:
+            staged = self._staging.resume_blocks(job) if self._staging is not None else iter(())
+            bar.update(job.base)
+            try:
+                return self._split_blocks(job, staged, batch, summary, bar)
+            except _StaleStaging:
+                # The staged chunks are not this file's chunks any more (another chunker): redo it from the start.
+                bar.update(-job.base)
+                if self._staging is not None:
+                    self._staging.drop(job.source)
+                job.chunks, job.base, job.n_chunks, job.saved_parts, job.saved_chunks = [], 0, 0, 0, 0
+                job.resumed = False
+            except DocumentError as exc:
+                if self._staging is not None:
+                    self._staging.drop(job.source)
+                bar.total -= job.n_chunks - job.done
+                self._problem(exc, job.source, self._known, summary, kept)
+                return [(other, chunk) for other, chunk in batch if other is not job]
+
+    def _split_blocks(
+        self, job: FileJob, staged: Iterator[str], batch: list[tuple[FileJob, Chunk]], summary: IndexSummary, bar: Any
+    ) -> list[tuple[FileJob, Chunk]]:
+        scan = job.scan
+        if scan is None:
+            raise ValueError(f"{job.source} is not a file read in blocks")
+        position = 0
+        for block, read in text_blocks(job.path, scan):
+            for piece in self.chunker.split(block):
+                chunk = Chunk(piece.text, position, piece.size)
+                position += 1
+                if chunk.position < job.base:
+                    if next(staged, None) != chunk.text:
+                        raise _StaleStaging
+                    continue
+                tail = job.chunks  # a new list after each saved batch is released
+                if tail is None:
+                    raise ValueError(f"{job.source}: finished before it was split")
+                tail.append(chunk)
+                job.n_chunks = position
+                batch.append((job, chunk))
+                if len(batch) >= self.batch_chunks:
+                    self._embed_batch(batch, summary, bar)
+                    batch = []
+            estimate = position * scan.size // max(read, 1)
+            bar.total += estimate - job.estimate
+            job.estimate = estimate
+            bar.refresh()
+        if position < job.base or next(staged, None) is not None:
+            raise _StaleStaging
+        job.n_chunks, job.split_all = position, True
+        bar.total += position - job.estimate
+        job.estimate = position
+        if job.complete:  # its last chunks were embedded by the last full batch (or all were staged)
+            self._finish(job, job.chunks or [], summary)
+            self.store.commit()
+        return batch
+
+    def _estimate_chunks(self, size: int) -> int:
+        """About how many chunks a text file of `size` bytes makes (for the progress bar; ~4 bytes a token)."""
+        sizes = self.chunker.sizes if isinstance(self.chunker, MultiSizeChunker) else (self.chunker.chunk_tokens,)
+        return sum(size // (4 * max(s, 1)) + 1 for s in sizes)
+
     def _reread(self, job: FileJob, summary: IndexSummary, kept: set[str], bar: Any) -> list[Chunk] | None:
         # Files beyond the in-memory budget are read again now; if they changed meanwhile, index what is there now.
         fresh = self._read(job.path, self._known, summary, kept, keep_text=True)
         if fresh is None or fresh.chunks is None:
             bar.total -= job.n_chunks
+            return None
+        if fresh.scan is not None:  # it grew past STREAM_BYTES meanwhile: read it in blocks
+            bar.total -= job.n_chunks
+            job.fingerprint, job.n_chunks, job.chunks, job.scan = fresh.fingerprint, 0, [], fresh.scan
             return None
         bar.total += fresh.n_chunks - job.n_chunks
         job.fingerprint, job.n_chunks = fresh.fingerprint, fresh.n_chunks
@@ -522,7 +642,7 @@ class FolderIndexer:
             touched[id(job)] = job
         for job in touched.values():
             chunks = job.chunks
-            if chunks is not None and job.done == len(chunks):
+            if chunks is not None and job.complete:
                 self._finish(job, chunks, summary)
             elif self._staging is not None:
                 # The batch ended inside this file: save its part so a kill does not lose it.
@@ -534,6 +654,8 @@ class FolderIndexer:
 
     def _finish(self, job: FileJob, chunks: list[Chunk], summary: IndexSummary) -> None:
         records = self._records(job, chunks)
+        if job.base and self._staging is not None:  # a file read in blocks: its first chunks are staged
+            records = self._staging.records(job) + records
         # One transaction: the old chunks stay searchable until the new ones and the fingerprint are all in.
         self.store.replace_source(job.source, job.fingerprint, records)
         self._finished(job, len(records), summary)
@@ -682,10 +804,10 @@ class _Staging:
         return self.folder / hashlib.sha256(source.encode("utf-8")).hexdigest()[:32]
 
     def save(self, job: FileJob) -> None:
-        """Save the vectors embedded for `job` since the last save."""
+        """Save the vectors embedded for `job` since the last save (a file read in blocks then lets them go)."""
         chunks = job.chunks or []
         folder = self._dir(job.source)
-        start = job.saved_chunks
+        start = job.saved_chunks - job.base  # indexes into the job's lists, which start at chunk `base`
         if job.saved_parts == 0:
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True, exist_ok=True)
@@ -693,7 +815,7 @@ class _Staging:
                 folder / "meta.json",
                 json.dumps({"source": job.source, "fingerprint": job.fingerprint, "key": self.key}).encode(),
             )
-        end = job.done
+        end = len(job.tokens)
         if end <= start:
             return
         name = f"{job.saved_parts:06d}"
@@ -704,10 +826,61 @@ class _Staging:
             "texts": [c.text for c in chunks[start:end]],
             "tokens": job.tokens[start:end],
             "buckets": job.buckets[start:end],
+            "positions": [c.position for c in chunks[start:end]],
+            "sizes": [c.size for c in chunks[start:end]],
         }
         _write_atomic(folder / f"{name}.json", json.dumps(meta).encode("utf-8"))
         job.saved_parts += 1
-        job.saved_chunks = end
+        job.saved_chunks = job.base + end
+        if job.scan is not None:
+            # On disk now: keep only what follows, so memory is bounded by a batch, not by the file.
+            job.chunks, job.vectors = chunks[end:], job.vectors[end:]
+            job.tokens, job.buckets = job.tokens[end:], job.buckets[end:]
+            job.base += end
+
+    def resume_blocks(self, job: FileJob) -> Iterator[str]:
+        """For a file read in blocks: count the chunks an interrupted run staged (`job.base`); their texts, lazily.
+
+        Nothing but the count is loaded; the caller checks each text against the file's chunks as it splits them
+        again, and `records` reads the vectors back when the file is finished.
+        """
+        folder = self._dir(job.source)
+        parts = counted = 0
+        try:
+            meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+            if meta != {"source": job.source, "fingerprint": job.fingerprint, "key": self.key}:
+                raise ValueError("stale")
+            while (folder / f"{parts:06d}.json").exists():
+                part = json.loads((folder / f"{parts:06d}.json").read_text(encoding="utf-8"))
+                if not (len(part["texts"]) == len(part["positions"]) == len(part["sizes"]) == len(part["tokens"])):
+                    raise ValueError("damaged")
+                counted += len(part["texts"])
+                parts += 1
+        except FileNotFoundError:
+            parts = counted = 0
+        except (OSError, ValueError, KeyError, TypeError):
+            self.drop(job.source)
+            parts = counted = 0
+        job.saved_parts, job.saved_chunks, job.base, job.resumed = parts, counted, counted, counted > 0
+        if counted:
+            logger.info("%s: resuming after %d chunks embedded by an interrupted run", job.source, counted)
+        return self._staged_texts(folder, parts)
+
+    def _staged_texts(self, folder: Path, parts: int) -> Iterator[str]:
+        for number in range(parts):
+            yield from json.loads((folder / f"{number:06d}.json").read_text(encoding="utf-8"))["texts"]
+
+    def records(self, job: FileJob) -> list[ChunkRecord]:
+        """The store records of the chunks staged for a file read in blocks, in order."""
+        folder = self._dir(job.source)
+        out: list[ChunkRecord] = []
+        for number in range(job.saved_parts):
+            part = json.loads((folder / f"{number:06d}.json").read_text(encoding="utf-8"))
+            vectors = np.load(folder / f"{number:06d}.npy", allow_pickle=False).astype(np.float32)
+            chunks = [Chunk(t, p, z) for t, p, z in zip(part["texts"], part["positions"], part["sizes"], strict=True)]
+            tokens, buckets = [int(t) for t in part["tokens"]], [str(b) for b in part["buckets"]]
+            out += chunk_records(job.source, chunks, list(vectors), tokens, buckets)
+        return out
 
     def resume(self, job: FileJob, chunks: list[Chunk]) -> int:
         """Load the saved batches of `job` if they match its content and settings; the number of chunks loaded."""
@@ -791,6 +964,10 @@ def nothing_to_index(
         found.append(f"{len(problems)} failed ({'; '.join(problems[:3])}{'; ...' if len(problems) > 3 else ''})")
     hint = "; --include-hidden indexes hidden ones" if "hidden" in kinds else ""
     return f"nothing to index: {names} holds no supported file ({', '.join(found)}{hint})"
+
+
+class _StaleStaging(Exception):
+    """The chunks staged for a file are not the chunks it splits into now."""
 
 
 def _legacy_names(files: list[Path], known: dict[str, str], present: set[str]) -> dict[str, str]:

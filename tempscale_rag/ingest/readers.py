@@ -32,7 +32,7 @@ import itertools
 import os
 import re
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -362,6 +362,139 @@ def check_size(path: Path, size: int, max_bytes: int | None) -> None:
         raise DocumentError(
             path, f"file is {size / 1e6:.1f} MB, above the {max_bytes / 1e6:g} MB limit (--max-file-mb)", "rejected"
         )
+
+
+TEXT_BLOCK_CHARS = 64 * 1024
+"""Characters of a big text file split into chunks at a time (`text_blocks`): the file is never held whole."""
+
+_READ_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class TextScan:
+    """A text file checked without holding it (`scan_text`): what reading it in blocks needs.
+
+    Attributes:
+        fingerprint: The content fingerprint (as `fingerprint` of its bytes).
+        codec: The codec to decode it with (`utf-8`, `utf-8-sig`, `utf-16`, ... or the detected one).
+        encoding: The encoding to report (as `Extracted.encoding`).
+        detected: True when the encoding was detected (not UTF-8 and no byte-order mark).
+        size: Its size in bytes.
+    """
+
+    fingerprint: str
+    codec: str
+    encoding: str
+    detected: bool
+    size: int
+
+
+def scan_text(path: Path, max_bytes: int | None, *, above: int) -> TextScan | None:
+    """Fingerprint and check a text file bigger than `above` bytes in one pass of bounded memory; None if smaller.
+
+    The checks and errors are those of `read_bytes` and `extract` for a text file: size limit, byte-order mark, NUL
+    bytes, UTF-8 or a confidently detected encoding (detected on the first MB, then checked on the whole file), some
+    text. Read the text with `text_blocks`.
+
+    Raises:
+        DocumentError: As `read_bytes` and `extract` would.
+    """
+    try:
+        size = path.stat().st_size
+        if size <= above:
+            return None
+        check_size(path, size, max_bytes)
+        with path.open("rb") as handle:
+            head = handle.read(_READ_BYTES)
+        bom = next((encoding for mark, encoding in _BOMS if head.startswith(mark)), None)
+        if bom is None and b"\x00" in head[:8192]:
+            raise DocumentError(path, "looks binary (NUL bytes), not a text file")
+        codec, detected = bom or "utf-8", False
+        try:
+            digest, has_text = _check_decodes(path, codec)
+        except UnicodeDecodeError as exc:
+            if bom is not None:
+                raise DocumentError(path, f"starts with a {bom} byte-order mark but is not valid {bom}") from None
+            guess = detect_encoding(head)
+            if guess is None:
+                raise DocumentError(
+                    path,
+                    f"not valid UTF-8 (at offset {exc.start} of a {_READ_BYTES >> 20} MB block) and its encoding could "
+                    "not be detected with confidence; convert it to UTF-8",
+                ) from None
+            codec, detected = guess[1], True
+            try:
+                digest, has_text = _check_decodes(path, codec)
+            except UnicodeDecodeError:
+                raise DocumentError(
+                    path,
+                    f"not valid UTF-8, and not valid {codec} (detected on its first MB) either; convert it to UTF-8",
+                ) from None
+    except FileNotFoundError:
+        raise DocumentError(path, "disappeared while indexing", "missing") from None
+    except OSError as exc:
+        raise DocumentError(path, f"cannot read: {_os_reason(exc)}", "unreadable") from None
+    if not has_text:
+        raise DocumentError(path, "no text to index (the file is empty or whitespace only)", "empty")
+    return TextScan(digest, codec, codec.removesuffix("-sig"), detected, size)
+
+
+def _check_decodes(path: Path, codec: str) -> tuple[str, bool]:
+    """Decode a whole file in blocks (raising `UnicodeDecodeError`): its fingerprint, and whether it has text."""
+    digest = hashlib.sha256()
+    decoder = codecs.getincrementaldecoder(codec)()
+    has_text = False
+    with path.open("rb") as handle:
+        while data := handle.read(_READ_BYTES):
+            digest.update(data)
+            piece = decoder.decode(data)
+            has_text = has_text or (bool(piece) and not piece.isspace())
+        has_text = bool(decoder.decode(b"", final=True).strip()) or has_text
+    return digest.hexdigest(), has_text
+
+
+def text_blocks(path: Path, scan: TextScan, block_chars: int | None = None) -> Iterator[tuple[str, int]]:
+    """The text of a file scanned by `scan_text`, in blocks of about `block_chars` characters cut between paragraphs.
+
+    A block ends at the last paragraph break (else line break, sentence end, space) in the second half of its
+    `block_chars`, so chunks are rarely cut where a whole-file split would not cut them.
+
+    Yields:
+        `(text, bytes read so far)`.
+
+    Raises:
+        DocumentError: Kind `unreadable` when the file changed since it was scanned or cannot be read any more.
+    """
+    size = block_chars or TEXT_BLOCK_CHARS
+    digest = hashlib.sha256()
+    decoder = codecs.getincrementaldecoder(scan.codec)()
+    buffer = ""
+    done = 0
+    try:
+        with path.open("rb") as handle:
+            while data := handle.read(_READ_BYTES // 4):
+                digest.update(data)
+                done += len(data)
+                buffer += decoder.decode(data)
+                while len(buffer) >= size:
+                    cut = _block_end(buffer, size)
+                    yield buffer[:cut], done
+                    buffer = buffer[cut:]
+            buffer += decoder.decode(b"", final=True)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DocumentError(path, f"cannot read it any more: {exc}; run again to index it", "unreadable") from None
+    if digest.hexdigest() != scan.fingerprint:
+        raise DocumentError(path, "changed while it was being indexed; run again to index it", "unreadable")
+    if buffer:
+        yield buffer, done
+
+
+def _block_end(text: str, size: int) -> int:
+    for separator in ("\n\n", "\n", ". ", " "):
+        cut = text.rfind(separator, size // 2, size)
+        if cut >= 0:
+            return cut + len(separator)
+    return size
 
 
 def extract(path: Path, data: bytes) -> Extracted:
