@@ -95,13 +95,7 @@ def _register_index(subparsers: Any) -> None:
         "recorded in the index.",
         shown_default=DEFAULT_DOC_SCORE,
     )
-    add_argument(
-        index,
-        "--max-file-mb",
-        type=_size_mb,
-        default=64.0,
-        help="Reject files larger than this many MB ('none': no limit; big text files are read in blocks).",
-    )
+    add_argument(index, "--max-file-mb", type=_size_mb, default=64.0, help="Skip larger files ('none': no limit).")
     add_argument(index, "--commit-every", type=int, default=256, help="Chunks embedded and committed together.")
     add_argument(
         index,
