@@ -346,55 +346,13 @@ def build_configurations(
     query_tau = chunk_query_temperature(base)  # of the per-size rows, as `index` gives it; other rows set their own
     for name in ("temperature", "schedule", "query_temperature", "calibration_file", "buckets"):
         fields.pop(name, None)
-    taus = list(dict.fromkeys(float(t) for t in temperatures))
-    bucket_sets: list[tuple[str, list[Bucket]]] = []
-    for spec in buckets:
-        if isinstance(spec, str):
-            if spec.strip().lower() == "default":
-                bucket_sets.append(("default buckets", list(DEFAULT_BUCKETS)))
-            else:
-                parsed = parse_buckets(spec)
-                bucket_sets.append((f"buckets {format_buckets(parsed)}", parsed))
-        else:
-            bucket_sets.append((f"buckets {format_buckets(spec)}", list(spec)))
-    explicit = bool(taus or bucket_sets or calibrations or schedules)
-    calibration_data = {str(path): read_calibration(path) for path in calibrations}
-
-    def settings(
-        common: dict[str, Any], suffix: str, chunking: ChunkingConfig | None
-    ) -> list[tuple[str, TempScaleConfig]]:
-        """(name, config) of every temperature setting but the baseline and the per-size taus."""
-        rows: list[tuple[str, TempScaleConfig]] = []
-        for tau in taus:
-            if tau == 1.0:
-                continue
-            if queries in ("same", "both"):
-                rows.append((f"tau={tau:g}{suffix}", _config(common, temperature=tau)))
-            if queries in ("plain", "both"):
-                rows.append((f"tau={tau:g} docs-only{suffix}", _config(common, temperature=tau, query_temperature=1.0)))
-        # With no setting given, `vector` is compared with the default buckets (a chunked pipeline with its taus).
-        defaults = [("default buckets", list(DEFAULT_BUCKETS))] if not explicit and chunking is None else []
-        for label, bucket_list in bucket_sets or defaults:
-            rows.append((f"{label}{suffix}", _config(common, buckets=bucket_list)))
-        for path in calibrations:
-            data = calibration_data[str(path)]
-            config = TempScaleConfig.with_calibration(path, **common)
-            window = common.get("max_seq_length")
-            made_for = data.get("settings", {}).get("max_seq_length")
-            if made_for is not None and window is not None and made_for != window:
-                logger.warning("calibration %s was made for window %s, used here at %s", path, made_for, window)
-            made_sizes = (data.get("chunking") or {}).get("sizes")
-            if chunking is not None and made_sizes is not None and tuple(made_sizes) != chunking.sizes:
-                logger.warning(
-                    "calibration %s was made for chunk sizes %s, used here with %s",
-                    path,
-                    ",".join(map(str, made_sizes)),
-                    ",".join(map(str, chunking.sizes)),
-                )
-            rows.append((f"calibrated {Path(path).stem}{suffix}", config))
-        for schedule in schedules:
-            rows.append((f"schedule {schedule}{suffix}", _config(common, schedule=schedule)))
-        return rows
+    temperature_rows = _TemperatureRows(
+        taus=list(dict.fromkeys(float(t) for t in temperatures)),
+        bucket_sets=_bucket_sets(buckets),
+        calibrations=list(calibrations),
+        schedules=list(schedules),
+        queries=queries,
+    )
 
     out: list[EvalConfiguration] = []
     for window in windows:
@@ -408,48 +366,140 @@ def build_configurations(
                     common = {**fields, "max_seq_length": window, "long_text": policy}
                     baseline = f"tau=1{suffix}"
                     out.append(EvalConfiguration(baseline, _config(common, temperature=1.0), setting="tau=1"))
-                    for name, config in settings(common, suffix, None):
+                    for name, config in temperature_rows(common, suffix, None):
                         out.append(EvalConfiguration(name, config, baseline, setting=name.removesuffix(suffix)))
                 continue
-            for (sizes, overlap), members in chunk_groups.items():
-                label = [f"chunks {','.join(map(str, sizes))}"] if len(chunk_groups) > 1 else []
-                if label and overlap is not None and len({k[0] for k in chunk_groups}) < len(chunk_groups):
-                    label[0] += f" overlap {overlap}"
-                suffix = "".join(f" {p}" for p in [*parts[:1], *label, *parts[1:]])
-                common = {**fields, "max_seq_length": window}
-                first = members[0].model_copy(update={"temperatures": None, "doc_score": _chunk_doc_score(doc_score)})
-                baseline = f"tau=1{suffix}"
-                config = _config(common, temperature=1.0)
-                out.append(EvalConfiguration(baseline, config, None, doc_score, first, setting="tau=1"))
-                size_tau_specs = [m for m in members if m.temperatures is not None]
-                if not explicit and not size_tau_specs:
-                    size_tau_specs = [first]
-                for chunking in dict.fromkeys(
-                    m.model_copy(update={"temperatures": m.taus, "doc_score": first.doc_score}) for m in size_tau_specs
-                ):
-                    if all(t == 1.0 for t in chunking.taus):
-                        continue  # the baseline already
-                    # `same` is what `index` and `search` do with per-size taus: queries at `query_temperature`,
-                    # `DEFAULT_QUERY_TEMPERATURE` unless set (a query is not a chunk); `plain` keeps them at tau = 1, a
-                    # separate row only when that differs.
-                    rows = [(f"taus {chunking.spec()}", query_tau)] if queries in ("same", "both") else []
-                    if queries in ("plain", "both") and (not rows or query_tau != 1.0):
-                        rows.append((f"taus {chunking.spec()} docs-only", 1.0))
-                    for setting, row_query_tau in rows:
-                        config = _config(common, query_temperature=row_query_tau)
-                        out.append(
-                            EvalConfiguration(
-                                f"{setting}{suffix}", config, baseline, doc_score, chunking, True, setting
-                            )
-                        )
-                for name, config in settings(common, suffix, first):
-                    out.append(
-                        EvalConfiguration(name, config, baseline, doc_score, first, setting=name.removesuffix(suffix))
-                    )
+            out.extend(
+                _chunked_configurations(
+                    {**fields, "max_seq_length": window}, doc_score, parts, chunk_groups, temperature_rows, query_tau
+                )
+            )
     names = [c.name for c in out]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"two configurations would share the name {duplicates[0]!r}; give each one only once")
+    return out
+
+
+def _bucket_sets(buckets: Sequence[str | Sequence[Bucket]]) -> list[tuple[str, list[Bucket]]]:
+    """(row label, buckets) of each bucket spec (`"default"`, a spec string or a bucket list)."""
+    out: list[tuple[str, list[Bucket]]] = []
+    for spec in buckets:
+        if isinstance(spec, str):
+            if spec.strip().lower() == "default":
+                out.append(("default buckets", list(DEFAULT_BUCKETS)))
+            else:
+                parsed = parse_buckets(spec)
+                out.append((f"buckets {format_buckets(parsed)}", parsed))
+        else:
+            out.append((f"buckets {format_buckets(spec)}", list(spec)))
+    return out
+
+
+@dataclass
+class _TemperatureRows:
+    """The temperature settings of an evaluation (every row but the baseline and the per-size taus)."""
+
+    taus: list[float]
+    bucket_sets: list[tuple[str, list[Bucket]]]
+    calibrations: list[str | Path]
+    schedules: list[str]
+    queries: QueryMode
+    calibration_data: dict[str, dict[str, Any]] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.calibration_data = {str(path): read_calibration(path) for path in self.calibrations}
+
+    @property
+    def explicit(self) -> bool:
+        """Whether any temperature setting was given (else each pipeline gets its default rows)."""
+        return bool(self.taus or self.bucket_sets or self.calibrations or self.schedules)
+
+    def __call__(
+        self, common: dict[str, Any], suffix: str, chunking: ChunkingConfig | None
+    ) -> list[tuple[str, TempScaleConfig]]:
+        """(name, config) of every setting for one pipeline (`common` fields, names ending in `suffix`)."""
+        rows: list[tuple[str, TempScaleConfig]] = []
+        for tau in self.taus:
+            if tau == 1.0:
+                continue
+            if self.queries in ("same", "both"):
+                rows.append((f"tau={tau:g}{suffix}", _config(common, temperature=tau)))
+            if self.queries in ("plain", "both"):
+                rows.append((f"tau={tau:g} docs-only{suffix}", _config(common, temperature=tau, query_temperature=1.0)))
+        # With no setting given, `vector` is compared with the default buckets (a chunked pipeline with its taus).
+        defaults = [("default buckets", list(DEFAULT_BUCKETS))] if not self.explicit and chunking is None else []
+        for label, bucket_list in self.bucket_sets or defaults:
+            rows.append((f"{label}{suffix}", _config(common, buckets=bucket_list)))
+        for path in self.calibrations:
+            rows.append((f"calibrated {Path(path).stem}{suffix}", self._calibrated(path, common, chunking)))
+        for schedule in self.schedules:
+            rows.append((f"schedule {schedule}{suffix}", _config(common, schedule=schedule)))
+        return rows
+
+    def _calibrated(self, path: str | Path, common: dict[str, Any], chunking: ChunkingConfig | None) -> TempScaleConfig:
+        data = self.calibration_data[str(path)]
+        config = TempScaleConfig.with_calibration(path, **common)
+        window = common.get("max_seq_length")
+        made_for = data.get("settings", {}).get("max_seq_length")
+        if made_for is not None and window is not None and made_for != window:
+            logger.warning("calibration %s was made for window %s, used here at %s", path, made_for, window)
+        made_sizes = (data.get("chunking") or {}).get("sizes")
+        if chunking is not None and made_sizes is not None and tuple(made_sizes) != chunking.sizes:
+            logger.warning(
+                "calibration %s was made for chunk sizes %s, used here with %s",
+                path,
+                ",".join(map(str, made_sizes)),
+                ",".join(map(str, chunking.sizes)),
+            )
+        return config
+
+
+def _chunked_configurations(
+    common: dict[str, Any],
+    doc_score: str,
+    parts: list[str],
+    chunk_groups: dict[tuple[tuple[int, ...], int | None], list[ChunkingConfig]],
+    temperature_rows: _TemperatureRows,
+    query_tau: float,
+) -> list[EvalConfiguration]:
+    """The configurations of the chunked pipelines of one (window, doc score).
+
+    Per chunk-size group: its tau = 1 baseline, its per-size taus, then the temperature settings.
+    """
+    out: list[EvalConfiguration] = []
+    queries = temperature_rows.queries
+    for (sizes, overlap), members in chunk_groups.items():
+        label = [f"chunks {','.join(map(str, sizes))}"] if len(chunk_groups) > 1 else []
+        if label and overlap is not None and len({k[0] for k in chunk_groups}) < len(chunk_groups):
+            label[0] += f" overlap {overlap}"
+        suffix = "".join(f" {p}" for p in [*parts[:1], *label, *parts[1:]])
+        first = members[0].model_copy(update={"temperatures": None, "doc_score": _chunk_doc_score(doc_score)})
+        baseline = f"tau=1{suffix}"
+        out.append(
+            EvalConfiguration(baseline, _config(common, temperature=1.0), None, doc_score, first, setting="tau=1")
+        )
+        size_tau_specs = [m for m in members if m.temperatures is not None]
+        if not temperature_rows.explicit and not size_tau_specs:
+            size_tau_specs = [first]
+        for chunking in dict.fromkeys(
+            m.model_copy(update={"temperatures": m.taus, "doc_score": first.doc_score}) for m in size_tau_specs
+        ):
+            if all(t == 1.0 for t in chunking.taus):
+                continue  # the baseline already
+            # `same` is what `index` and `search` do with per-size taus: queries at `query_temperature`,
+            # `DEFAULT_QUERY_TEMPERATURE` unless set (a query is not a chunk); `plain` keeps them at tau = 1, a
+            # separate row only when that differs.
+            rows = [(f"taus {chunking.spec()}", query_tau)] if queries in ("same", "both") else []
+            if queries in ("plain", "both") and (not rows or query_tau != 1.0):
+                rows.append((f"taus {chunking.spec()} docs-only", 1.0))
+            for setting, row_query_tau in rows:
+                config = _config(common, query_temperature=row_query_tau)
+                out.append(
+                    EvalConfiguration(f"{setting}{suffix}", config, baseline, doc_score, chunking, True, setting)
+                )
+        for name, config in temperature_rows(common, suffix, first):
+            out.append(EvalConfiguration(name, config, baseline, doc_score, first, setting=name.removesuffix(suffix)))
     return out
 
 
