@@ -312,7 +312,7 @@ def dense_ceiling(st: SentenceTransformer, device: str, vocab: int, batches: tup
 
 def batch_stats(parts: list[Any], engine: TempScaleEncoder, budget: int) -> dict[str, int]:
     """Batches, distinct padded shapes and padded tokens of one engine call (its groups cut at the budget)."""
-    from tempscale_rag.encoder import _padded_lengths
+    from tempscale_rag.planning import padded_lengths as _padded_lengths
 
     seen = np.concatenate([p.body for p in parts]) + engine.count_tokens([""])[0]
     taus = np.concatenate([p.tau for p in parts])

@@ -12,6 +12,10 @@ Pipeline of `TempScaleEncoder.encode`, over parts of `PART_TEXTS` inputs:
 On a GPU the parts are planned in background threads while the GPU runs the batches already full, and their texts
 are tokenised by worker processes (`tokenizing.TokenizerPool`, one per CPU core), so tokenisation keeps up with the
 GPU. Batches are the same either way: a group's segments in input order, cut every `budget // shape` segments.
+
+A pipeline that tokenises elsewhere (Ray CPU tasks, `distributed.embedding`) hands the engine `TokenizedTexts`
+(`encode_tokens`): step 1 then only segments and routes. The modules beside this one hold the stages: `planning`
+(the planned arrays), `batching` (running them on the model), `reports` (what a call did).
 """
 
 from __future__ import annotations
@@ -19,212 +23,42 @@ from __future__ import annotations
 import contextlib
 import gc
 import itertools
-import logging
 import os
-import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
-from tqdm.auto import tqdm
 
-from tempscale_rag.attention import AttentionTemperature, patch_attention_temperature
+from tempscale_rag.batching import CPU_BATCH_TOKENS, GPU_MAX_BATCH_TOKENS, gpu_batch_tokens, run_parts
 from tempscale_rag.config import LongTextPolicy, TempScaleConfig
-from tempscale_rag.models import (
-    SpecialTokens,
-    canonical_model_name,
-    full_window,
-    load_sentence_transformer,
-    resolve_device,
-    resolve_dtype,
-    special_tokens,
-    transformer_model,
-)
+from tempscale_rag.models import LoadedModel
+from tempscale_rag.planning import Part, RouteTable, TokenizedTexts, check_tokens, padded_lengths
+from tempscale_rag.reports import BucketReport, EncodeReport, build_report, log_truncation
 from tempscale_rag.routing import LengthRouter
-from tempscale_rag.tokenizing import TokenizerPool, TokenizerPoolError
+from tempscale_rag.tokenizing import TokenizerPool, TokenizerPoolError, encode_ids
 from tempscale_rag.windows import cut_windows
 
-logger = logging.getLogger(__name__)
-
-CPU_BATCH_TOKENS = 2_048
-"""Default padded-token budget per forward pass on the CPU. Measured on 2 cores with MiniLM: 2048 beat 4096, 8192
-and 16384 by 4% (mixed lengths) to 15% (512-token chunks); CPU attention materialises the score matrices, so
-smaller batches stay in cache."""
-
-GPU_MAX_BATCH_TOKENS = 1 << 17
-"""Cap of the GPU's padded-token budget. Smaller batches fill sooner, so more of the GPU's work overlaps tokenisation
-and less is left for the last, partial batches. Measured end to end in bf16 on 7.3M mixed-length tokens: on an H200,
-256k-token batches beat 1M-token ones (MiniLM-L6 4.2M vs 3.8M tokens/s, bge-base 1.67M vs 1.55M); on an H100 with
-tokenizer processes, 128k beat 256k (MiniLM 4.4M vs 4.3M, bge-base 1.73M vs 1.69M); 32k was slower."""
+__all__ = [
+    "CPU_BATCH_TOKENS",
+    "GPU_MAX_BATCH_TOKENS",
+    "PART_TEXTS",
+    "BucketReport",
+    "EncodeReport",
+    "TempScaleEncoder",
+    "TokenizedTexts",
+    "padded_length",
+]
 
 PART_TEXTS = 2_048
 """Inputs planned (tokenised and routed) together; on a GPU, parts are planned ahead in background threads."""
 
 _PLAN_AHEAD = 4
 """Parts planned ahead of the GPU at most: bounds the host memory a large call holds in token ids."""
-
-
-@dataclass
-class BucketReport:
-    """What happened to the inputs of one length bucket in one `encode` call."""
-
-    bucket: str
-    taus: list[float] = field(default_factory=list)
-    inputs: int = 0
-    segments: int = 0
-    tokens: int = 0
-    truncated_inputs: int = 0
-    dropped_tokens: int = 0
-
-
-@dataclass
-class EncodeReport:
-    """Truncation and routing report of the last `encode` call (`TempScaleEncoder.last_report`)."""
-
-    inputs: int = 0
-    segments: int = 0
-    tokens: int = 0
-    empty_inputs: int = 0
-    truncated_inputs: int = 0
-    dropped_tokens: int = 0
-    window: int = 0
-    long_text: str = "truncate"
-    seconds: float = 0.0
-    buckets: dict[str, BucketReport] = field(default_factory=dict)
-    input_tokens: list[int] = field(default_factory=list, repr=False)
-    """Per input: tokens the model saw for its first (or only) window."""
-    input_buckets: list[str] = field(default_factory=list, repr=False)
-    """Per input: the bucket label of its first (or only) window."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON types, for `--json` output and index summaries (per-input lists left out)."""
-        out = {k: v for k, v in self.__dict__.items() if k not in ("buckets", "input_tokens", "input_buckets")}
-        out["buckets"] = {k: dict(v.__dict__) for k, v in self.buckets.items()}
-        return out
-
-    def merge(self, other: EncodeReport) -> None:
-        """Add another call's counts into this one (used to total a multi-call job)."""
-        for name in ("inputs", "segments", "tokens", "empty_inputs", "truncated_inputs", "dropped_tokens"):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.seconds += other.seconds
-        self.window, self.long_text = other.window, other.long_text
-        for label, rep in other.buckets.items():
-            mine = self.buckets.setdefault(label, BucketReport(bucket=label))
-            mine.taus = sorted(set(mine.taus) | set(rep.taus))
-            for name in ("inputs", "segments", "tokens", "truncated_inputs", "dropped_tokens"):
-                setattr(mine, name, getattr(mine, name) + getattr(rep, name))
-
-
-@dataclass
-class _Part:
-    """Tokenised, segmented and routed inputs `offset .. offset + inputs` of one call, as flat arrays.
-
-    A segment is one window of one input: `flat[start : start + body]` plus the model's special tokens.
-    """
-
-    offset: int  # index of the part's first input in the call
-    first_segment: int  # index of the part's first segment in the call
-    flat: np.ndarray  # int32 token ids of every input's text, concatenated (no special tokens)
-    start: np.ndarray  # per segment: where its body starts in `flat`
-    body: np.ndarray  # per segment: text tokens (the model sees `body + specials.count`)
-    owner: np.ndarray  # per segment: input index in the call
-    tau: np.ndarray  # per segment: attention temperature
-    bucket: np.ndarray  # per segment: index of its bucket label in the route table
-    first: np.ndarray  # per input: index of its first segment within the part
-    dropped: np.ndarray  # per input: tokens cut off by `truncate`
-    empty: int  # inputs that are empty or whitespace-only
-
-
-@dataclass(frozen=True)
-class _RouteTable:
-    """`LengthRouter.route` for every length up to the window, as arrays: routing a part is one lookup."""
-
-    tau: np.ndarray
-    bucket: np.ndarray
-    labels: list[str]
-
-
-class _Group:
-    """Segments waiting for a batch: one (tau, padded shape), in input order, as (part, local indices) runs."""
-
-    def __init__(self, per_batch: int) -> None:
-        self.per_batch = per_batch
-        self.size = 0
-        self._runs: deque[tuple[_Part, np.ndarray]] = deque()
-
-    def add(self, part: _Part, local: np.ndarray) -> None:
-        self._runs.append((part, local))
-        self.size += len(local)
-
-    def take(self, n: int) -> list[tuple[_Part, np.ndarray]]:
-        """The next `n` segments (or all that wait, if fewer)."""
-        out: list[tuple[_Part, np.ndarray]] = []
-        while n and self._runs:
-            part, local = self._runs.popleft()
-            if len(local) > n:
-                self._runs.appendleft((part, local[n:]))
-                local = local[:n]
-            out.append((part, local))
-            n -= len(local)
-            self.size -= len(local)
-        return out
-
-
-class _LoadedModel:
-    """A loaded SentenceTransformer plus its TempScale patch; shared by encoders that differ only in routing."""
-
-    def __init__(self, model: str | SentenceTransformer, device: str | None, dtype: str) -> None:
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
-        if isinstance(model, SentenceTransformer):
-            self.st = model.to(self.device)
-            self.name = canonical_model_name(str(transformer_model(model).name_or_path))
-        else:
-            self.st = load_sentence_transformer(model, self.device, self.dtype)
-            self.name = canonical_model_name(model)
-        self.st.eval()
-        self.transformer = transformer_model(self.st)
-        self.patch: AttentionTemperature = patch_attention_temperature(self.transformer, 1.0)
-        self.tokenizer = self.st.tokenizer
-        self.specials: SpecialTokens = special_tokens(self.tokenizer)
-        self.window = full_window(self.st)
-        get_dim = getattr(self.st, "get_embedding_dimension", None) or self.st.get_sentence_embedding_dimension
-        self.dimension = int(get_dim() or 0)
-        self.needs_token_type_ids = "token_type_ids" in getattr(self.tokenizer, "model_input_names", ())
-        pad = self.tokenizer.pad_token_id
-        self.pad_id = int(pad) if pad is not None else 0
-        self.rust_tokenizer = _rust_tokenizer(self.tokenizer)
-        # One forward at a time: the temperature is model state, and async adapters call from worker threads.
-        self.lock = threading.Lock()
-        self._tokenizer_pool: TokenizerPool | None = None
-        self._tokenizer_pool_failed = False
-
-    def tokenizer_pool(self, workers: int) -> TokenizerPool | None:
-        """The worker processes that tokenise for this model (started on first use), or None to tokenise here."""
-        if workers < 1 or self.rust_tokenizer is None or self._tokenizer_pool_failed:
-            return None
-        if self._tokenizer_pool is not None and self._tokenizer_pool.workers != workers:
-            self._tokenizer_pool.close()
-            self._tokenizer_pool = None
-        if self._tokenizer_pool is None:
-            self._tokenizer_pool = TokenizerPool(self.rust_tokenizer.to_str(), workers)
-        return self._tokenizer_pool
-
-    def drop_tokenizer_pool(self, error: TokenizerPoolError) -> None:
-        """Stop using worker processes for good (they failed): the same ids come from this process, slower."""
-        if self._tokenizer_pool_failed:
-            return
-        self._tokenizer_pool_failed = True
-        logger.warning("tokenising in this process from now on, as a tokenizer worker failed: %s", error)
-        if self._tokenizer_pool is not None:
-            self._tokenizer_pool.close()
-            self._tokenizer_pool = None
 
 
 class TempScaleEncoder:
@@ -260,7 +94,7 @@ class TempScaleEncoder:
         max_seq_length: int | None = None,
         device: str | None = None,
         config: TempScaleConfig | None = None,
-        _loaded: _LoadedModel | None = None,
+        _loaded: LoadedModel | None = None,
         **options: Any,
     ) -> None:
         fields: dict[str, Any] = dict(config.model_dump() if config is not None else {})
@@ -281,7 +115,7 @@ class TempScaleEncoder:
             raise ValueError(f"invalid tempscale-rag configuration: {exc}") from None
         if _loaded is None:
             source: str | SentenceTransformer = model if isinstance(model, SentenceTransformer) else self.config.model
-            _loaded = _LoadedModel(source, self.config.device, self.config.dtype)
+            _loaded = LoadedModel(source, self.config.device, self.config.dtype)
         self._m = _loaded
         if isinstance(model, SentenceTransformer):
             # The config must name the model actually in use (manifests and with_config() rely on it).
@@ -295,7 +129,7 @@ class TempScaleEncoder:
             raise ValueError(f"max_seq_length={window} leaves no room for text after the special tokens")
         self.window = window
         self.router = LengthRouter(self.config)
-        self._route_tables: dict[bool, _RouteTable] = {}
+        self._route_tables: dict[bool, RouteTable] = {}
         self.last_report = EncodeReport(window=window, long_text=self.config.long_text)
 
     # -- public API -------------------------------------------------------------------------------------------
@@ -382,20 +216,67 @@ class TempScaleEncoder:
         Returns:
             The vectors and the routing/truncation report of this call.
         """
-        start = time.perf_counter()
+        return self._encode(_check_texts(texts), query=query, normalize=normalize, show_progress=show_progress)
+
+    def tokenize(self, texts: Sequence[str], *, query: bool = False) -> TokenizedTexts:
+        """Token ids of texts as `encode` plans them: prompt prepended, no special tokens, no truncation.
+
+        What `encode_tokens` takes; a pipeline that has no model at hand tokenises with
+        `tokenizing.tokenize_texts(encoder.rust_tokenizer.to_str(), texts, prompt)` instead (the same ids).
+
+        Args:
+            texts: The texts.
+            query: Prepend `query_prompt` instead of `document_prompt`.
+
+        Raises:
+            TypeError, ValueError: As `encode` does for bad texts.
+        """
         texts = _check_texts(texts)
-        if not texts:
-            return np.zeros((0, self.dimension), dtype=np.float32), EncodeReport(
-                window=self.window, long_text=self.config.long_text
-            )
-        segment_vectors, parts = self._run(self._stream_plan(texts, query=query), show_progress=show_progress)
-        owner = np.concatenate([part.owner for part in parts])
-        vectors = self._pool(segment_vectors, owner, len(texts))
-        if self.config.normalize if normalize is None else normalize:
-            vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
-        out = vectors.float().cpu().numpy()
-        report = self._report(parts, len(texts), query=query, start=start)
-        return out, report
+        pool = self._tokenizer_pool(-(-len(texts) // PART_TEXTS))
+        n_tokens, ids = self._tokenize(texts, query=query, pool=pool)
+        return TokenizedTexts(ids, n_tokens, blank_texts(texts))
+
+    def encode_tokens(
+        self,
+        tokens: TokenizedTexts,
+        *,
+        query: bool = False,
+        normalize: bool | None = None,
+        show_progress: bool = False,
+    ) -> np.ndarray:
+        """Embed texts given as token ids (from `tokenize` or a stage elsewhere); the report goes to `last_report`.
+
+        The vectors equal those `encode` gives for the texts the ids came from (same segments, routes and batches).
+
+        Args:
+            tokens: Each text's ids without special tokens or truncation, its prompt included.
+            query: Route as queries (`query_temperature`, if set); the query prompt must already be in the ids.
+            normalize: L2-normalise the vectors; None uses `config.normalize`.
+            show_progress: Show a progress bar over batches on stderr.
+
+        Returns:
+            A float32 array of shape `(len(tokens), dimension)`.
+
+        Raises:
+            TypeError: If `tokens` is not `TokenizedTexts`.
+            ValueError: If an id is outside the model's vocabulary.
+        """
+        vectors, self.last_report = self.encode_tokens_with_report(
+            tokens, query=query, normalize=normalize, show_progress=show_progress
+        )
+        return vectors
+
+    def encode_tokens_with_report(
+        self,
+        tokens: TokenizedTexts,
+        *,
+        query: bool = False,
+        normalize: bool | None = None,
+        show_progress: bool = False,
+    ) -> tuple[np.ndarray, EncodeReport]:
+        """Like `encode_tokens`, but return this call's report instead of storing it."""
+        tokens = check_tokens(tokens, self._m.vocab_size, self.model_name)
+        return self._encode(tokens, query=query, normalize=normalize, show_progress=show_progress)
 
     def encode_lists(
         self, texts: Sequence[str], *, query: bool = False, show_progress: bool = False
@@ -419,13 +300,36 @@ class TempScaleEncoder:
             One list of `dimension` floats per text, in input order (normalised as `config.normalize` says), and the
             call's routing/truncation report.
         """
+        return self._lists(_check_texts(texts), query=query, show_progress=show_progress)
+
+    # -- stages -----------------------------------------------------------------------------------------------
+
+    def _encode(
+        self, source: list[str] | TokenizedTexts, *, query: bool, normalize: bool | None, show_progress: bool
+    ) -> tuple[np.ndarray, EncodeReport]:
         start = time.perf_counter()
-        texts = _check_texts(texts)
-        if self.config.long_text != "truncate" or not texts:
-            vectors, report = self.encode_with_report(texts, query=query, show_progress=show_progress)
+        if not len(source):
+            return np.zeros((0, self.dimension), dtype=np.float32), EncodeReport(
+                window=self.window, long_text=self.config.long_text
+            )
+        segment_vectors, parts = self._run(self._stream_plan(source, query=query), show_progress=show_progress)
+        owner = np.concatenate([part.owner for part in parts])
+        vectors = self._pool(segment_vectors, owner, len(source))
+        if self.config.normalize if normalize is None else normalize:
+            vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+        out = vectors.float().cpu().numpy()
+        report = self._report(parts, len(source), query=query, start=start)
+        return out, report
+
+    def _lists(
+        self, source: list[str] | TokenizedTexts, *, query: bool, show_progress: bool
+    ) -> tuple[list[list[float]], EncodeReport]:
+        start = time.perf_counter()
+        if self.config.long_text != "truncate" or not len(source):
+            vectors, report = self._encode(source, query=query, normalize=None, show_progress=show_progress)
             with _gc_paused():
                 return vectors.tolist(), report
-        out: list[list[float]] = [[] for _ in texts]
+        out: list[list[float]] = [[] for _ in range(len(source))]
 
         def sink(inputs: np.ndarray, vectors: torch.Tensor) -> None:
             # One segment per input under `truncate`, numbered in input order: a segment number is its input's.
@@ -433,11 +337,9 @@ class TempScaleEncoder:
                 for i, vector in zip(inputs.tolist(), vectors.tolist(), strict=True):
                     out[i] = vector
 
-        _, parts = self._run(self._stream_plan(texts, query=query), show_progress=show_progress, sink=sink)
-        report = self._report(parts, len(texts), query=query, start=start)
+        _, parts = self._run(self._stream_plan(source, query=query), show_progress=show_progress, sink=sink)
+        report = self._report(parts, len(source), query=query, start=start)
         return out, report
-
-    # -- stages -----------------------------------------------------------------------------------------------
 
     def _tokenize(
         self, texts: list[str], *, query: bool, pool: TokenizerPool | None = None, offset: int = 0
@@ -455,42 +357,40 @@ class TempScaleEncoder:
                     return pool.tokenize(texts)
                 except TokenizerPoolError as exc:
                     self._m.drop_tokenizer_pool(exc)
-            rust = self._m.rust_tokenizer
-            if rust is not None:
-                # The Rust tokenizer's batch call without offsets: the same ids as the transformers wrapper, ~40%
-                # less time (measured on 7.3M tokens), and it runs in parallel over the CPU cores outside the GIL.
-                ids = [encoding.ids for encoding in rust.encode_batch_fast(texts, add_special_tokens=False)]
-            else:
-                # verbose=False: we report truncation ourselves, once per call, not the tokenizer's per-text warning.
-                ids = self._m.tokenizer(
-                    texts, add_special_tokens=False, truncation=False, return_attention_mask=False, verbose=False
-                )["input_ids"]
+            if self._m.rust_tokenizer is not None:
+                return encode_ids(self._m.rust_tokenizer, texts)
+            # verbose=False: we report truncation ourselves, once per call, not the tokenizer's per-text warning.
+            ids = self._m.tokenizer(
+                texts, add_special_tokens=False, truncation=False, return_attention_mask=False, verbose=False
+            )["input_ids"]
         except (TypeError, UnicodeEncodeError):
             _check_encodable(texts, offset)
             raise
         n_tokens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
         return n_tokens, np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(n_tokens.sum()))
 
-    def _plan(self, texts: list[str], *, query: bool) -> list[_Part]:
+    def _plan(self, source: list[str] | TokenizedTexts, *, query: bool) -> list[Part]:
         """Every part of a call, one after the other (for tests and the benchmark's stage timing)."""
-        starts = range(0, len(texts), PART_TEXTS)
-        pool = self._tokenizer_pool(len(starts))
-        return [self._plan_part(texts, s, query=query, pool=pool) for s in starts]
+        starts = range(0, len(source), PART_TEXTS)
+        pool = self._tokenizer_pool(len(starts)) if isinstance(source, list) else None
+        return [self._plan_part(source, s, query=query, pool=pool) for s in starts]
 
-    def _stream_plan(self, texts: list[str], *, query: bool) -> Iterator[_Part]:
+    def _stream_plan(self, source: list[str] | TokenizedTexts, *, query: bool) -> Iterator[Part]:
         """The parts of a call in order; on a GPU, planned up to `_PLAN_AHEAD` parts ahead in two threads.
 
         The threads hand each part's texts to the tokenizer processes (or, without them, to the Rust tokenizer,
         which runs on every core outside the GIL) and route the ids that come back. On the CPU the forward pass
-        needs the cores itself, so parts are planned inline, just before they are run.
+        needs the cores itself, so parts are planned inline, just before they are run; so are token ids given by the
+        caller, which only need segmenting and routing (numpy, a fraction of a millisecond per part).
         """
-        starts = range(0, len(texts), PART_TEXTS)
-        if not self._plan_ahead() or len(starts) == 1:
+        starts = range(0, len(source), PART_TEXTS)
+        if not self._plan_ahead() or len(starts) == 1 or isinstance(source, TokenizedTexts):
             for s in starts:
-                yield self._plan_part(texts, s, query=query)
+                yield self._plan_part(source, s, query=query)
             return
+        texts = source
         tokenizers = self._tokenizer_pool(len(starts))
-        pending: deque[Future[_Part]] = deque()
+        pending: deque[Future[Part]] = deque()
         upcoming = iter(starts)
         with ThreadPoolExecutor(max_workers=2, thread_name_prefix="tempscale-plan") as planners:
             try:
@@ -518,16 +418,23 @@ class TempScaleEncoder:
         workers = self.config.tokenize_workers
         return self._m.tokenizer_pool(_default_tokenize_workers() if workers is None else workers)
 
-    def _plan_part(self, texts: list[str], offset: int, *, query: bool, pool: TokenizerPool | None = None) -> _Part:
-        """Tokenise, segment and route inputs `offset .. offset + PART_TEXTS` (vectorised over segments)."""
-        chunk = texts[offset : offset + PART_TEXTS]
-        n_tokens, flat = self._tokenize(chunk, query=query, pool=pool, offset=offset)
+    def _plan_part(
+        self, source: list[str] | TokenizedTexts, offset: int, *, query: bool, pool: TokenizerPool | None = None
+    ) -> Part:
+        """Tokenise (texts only), segment and route inputs `offset .. offset + PART_TEXTS` (vectorised)."""
+        if isinstance(source, TokenizedTexts):
+            given = source.slice(offset, offset + PART_TEXTS)
+            n_tokens, flat, empty = given.lengths, given.ids, given.empty_count()
+        else:
+            chunk = source[offset : offset + PART_TEXTS]
+            n_tokens, flat = self._tokenize(chunk, query=query, pool=pool, offset=offset)
+            empty = int(blank_texts(chunk).sum())
         text_start = np.concatenate(([0], np.cumsum(n_tokens)[:-1])).astype(np.int64)
         config = self.config
         cut = cut_windows(n_tokens, self.window - self._m.specials.count, config.long_text, config.chunk_overlap)
         table = self._route_table(query)
         seen = cut.body + self._m.specials.count
-        return _Part(
+        return Part(
             offset=offset,
             first_segment=0,  # set by `_run`, which numbers segments as parts arrive
             flat=flat,
@@ -538,62 +445,26 @@ class TempScaleEncoder:
             bucket=table.bucket[seen],
             first=cut.first,
             dropped=cut.dropped,
-            empty=sum(1 for text in chunk if not text.strip()),
+            empty=empty,
         )
 
-    def _route_table(self, query: bool) -> _RouteTable:
-        cached = self._route_tables.get(query)
-        if cached is None:
-            routes = [self.router.route(n, query=query) for n in range(self.window + 1)]
-            labels = list(dict.fromkeys(r.bucket for r in routes))
-            cached = _RouteTable(
-                tau=np.array([r.tau for r in routes], dtype=np.float64),
-                bucket=np.array([labels.index(r.bucket) for r in routes], dtype=np.int64),
-                labels=labels,
-            )
-            self._route_tables[query] = cached
-        return cached
+    def _route_table(self, query: bool) -> RouteTable:
+        if query not in self._route_tables:
+            self._route_tables[query] = RouteTable.build(self.router, self.window, query=query)
+        return self._route_tables[query]
 
-    def _report(self, parts: list[_Part], n_inputs: int, *, query: bool, start: float) -> EncodeReport:
+    def _report(self, parts: list[Part], n_inputs: int, *, query: bool, start: float) -> EncodeReport:
         """The call's routing and truncation report, from all its parts' arrays, timed from `start`; logs truncation."""
-        report = self._count(parts, n_inputs, query=query)
+        report = build_report(
+            parts,
+            n_inputs,
+            table=self._route_table(query),
+            specials=self._m.specials.count,
+            window=self.window,
+            long_text=self.config.long_text,
+        )
         report.seconds = time.perf_counter() - start
-        _log_truncation(report)
-        return report
-
-    def _count(self, parts: list[_Part], n_inputs: int, *, query: bool) -> EncodeReport:
-        table = self._route_table(query)
-        specials = self._m.specials.count
-        report = EncodeReport(inputs=n_inputs, window=self.window, long_text=self.config.long_text)
-        if not parts:
-            return report
-        body = np.concatenate([p.body for p in parts])
-        tau = np.concatenate([p.tau for p in parts])
-        bucket = np.concatenate([p.bucket for p in parts])
-        first = np.concatenate([p.first + p.first_segment for p in parts])
-        dropped = np.concatenate([p.dropped for p in parts])
-        seen = body + specials
-        report.empty_inputs = sum(p.empty for p in parts)
-        report.segments = len(body)
-        report.tokens = int(seen.sum())
-        report.truncated_inputs = int((dropped > 0).sum())
-        report.dropped_tokens = int(dropped.sum())
-        first_bucket = bucket[first]
-        report.input_tokens = seen[first].tolist()
-        report.input_buckets = [table.labels[b] for b in first_bucket.tolist()]
-        for b in sorted(set(bucket.tolist()) | set(first_bucket.tolist())):
-            label = table.labels[b]
-            mine, firsts = bucket == b, first_bucket == b
-            report.buckets[label] = BucketReport(
-                bucket=label,
-                taus=sorted(set(tau[mine].tolist())),
-                inputs=int(firsts.sum()),
-                segments=int(mine.sum()),
-                tokens=int(seen[mine].sum()),
-                truncated_inputs=int((dropped[firsts] > 0).sum()),
-                dropped_tokens=int(dropped[firsts].sum()),
-            )
-        report.buckets = dict(sorted(report.buckets.items(), key=lambda kv: int(kv[0].split("-")[0].rstrip("+"))))
+        log_truncation(report)
         return report
 
     def _batch_tokens(self) -> int:
@@ -601,136 +472,19 @@ class TempScaleEncoder:
             return self.config.max_batch_tokens
         if self.device.type != "cuda":
             return CPU_BATCH_TOKENS
-        return _gpu_batch_tokens(self.device, self.model)
+        return gpu_batch_tokens(self.device, self.model)
 
-    @torch.inference_mode()
-    def _run(
-        self,
-        parts: Iterable[_Part],
-        *,
-        show_progress: bool,
-        sink: Callable[[np.ndarray, torch.Tensor], None] | None = None,
-    ) -> tuple[torch.Tensor, list[_Part]]:
-        """Run every batch as soon as its group fills it; return segment vectors in segment order and the parts.
-
-        With a `sink`, each batch's vectors (normalised as `config.normalize` says) are instead handed to it on the
-        host with their segment numbers, one batch behind the GPU so that the sink's work overlaps the next batch,
-        and the returned tensor is empty.
-        """
-        m = self._m
-        budget = self._batch_tokens()
-        groups: dict[tuple[float, int], _Group] = {}
-        done: list[_Part] = []
-        rows: list[torch.Tensor] = []  # each batch's vectors, in the order batches ran
-        order: list[np.ndarray] = []  # each batch's segment numbers
-        handed: deque[tuple[np.ndarray, torch.Tensor]] = deque()  # with a sink: batches not yet handed to it
-        progress = tqdm(desc="Embedding", unit="batch", disable=not show_progress, leave=False)
-
-        cuda = m.device.type == "cuda"
-        previous: list[torch.cuda.Event] = []
-
-        def run_batch(tau: float, length: int, members: list[tuple[_Part, np.ndarray]]) -> None:
-            features = self._features(members, length, cuda)
-            if previous:
-                # transformers checks each batch's padding mask on the host (`mask.all()`), a device sync that
-                # holds the GIL and so stalls the threads planning the next parts. Waiting for the previous batch
-                # here first releases the GIL while the GPU works, and leaves that check nothing to wait for.
-                previous.pop().synchronize()
-            m.patch.set(tau)
-            vectors = m.st(features)["sentence_embedding"].float()
-            segments = np.concatenate([part.first_segment + local for part, local in members])
-            if sink is None:
-                rows.append(vectors)
-                order.append(segments)
-            else:
-                if self.config.normalize:
-                    vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
-                # Copied to pinned host memory behind the batch on the GPU's queue: done when its event is.
-                handed.append((segments, vectors.to("cpu", non_blocking=cuda)))
-            if cuda:
-                previous.append(torch.cuda.Event())
-                previous[0].record()
-            if sink is not None and len(handed) > 1:
-                # The previous batch's event was waited for above; the GPU is now busy with this one.
-                sink(*handed.popleft())
-            progress.update()
-
-        with m.lock:
-            try:
-                segments = 0
-                for part in parts:
-                    part.first_segment = segments
-                    segments += len(part.body)
-                    done.append(part)
-                    padded = _padded_lengths(part.body + m.specials.count, self.window)
-                    keys = np.lexsort((part.tau, -padded))  # longest shapes first, input order inside a group
-                    edges = np.flatnonzero((np.diff(padded[keys]) != 0) | (np.diff(part.tau[keys]) != 0)) + 1
-                    for local in np.split(keys, edges):
-                        key = (float(part.tau[local[0]]), int(padded[local[0]]))
-                        group = groups.setdefault(key, _Group(per_batch=max(1, budget // key[1])))
-                        group.add(part, np.sort(local))
-                        while group.size >= group.per_batch:
-                            run_batch(*key, group.take(group.per_batch))
-                for key, group in sorted(groups.items(), key=lambda kv: -kv[0][1]):
-                    while group.size:
-                        run_batch(*key, group.take(group.per_batch))
-                if previous:
-                    previous.pop().synchronize()
-                while sink is not None and handed:
-                    sink(*handed.popleft())
-            finally:
-                m.patch.set(1.0)
-                progress.close()
-        if not rows:
-            return torch.empty((0, m.dimension), dtype=torch.float32, device=m.device), done
-        staged = torch.cat(rows)
-        index = torch.from_numpy(np.concatenate(order)).to(m.device)
-        return torch.empty_like(staged).index_copy_(0, index, staged), done
-
-    def _features(self, members: list[tuple[_Part, np.ndarray]], length: int, pin: bool) -> dict[str, torch.Tensor]:
-        """Padded model inputs of one batch; only the token ids and lengths cross to the device.
-
-        Token ids are gathered from the parts' flat arrays straight into (pinned, on GPU) host memory and copied
-        without blocking; the attention mask and token type ids are built on the device.
-        """
-        device = self._m.device
-        specials = self._m.specials
-        prefix, suffix = len(specials.prefix), len(specials.suffix)
-        n_rows = sum(len(local) for _part, local in members)
-        ids = torch.empty((n_rows, length), dtype=torch.int64, pin_memory=pin)
-        out = ids.numpy()
-        out.fill(self._m.pad_id)
-        out[:, :prefix] = specials.prefix
-        lengths = np.empty(n_rows, dtype=np.int64)
-        row = 0
-        for part, local in members:
-            body = part.body[local]
-            rows = np.arange(row, row + len(local))
-            width = int(body.max())
-            if width:
-                columns = np.arange(width)
-                gather = np.minimum(part.start[local][:, None] + columns, len(part.flat) - 1)
-                np.copyto(
-                    out[row : row + len(local), prefix : prefix + width],
-                    part.flat[gather],
-                    where=columns < body[:, None],
-                )
-            for j, token in enumerate(specials.suffix):
-                out[rows, prefix + body + j] = token
-            lengths[row : row + len(local)] = body + prefix + suffix
-            row += len(local)
-        lengths_t = torch.from_numpy(lengths)
-        if pin:
-            lengths_t = lengths_t.pin_memory()
-        lengths_d = lengths_t.to(device, non_blocking=pin)
-        positions = torch.arange(length, device=device)
-        tensors = {
-            "input_ids": ids.to(device, non_blocking=pin),
-            "attention_mask": (positions < lengths_d[:, None]).to(torch.int64),
-        }
-        if self._m.needs_token_type_ids:
-            tensors["token_type_ids"] = torch.zeros((n_rows, length), dtype=torch.int64, device=device)
-        return tensors
+    def _run(self, parts: Iterator[Part], *, show_progress: bool, sink: Any = None) -> tuple[torch.Tensor, list[Part]]:
+        """Run the parts' batches on the model (`batching.run_parts`); segment vectors in segment order, the parts."""
+        return run_parts(
+            self._m,
+            parts,
+            window=self.window,
+            budget=self._batch_tokens(),
+            normalize=self.config.normalize,
+            show_progress=show_progress,
+            sink=sink,
+        )
 
     def _pool(self, segment_vectors: torch.Tensor, owner: np.ndarray, n_inputs: int) -> torch.Tensor:
         if len(owner) == n_inputs:  # one segment per input, already in input order
@@ -768,42 +522,7 @@ def padded_length(n: int, window: int) -> int:
     Fixed shapes let batches be formed from inputs of equal padded length only, so the padding a text gets (and thus
     its vector, to the last bit on a given machine) does not depend on which other texts share the call.
     """
-    return int(_padded_lengths(np.asarray([n]), window)[0])
-
-
-def _rust_tokenizer(tokenizer: Any) -> Any:
-    """A copy of a fast tokenizer's Rust backend with truncation and padding off, or None for slow tokenizers."""
-    backend = getattr(tokenizer, "_tokenizer", None) or getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or not hasattr(backend, "encode_batch_fast"):
-        return None
-    from tokenizers import Tokenizer
-
-    copy = Tokenizer.from_str(backend.to_str())
-    copy.no_truncation()
-    copy.no_padding()
-    return copy
-
-
-def _padded_lengths(lengths: np.ndarray, window: int) -> np.ndarray:
-    """`padded_length` of every element of an integer array."""
-    step = np.where(lengths <= 64, 8, np.where(lengths <= 128, 16, 32))
-    return np.minimum(-(-lengths // step) * step, np.maximum(window, lengths))
-
-
-def _gpu_batch_tokens(device: torch.device, st: SentenceTransformer) -> int:
-    """A padded-token budget that fits comfortably in the free memory of the GPU."""
-    free, _total = torch.cuda.mem_get_info(device)
-    # Blocks torch's caching allocator holds but no tensor uses are free to us too; counting them keeps the budget
-    # (and so the batches) the same from one call to the next instead of shrinking after a large call.
-    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    hidden = int(getattr(transformer_model(st).config, "hidden_size", 768))
-    intermediate = int(getattr(transformer_model(st).config, "intermediate_size", 4 * hidden))
-    # Peak activation per token in one layer is dominated by the FFN intermediate and a few hidden-size buffers;
-    # with fused attention no L x L matrix is stored. 2 bytes (half precision) x generous factor of 4. Measured on
-    # an H200 (bf16, 1M-token batches): 17 KB per token for bge-base against the 74 KB assumed here.
-    bytes_per_token = (intermediate + 8 * hidden) * 2 * 4
-    budget = int(free * 0.5 // bytes_per_token)
-    return int(min(max(budget, 4096), GPU_MAX_BATCH_TOKENS))
+    return int(padded_lengths(np.asarray([n]), window)[0])
 
 
 def _default_tokenize_workers() -> int:
@@ -841,20 +560,6 @@ def _check_texts(texts: Sequence[str]) -> list[str]:
     return out
 
 
-def _log_truncation(report: EncodeReport) -> None:
-    if not report.truncated_inputs:
-        return
-    per_bucket = ", ".join(
-        f"{b.bucket}: {b.truncated_inputs} inputs/{b.dropped_tokens} tokens"
-        for b in report.buckets.values()
-        if b.truncated_inputs
-    )
-    logger.warning(
-        "%d of %d inputs exceeded the %d-token window; %d tokens were dropped (%s). "
-        "Use long_text='chunk_mean' to embed the whole text, or chunk it before embedding.",
-        report.truncated_inputs,
-        report.inputs,
-        report.window,
-        report.dropped_tokens,
-        per_bucket,
-    )
+def blank_texts(texts: Sequence[str]) -> np.ndarray:
+    """Per text, True if it is empty or whitespace-only (counted in a report's `empty_inputs`)."""
+    return np.fromiter((not text.strip() for text in texts), dtype=bool, count=len(texts))

@@ -1,8 +1,9 @@
-"""Loading sentence-transformers models: the bundled default, names and paths, window and special tokens."""
+"""Loading sentence-transformers models (bundled default, names, window, special tokens) and `LoadedModel`."""
 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,9 @@ from typing import Any
 import torch
 from sentence_transformers import SentenceTransformer
 
+from tempscale_rag.attention import AttentionTemperature, patch_attention_temperature
 from tempscale_rag.config import BUNDLED_MODEL
+from tempscale_rag.tokenizing import TokenizerPool, TokenizerPoolError
 
 logger = logging.getLogger(__name__)
 
@@ -146,3 +149,69 @@ def special_tokens(tokenizer: Any) -> SpecialTokens:
         if full[start : start + len(content)] == content:
             return SpecialTokens(tuple(full[:start]), tuple(full[start + len(content) :]))
     raise ValueError(f"cannot find the special-token template of {type(tokenizer).__name__}")
+
+
+class LoadedModel:
+    """A loaded SentenceTransformer plus its TempScale patch; shared by encoders that differ only in routing."""
+
+    def __init__(self, model: str | SentenceTransformer, device: str | None, dtype: str) -> None:
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        if isinstance(model, SentenceTransformer):
+            self.st = model.to(self.device)
+            self.name = canonical_model_name(str(transformer_model(model).name_or_path))
+        else:
+            self.st = load_sentence_transformer(model, self.device, self.dtype)
+            self.name = canonical_model_name(model)
+        self.st.eval()
+        self.transformer = transformer_model(self.st)
+        self.patch: AttentionTemperature = patch_attention_temperature(self.transformer, 1.0)
+        self.tokenizer = self.st.tokenizer
+        self.specials: SpecialTokens = special_tokens(self.tokenizer)
+        self.window = full_window(self.st)
+        get_dim = getattr(self.st, "get_embedding_dimension", None) or self.st.get_sentence_embedding_dimension
+        self.dimension = int(get_dim() or 0)
+        # Rows of the embedding table: ids handed in by a caller (`encode_tokens`) are checked against it.
+        self.vocab_size = int(getattr(self.transformer.config, "vocab_size", 0) or 0)
+        self.needs_token_type_ids = "token_type_ids" in getattr(self.tokenizer, "model_input_names", ())
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = int(pad) if pad is not None else 0
+        self.rust_tokenizer = rust_tokenizer_copy(self.tokenizer)
+        # One forward at a time: the temperature is model state, and async adapters call from worker threads.
+        self.lock = threading.Lock()
+        self._tokenizer_pool: TokenizerPool | None = None
+        self._tokenizer_pool_failed = False
+
+    def tokenizer_pool(self, workers: int) -> TokenizerPool | None:
+        """The worker processes that tokenise for this model (started on first use), or None to tokenise here."""
+        if workers < 1 or self.rust_tokenizer is None or self._tokenizer_pool_failed:
+            return None
+        if self._tokenizer_pool is not None and self._tokenizer_pool.workers != workers:
+            self._tokenizer_pool.close()
+            self._tokenizer_pool = None
+        if self._tokenizer_pool is None:
+            self._tokenizer_pool = TokenizerPool(self.rust_tokenizer.to_str(), workers)
+        return self._tokenizer_pool
+
+    def drop_tokenizer_pool(self, error: TokenizerPoolError) -> None:
+        """Stop using worker processes for good (they failed): the same ids come from this process, slower."""
+        if self._tokenizer_pool_failed:
+            return
+        self._tokenizer_pool_failed = True
+        logger.warning("tokenising in this process from now on, as a tokenizer worker failed: %s", error)
+        if self._tokenizer_pool is not None:
+            self._tokenizer_pool.close()
+            self._tokenizer_pool = None
+
+
+def rust_tokenizer_copy(tokenizer: Any) -> Any:
+    """A copy of a fast tokenizer's Rust backend with truncation and padding off, or None for slow tokenizers."""
+    backend = getattr(tokenizer, "_tokenizer", None) or getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not hasattr(backend, "encode_batch_fast"):
+        return None
+    from tokenizers import Tokenizer
+
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    return copy

@@ -9,7 +9,6 @@ batches; each distinct tau then acts as its own bucket.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tempscale_rag.config import Bucket, TempScaleConfig
@@ -63,10 +62,6 @@ class LengthRouter:
         if self.config.schedule is not None:
             return Route(label, self.schedule_tau(n_tokens))
         return Route(label, bucket.tau)
-
-    def route_many(self, lengths: Sequence[int], *, query: bool = False) -> list[Route]:
-        """Route a batch of inputs; same as calling `route` for each."""
-        return [self.route(n, query=query) for n in lengths]
 
     def schedule_tau(self, n_tokens: int) -> float:
         """LongEmbed's schedule `1 / max(1, ln n / ln n0)`, rounded to `SCHEDULE_RESOLUTION`."""
