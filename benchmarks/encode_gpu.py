@@ -13,10 +13,16 @@ Pooling, run in bf16 and/or fp16. Methods, side by side on the same model and te
 - `engine tau=1`: the same engine at temperature 1 (TempScale off): the equal-outputs check against ST;
 - `engine 1M`: the engine with 1M-token batches instead of its default cap (the cap's justification);
 - `engine tokenize_workers=0`: the engine tokenising in its own process (threads) instead of worker processes;
+- `engine ids`: `engine.encode_tokens(engine.tokenize(texts))` timed without the tokenising: the engine fed token ids
+  by a stage elsewhere (a Ray CPU stage), its vectors checked equal to `engine`'s;
 - `ST.encode`: `SentenceTransformer.encode(texts)` with its default batch size (32), and with 256;
 - `eager TempScale`: the authors' approach: attention computed eagerly as an explicit softmax(QK^T/sqrt(d)/tau + mask)
   (transformers' eager attention with the scale divided by tau) at one global tau, run through `ST.encode`;
 - `dense ceiling`: forward passes over full 512-token batches (no padding), the fastest the model can go.
+
+The tokenising stage alone: the engine's worker processes tokenising the corpus in parts, with their CPU seconds per
+million tokens (read from /proc) beside the parent's. To compare two versions of the engine on one machine, run the
+script once with each on PYTHONPATH (methods a version lacks are skipped).
 
 Real tokens count the tokens each text has (special tokens included), not padding. Times are wall clock end to end
 (tokenisation included) after a warm-up; the table shows medians of interleaved repeats.
@@ -64,11 +70,12 @@ CHUNK_SIZES = (128, 256, 384, 512)
 EAGER_TAU = 0.8
 ST_BATCH = 32
 ENGINE_1M = 1 << 20
-METHODS = ("ceiling", "engine", "engine_tau1", "engine_1m", "engine_inproc", "st", "st_b256", "eager")
+METHODS = ("ceiling", "engine", "engine_tau1", "engine_ids", "engine_1m", "engine_inproc", "st", "st_b256", "eager")
 LABELS = {
     "ceiling": "dense ceiling (512-token batches)",
     "engine": "tempscale engine (buckets)",
     "engine_tau1": "tempscale engine (tau=1)",
+    "engine_ids": "engine (buckets), given token ids",
     "engine_1m": "tempscale engine (buckets, 1M-token batches)",
     "engine_inproc": "engine (buckets), tokenize_workers=0",
     "st": f"ST.encode (batch {ST_BATCH}, tau=1)",
@@ -312,7 +319,10 @@ def dense_ceiling(st: SentenceTransformer, device: str, vocab: int, batches: tup
 
 def batch_stats(parts: list[Any], engine: TempScaleEncoder, budget: int) -> dict[str, int]:
     """Batches, distinct padded shapes and padded tokens of one engine call (its groups cut at the budget)."""
-    from tempscale_rag.planning import padded_lengths as _padded_lengths
+    try:
+        from tempscale_rag.planning import padded_lengths as _padded_lengths
+    except ImportError:  # an engine before the planning module (comparing versions)
+        from tempscale_rag.encoder import _padded_lengths  # type: ignore[attr-defined,no-redef]
 
     seen = np.concatenate([p.body for p in parts]) + engine.count_tokens([""])[0]
     taus = np.concatenate([p.tau for p in parts])
@@ -324,6 +334,52 @@ def batch_stats(parts: list[Any], engine: TempScaleEncoder, budget: int) -> dict
         "shapes": len(set(keys[0].tolist())),
         "padded_tokens": int(padded.sum()),
     }
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc; 0 elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tokenize_stage(engine: TempScaleEncoder, texts: list[str], real_tokens: int) -> dict[str, Any]:
+    """The tokenising stage alone, as the engine runs it on a GPU: its worker processes, parts of 2,048 texts, two
+    parts in flight. Wall seconds and CPU seconds per million tokens of the workers and of this process."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = engine._tokenizer_pool(2)
+    if pool is None:
+        return {}
+    pool.tokenize(texts[: 64 * pool.workers])  # start every worker
+    parts = [texts[s : s + 2048] for s in range(0, len(texts), 2048)]
+    best: dict[str, Any] = {}
+    for _ in range(3):
+        workers0 = sum(_cpu_seconds(p.pid) for p in pool._procs)
+        parent0, start = time.process_time(), time.perf_counter()
+        with ThreadPoolExecutor(2) as planners:
+            tokens = sum(len(ids) for _counts, ids in planners.map(pool.tokenize, parts))
+        seconds = time.perf_counter() - start
+        workers = sum(_cpu_seconds(p.pid) for p in pool._procs) - workers0
+        parent = time.process_time() - parent0
+        if not best or seconds < best["seconds"]:
+            best = {
+                "seconds": seconds,
+                "tokens": tokens,
+                "tokens_per_s": tokens / seconds,
+                "workers": pool.workers,
+                "worker_cpu_s_per_mtok": workers / tokens * 1e6,
+                "parent_cpu_s_per_mtok": parent / tokens * 1e6,
+            }
+    print(
+        f"  tokenising stage: {best['seconds']:.2f} s, {best['tokens_per_s'] / 1e6:.2f}M tok/s with {pool.workers} "
+        f"processes; CPU s per M tokens: workers {best['worker_cpu_s_per_mtok']:.3f}, parent "
+        f"{best['parent_cpu_s_per_mtok']:.3f}",
+        flush=True,
+    )
+    return best
 
 
 def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -353,6 +409,9 @@ def run_model(shape: str, dtype_name: str, folder: Path, texts: list[str], args:
 
     calls: dict[str, Callable[[], np.ndarray]] = {
         "engine": lambda: engine.encode(texts),
+        **(
+            {"engine_ids": partial(engine.encode_tokens, engine.tokenize(texts))} if hasattr(engine, "tokenize") else {}
+        ),
         "engine_tau1": lambda: engine_tau1.encode(texts),
         "engine_1m": lambda: engine_1m.encode(texts),
         "engine_inproc": lambda: engine_inproc.encode(texts),
@@ -374,6 +433,8 @@ def run_model(shape: str, dtype_name: str, folder: Path, texts: list[str], args:
     }
     if "ceiling" in methods:
         result["methods"]["ceiling"] = dense_ceiling(st, device, len(st.tokenizer), tuple(args.ceiling_batches))
+    if "engine" in methods:
+        result["tokenize_stage"] = tokenize_stage(engine, texts, real_tokens)
     # Warm-up: each engine variant once on the whole corpus (every shape, full-size batches: kernel selection, caching
     # allocator and pinned-memory growth), the ST-driven baselines on a subset.
     for m in timed_methods:
@@ -431,7 +492,7 @@ def run_model(shape: str, dtype_name: str, folder: Path, texts: list[str], args:
     if "engine_tau1" in outputs and "st" in outputs:
         result["methods"]["engine_tau1"]["cos_ref"] = "ST.encode"
         result["methods"]["engine_tau1"]["max_cos_diff"] = 1 - min_cosine(outputs["engine_tau1"], outputs["st"])
-    for variant in ("engine_1m", "engine_inproc"):
+    for variant in ("engine_1m", "engine_inproc", "engine_ids"):
         if variant in outputs and "engine" in outputs:
             result["methods"][variant]["cos_ref"] = "engine"
             result["methods"][variant]["max_cos_diff"] = 1 - min_cosine(outputs[variant], outputs["engine"])
@@ -489,6 +550,13 @@ def print_table(results: list[dict[str, Any]]) -> list[str]:
                 f"the run stage ({100 * res['real_tokens'] / run / ceil_tps:.0f}% of the ceiling)"
                 if ceil_tps
                 else ""
+            )
+        tok = res.get("tokenize_stage")
+        if tok:
+            lines.append(
+                f"  -> {res['model']} tokenising stage alone: {tok['tokens_per_s'] / 1e6:.2f}M tok/s with "
+                f"{tok['workers']} processes; CPU s per M tokens: workers {tok['worker_cpu_s_per_mtok']:.3f}, "
+                f"engine process {tok['parent_cpu_s_per_mtok']:.3f}"
             )
     print("\n".join(lines))
     return lines

@@ -13,7 +13,7 @@ from sentence_transformers import SentenceTransformer
 
 from tempscale_rag.attention import AttentionTemperature, patch_attention_temperature
 from tempscale_rag.config import BUNDLED_MODEL
-from tempscale_rag.tokenizing import TokenizerPool, TokenizerPoolError
+from tempscale_rag.tokenizing import IdTokenizer, TokenizerPool, TokenizerPoolError
 
 logger = logging.getLogger(__name__)
 
@@ -177,6 +177,7 @@ class LoadedModel:
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else 0
         self.rust_tokenizer = rust_tokenizer_copy(self.tokenizer)
+        self.id_tokenizer = IdTokenizer(self.rust_tokenizer.to_str()) if self.rust_tokenizer is not None else None
         # One forward at a time: the temperature is model state, and async adapters call from worker threads.
         self.lock = threading.Lock()
         self._tokenizer_pool: TokenizerPool | None = None
