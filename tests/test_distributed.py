@@ -208,6 +208,26 @@ def test_embed_dataset_adds_the_engines_vectors(ray_module: Any, encoder: TempSc
     np.testing.assert_allclose(vectors, encoder.encode(texts), atol=2e-6)
 
 
+def test_tokenising_tasks_feed_the_actors_the_engines_ids(ray_module: Any, encoder: TempScaleEncoder) -> None:
+    """The CPU stage (Ray tasks; a Ray Data task stage) sends ids to the actors: the single process's vectors, for
+    `RayEmbedder` and `embed_dataset`, the prompt included."""
+    from tempscale_rag.distributed import RayEmbedder, RaySettings, embed_dataset
+
+    rng = random.Random(5)
+    texts = [_text(rng, n) for n in (3, 40, 90, 250, 12, 400, 5, 160, 700)] + ["", "naïve café 日本語"]
+    config = CONFIG.model_copy(update={"document_prompt": "passage: "})
+    expected = encoder.with_config(document_prompt="passage: ").encode(texts)
+    settings = RaySettings(batch_rows=4, tokenize_in_tasks=True, tokenize_task_rows=3)
+    ds = ray_module.data.from_items([{"id": i, "body": t} for i, t in enumerate(texts)])
+    rows = sorted(embed_dataset(ds, "body", config=config, settings=settings).take_all(), key=lambda r: r["id"])
+    assert all(set(r) == {"id", "body", "vector"} for r in rows)  # the ids column is dropped
+    np.testing.assert_allclose(np.stack([r["vector"] for r in rows]), expected, atol=2e-6)
+    with RayEmbedder(config, settings, reserve_cpus=False) as pool:
+        assert pool.plan.tokenize_in_tasks and pool._tokenizer is not None
+        np.testing.assert_allclose(pool.encode(texts), expected, atol=2e-6)
+        assert pool.last_report.inputs == len(texts) and pool.last_report.empty_inputs == 1
+
+
 def test_cli_index_ray_builds_the_index_the_cli_builds(
     ray_module: Any, queries: np.ndarray, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -437,11 +457,14 @@ def test_missing_ray_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.parametrize(
     ("cpus", "gpus", "settings", "expected"),
     [
-        # A 2-GPU, 32-core host: one actor per GPU, the CPUs less 1 in 8 (for reading) shared, tokenising with them.
-        (32, 2.0, {}, (2, 1.0, 14, 16384, 14)),
-        (32, 2.0, {"actors": 1}, (1, 1.0, 28, 16384, 28)),
-        (16, 0.0, {}, (1, 0.0, 1, 256, None)),  # CPU cluster: one CPU actor by default
-        (16, 0.0, {"actors": 4, "batch_rows": 64}, (4, 0.0, 1, 64, None)),
+        # A 2-GPU, 32-core host: one actor per GPU holding one CPU, fed ids by tokenising tasks on the other CPUs.
+        (32, 2.0, {}, (2, 1.0, 1, 16384, 0, True)),
+        # Actors that tokenise themselves: the CPUs less 1 in 8 (for reading) shared, tokenising with them.
+        (32, 2.0, {"tokenize_in_tasks": False}, (2, 1.0, 14, 16384, 14, False)),
+        (32, 2.0, {"actors": 1, "tokenize_in_tasks": False}, (1, 1.0, 28, 16384, 28, False)),
+        (16, 0.0, {}, (1, 0.0, 1, 256, None, False)),  # CPU cluster: one CPU actor by default, tokenising itself
+        (16, 0.0, {"actors": 4, "batch_rows": 64}, (4, 0.0, 1, 64, None, False)),
+        (16, 0.0, {"tokenize_in_tasks": True}, (1, 0.0, 1, 256, None, True)),
     ],
 )
 def test_pool_sizing(
@@ -451,7 +474,8 @@ def test_pool_sizing(
 
     monkeypatch.setattr(embedding, "cluster_resources", lambda: (cpus, gpus))
     plan = embedding.plan_pool(RaySettings(**settings))
-    assert (plan.actors, plan.gpus_per_actor, plan.cpus_per_actor, plan.batch_rows, plan.tokenize_workers) == expected
+    got = (plan.actors, plan.gpus_per_actor, plan.cpus_per_actor, plan.batch_rows, plan.tokenize_workers)
+    assert (*got, plan.tokenize_in_tasks) == expected
     assert plan.actor_config(CONFIG).tokenize_workers == expected[4]
     with pytest.raises(ValueError, match="lower --ray-actors"):
         embedding.plan_pool(RaySettings(actors=int(gpus) + 1 if gpus else cpus))

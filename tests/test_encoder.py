@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 from typing import Any
 
 import numpy as np
@@ -14,7 +15,8 @@ import tempscale_rag.encoder as encoder_module
 from tempscale_rag import Bucket, TempScaleEncoder
 from tempscale_rag.encoder import padded_length
 from tempscale_rag.models import bundled_model_path
-from tempscale_rag.tokenizing import TokenizerPool
+from tempscale_rag.planning import TokenizedTexts
+from tempscale_rag.tokenizing import TokenizerPool, tokenize_texts
 
 from .conftest import MIXED_TEXTS
 
@@ -85,6 +87,66 @@ def test_parts_and_planning_ahead_change_nothing(
     whole_report.seconds = parts_report.seconds = 0.0
     assert parts_report == whole_report
     assert parts_report.segments > len(texts) and parts_report.empty_inputs == 2
+
+
+@pytest.mark.parametrize("part_texts", [2_048, 3], ids=["one-part", "parts-of-3"])
+def test_token_ids_give_the_texts_vectors_to_the_bit(
+    encoder: TempScaleEncoder, monkeypatch: pytest.MonkeyPatch, part_texts: int
+) -> None:
+    """Texts tokenised elsewhere (`tokenize`, or `tokenize_texts` without a model, as a Ray CPU stage does) and handed
+    over as ids: the same vectors to the bit and the same report as `encode` on the texts, across prompts, queries,
+    buckets, chunk_mean and parts; a Ray-style split into pieces and back changes nothing."""
+    monkeypatch.setattr(encoder_module, "PART_TEXTS", part_texts)
+    texts = [*MIXED_TEXTS, LONG, "", "   ", *MIXED_TEXTS[::-1], "naïve café 日本語 🚀", "tab\tand\nnewline"]
+    bucketed = encoder.with_config(
+        buckets=[Bucket(min_tokens=0, max_tokens=16, tau=1.0), Bucket(min_tokens=16, max_tokens=None, tau=0.8)],
+        query_prompt="query: ",
+        query_temperature=0.9,
+        document_prompt="passage: ",
+        max_batch_tokens=256,
+    )
+    tokenizer_json = encoder.rust_tokenizer.to_str()
+    for engine, query in [
+        (bucketed, False),
+        (bucketed, True),
+        (bucketed.with_config(long_text="chunk_mean", chunk_overlap=32), False),
+    ]:
+        expected, expected_report = engine.encode_with_report(texts, query=query)
+        tokens = engine.tokenize(texts, query=query)
+        prompt = engine.config.query_prompt if query else engine.config.document_prompt
+        elsewhere = tokenize_texts(tokenizer_json, texts, prompt)
+        np.testing.assert_array_equal(elsewhere.ids, tokens.ids)
+        np.testing.assert_array_equal(elsewhere.lengths, tokens.lengths)
+        np.testing.assert_array_equal(elsewhere.blank, tokens.blank)
+        pieces = TokenizedTexts.concat([tokens.slice(0, 5), tokens.slice(5, 9), tokens.slice(9, len(tokens))])
+        rows = TokenizedTexts.from_lists(tokens.split(), blank=tokens.blank)
+        for given in (tokens, pieces, rows):
+            vectors, report = engine.encode_tokens_with_report(given, query=query)
+            np.testing.assert_array_equal(vectors, expected)
+            expected_report.seconds = report.seconds = 0.0
+            assert report == expected_report
+        assert expected_report.empty_inputs == 2
+    np.testing.assert_array_equal(bucketed.encode_tokens(bucketed.tokenize([])), bucketed.encode([]))
+
+
+def test_token_ids_are_checked(encoder: TempScaleEncoder) -> None:
+    with pytest.raises(TypeError, match="TokenizedTexts"):
+        encoder.encode_tokens([[101, 2023]])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="vocabulary"):
+        encoder.encode_tokens(TokenizedTexts(np.array([5, 10**6]), np.array([2])))
+    with pytest.raises(ValueError, match="vocabulary"):
+        encoder.encode_tokens(TokenizedTexts(np.array([-1]), np.array([1])))
+    with pytest.raises(ValueError, match="add up to 3 tokens but ids holds 2"):
+        TokenizedTexts(np.array([5, 6]), np.array([1, 2]))
+    with pytest.raises(TypeError, match="integer"):
+        TokenizedTexts(np.array([5.0]), np.array([1]))
+
+
+def test_parts_planned_ahead_start_small() -> None:
+    spans = encoder_module._ramped_spans(5_000)
+    assert [b - a for a, b in spans] == [256, 512, 1024, 2048, 1160]
+    assert spans[0][0] == 0 and spans[-1][1] == 5_000
+    assert all(b == c for (_, b), (c, _) in itertools.pairwise(spans))
 
 
 @pytest.mark.parametrize("part_texts", [2_048, 3], ids=["one-part", "parts-of-3"])

@@ -10,7 +10,7 @@ import pytest
 
 import tempscale_rag.encoder as encoder_module
 from tempscale_rag import TempScaleEncoder
-from tempscale_rag.tokenizing import TokenizerPool, TokenizerPoolError
+from tempscale_rag.tokenizing import IdTokenizer, TokenizerPool, TokenizerPoolError, encode_ids
 
 from .conftest import MIXED_TEXTS
 
@@ -33,6 +33,26 @@ def test_workers_give_the_ids_of_this_process(encoder: TempScaleEncoder) -> None
     finally:
         pool.close()
     assert all(proc.poll() is not None for proc in pool._procs)  # close() stops the workers
+
+
+def test_the_ascii_twin_gives_the_ids_of_the_full_tokenizer(encoder: TempScaleEncoder) -> None:
+    """BERT's normaliser without its NFD and CJK passes, on pure-ASCII texts only: the same ids, every ASCII character
+    (controls too) and mixed calls included; a tokenizer with another normaliser gets no twin."""
+    rng = np.random.default_rng(0)
+    noise = ["".join(map(chr, rng.integers(0, 128, 300))) for _ in range(40)]
+    texts = [*TEXTS, *noise, "ÉCOLE Straße", "Ａｂｃ 한국어", "plain ascii"]
+    ids = IdTokenizer(encoder._m.rust_tokenizer.to_str())
+    assert ids.ascii is not None
+    for chosen in (texts, [t for t in texts if t.isascii()], [t for t in texts if not t.isascii()]):
+        expected = encode_ids(ids.full, chosen)
+        got = ids.encode(chosen)
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_array_equal(got[1], expected[1])
+    from tokenizers import Tokenizer, normalizers
+
+    other = Tokenizer.from_str(encoder._m.rust_tokenizer.to_str())
+    other.normalizer = normalizers.Lowercase()
+    assert IdTokenizer(other.to_str()).ascii is None
 
 
 def test_a_broken_tokenizer_is_reported_by_the_worker() -> None:

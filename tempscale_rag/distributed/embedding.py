@@ -4,6 +4,12 @@
 once, keyed by the chunks it holds); `embed_dataset` runs the same actor class inside Ray Data's `map_batches` for
 teams that already hold their texts in a `ray.data.Dataset`.
 
+With GPU actors, texts are tokenised in Ray CPU tasks (`tokenize_task`, one CPU each, spread by Ray over the cluster)
+and the actors get token ids (`TokenizedTexts`), so a GPU actor's process only runs the model and several actors on
+one host do not split its tokenising CPUs between fixed pools: the tasks go wherever CPUs are free. In Ray Data the
+tokenising is a task stage before the actor stage, autoscaled by Ray Data. The ids are those the engine would make
+itself, so the vectors are the same (`RaySettings.tokenize_in_tasks`).
+
 Each actor is started with `max_restarts` and `max_task_retries`: when one dies (a node lost, a process killed, an
 out-of-memory kill), Ray starts it again, it loads the model again, and the calls it held run again, so the caller
 still gets one result per batch. Vectors do not depend on which actor or batch embeds a text (the engine's batches
@@ -24,6 +30,8 @@ from tempscale_rag.config import TempScaleConfig
 from tempscale_rag.distributed.cluster import cluster_resources, connect, require_ray
 from tempscale_rag.distributed.settings import DEFAULT_CPU_BATCH_ROWS, DEFAULT_GPU_BATCH_ROWS, RaySettings
 from tempscale_rag.encoder import EncodeReport, TempScaleEncoder
+from tempscale_rag.planning import TokenizedTexts
+from tempscale_rag.tokenizing import tokenize_texts
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +39,31 @@ K = TypeVar("K")
 
 CALL_BATCHES = 8
 """The largest actor call `RayEmbedder.encode` makes, in units of `batch_rows`."""
+
+IDS_COLUMN = "__tempscale_token_ids"
+"""Ray Data: the column the tokenising stage adds (one id array per row) and the actor stage removes."""
+
+
+def tokenize_task(tokenizer_json: str, texts: list[str], prompt: str) -> TokenizedTexts:
+    """The CPU stage: texts to the engine's token ids, in a Ray task that holds one CPU.
+
+    The Rust tokenizer would otherwise start a thread per core of the node in every task; one task per CPU is the
+    parallelism here.
+    """
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    return tokenize_texts(tokenizer_json, texts, prompt)
+
+
+def _tokenize_batch(batch: dict[str, Any], *, tokenizer_json: str, column: str, prompt: str) -> dict[str, Any]:
+    """Ray Data's tokenising stage (tasks): adds `IDS_COLUMN` to a batch (the tokenizer is built once per process)."""
+    if column not in batch:
+        raise KeyError(f"the dataset has no column {column!r} (it has {sorted(batch)}); pass column=...")
+    tokens = tokenize_task(tokenizer_json, list(np.asarray(batch[column]).tolist()), prompt)
+    out = dict(batch)
+    ids = np.empty(len(tokens), dtype=object)
+    ids[:] = tokens.split()
+    out[IDS_COLUMN] = ids
+    return out
 
 
 class EncoderActor:
@@ -61,17 +94,30 @@ class EncoderActor:
             "device": str(self.encoder.device),
         }
 
+    def tokenizer_json(self) -> str | None:
+        """The engine's Rust tokenizer (what `tokenize_task` needs), or None for a model without one."""
+        rust = self.encoder.rust_tokenizer
+        return None if rust is None else str(rust.to_str())
+
     def encode(self, texts: list[str]) -> tuple[np.ndarray, EncodeReport]:
         """Embed `texts` as documents; returns the vectors and the call's report."""
         return self.encoder.encode_with_report(texts, query=self.query)
 
+    def encode_tokens(self, *pieces: TokenizedTexts) -> tuple[np.ndarray, EncodeReport]:
+        """Embed documents given as token ids, in pieces (one per tokenising task, in order), as one call."""
+        return self.encoder.encode_tokens_with_report(TokenizedTexts.concat(list(pieces)), query=self.query)
+
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Ray Data: add `output_column` (a float32 matrix) computed from `column` to a batch of rows."""
-        if self.column not in batch:
-            raise KeyError(f"the dataset has no column {self.column!r} (it has {sorted(batch)}); pass column=...")
-        texts = list(np.asarray(batch[self.column]).tolist())
-        vectors, _report = self.encoder.encode_with_report(texts, query=self.query)
+        """Ray Data: add `output_column` (a float32 matrix) computed from `column` (or its ids) to a batch of rows."""
         out = dict(batch)
+        if IDS_COLUMN in out:
+            tokens = TokenizedTexts.from_lists(list(out.pop(IDS_COLUMN)))
+            vectors, _report = self.encoder.encode_tokens_with_report(tokens, query=self.query)
+        elif self.column in batch:
+            texts = list(np.asarray(batch[self.column]).tolist())
+            vectors, _report = self.encoder.encode_with_report(texts, query=self.query)
+        else:
+            raise KeyError(f"the dataset has no column {self.column!r} (it has {sorted(batch)}); pass column=...")
         out[self.output_column] = vectors
         return out
 
@@ -85,6 +131,7 @@ class PoolPlan:
     cpus_per_actor: int
     batch_rows: int
     tokenize_workers: int | None
+    tokenize_in_tasks: bool = False
 
     def actor_config(self, config: TempScaleConfig) -> TempScaleConfig:
         """The engine configuration an actor runs: the user's, with tokenizer processes fitted to its CPUs."""
@@ -117,9 +164,10 @@ def plan_pool(settings: RaySettings, *, reserve_cpus: bool = True) -> PoolPlan:
             f"the Ray cluster has {gpus:g}: lower --ray-actors"
         )
     reserved = max(1, cpus // 8) if reserve_cpus else 0
+    in_tasks = settings.tokenize_in_tasks if settings.tokenize_in_tasks is not None else gpus_per_actor > 0
     if settings.cpus_per_actor is not None:
         cpus_per_actor = settings.cpus_per_actor
-    elif gpus_per_actor > 0:
+    elif gpus_per_actor > 0 and not in_tasks:
         cpus_per_actor = max(1, (cpus - reserved) // actors)
     else:
         cpus_per_actor = 1
@@ -129,9 +177,10 @@ def plan_pool(settings: RaySettings, *, reserve_cpus: bool = True) -> PoolPlan:
             f"{cpus} CPUs for reading files: lower --ray-actors"
         )
     batch_rows = settings.batch_rows or (DEFAULT_GPU_BATCH_ROWS if gpus_per_actor > 0 else DEFAULT_CPU_BATCH_ROWS)
-    # A GPU actor tokenises in one process per CPU it holds (the engine's default would count the whole host's).
-    tokenize_workers = cpus_per_actor if gpus_per_actor > 0 else None
-    return PoolPlan(actors, gpus_per_actor, cpus_per_actor, batch_rows, tokenize_workers)
+    # A GPU actor tokenises in one process per CPU it holds (the engine's default would count the whole host's);
+    # fed ids by tasks, it needs none.
+    tokenize_workers = (0 if in_tasks else cpus_per_actor) if gpus_per_actor > 0 else None
+    return PoolPlan(actors, gpus_per_actor, cpus_per_actor, batch_rows, tokenize_workers, in_tasks)
 
 
 class RayEmbedder:
@@ -180,6 +229,11 @@ class RayEmbedder:
         self.dimension: int = int(described[0]["dimension"])
         self.devices: list[str] = [d["device"] for d in described]
         self.last_report = EncodeReport()
+        self._tokenizer: Any = None  # with tokenising tasks: the tokenizer JSON in Ray's object store
+        if self.plan.tokenize_in_tasks:
+            tokenizer_json = ray.get(self._actors[0].tokenizer_json.remote())
+            if tokenizer_json is not None:  # a slow tokenizer: the actors tokenise themselves
+                self._tokenizer = ray.put(tokenizer_json)
         logger.info("%d embedding actors on %s", len(self._actors), ", ".join(self.devices))
 
     @property
@@ -243,7 +297,7 @@ class RayEmbedder:
                     break
                 key, texts = item
                 slot = queued.index(min(queued))
-                pending[self._actors[slot].encode.remote(list(texts))] = (key, slot)
+                pending[self._submit(self._actors[slot], list(texts))] = (key, slot)
                 queued[slot] += 1
             if not pending:
                 return
@@ -255,6 +309,21 @@ class RayEmbedder:
             except (RayActorError, RayTaskError) as exc:
                 raise RuntimeError(f"an embedding actor failed and could not be recovered: {exc}") from exc
             yield key, vectors, report
+
+    def _submit(self, actor: Any, texts: list[str]) -> Any:
+        """One actor call; with tokenising tasks, the texts go to CPU tasks first and the actor gets their ids.
+
+        The actor call takes the tasks' results as arguments, so Ray runs it once they are done and moves the ids
+        from the tasks' nodes to the actor's; the driver never waits for them.
+        """
+        if self._tokenizer is None:
+            return actor.encode.remote(texts)
+        ray = require_ray()
+        task = ray.remote(tokenize_task).options(num_cpus=1)
+        step = self.settings.tokenize_task_rows
+        prompt = self.config.document_prompt
+        pieces = [task.remote(self._tokenizer, texts[a : a + step], prompt) for a in range(0, len(texts), step)]
+        return actor.encode_tokens.remote(*pieces)
 
     def close(self) -> None:
         """Stop the actors, and the Ray connection if this embedder started it."""
@@ -309,7 +378,18 @@ def embed_dataset(
     settings = settings or RaySettings()
     connect(settings)
     plan = plan_pool(settings, reserve_cpus=False)
-    config_json = plan.actor_config(config or TempScaleConfig()).model_dump_json()
+    config = config or TempScaleConfig()
+    config_json = plan.actor_config(config).model_dump_json()
+    tokenizer_json = tokenizer_json_of(config.model) if plan.tokenize_in_tasks else None
+    if tokenizer_json is not None:
+        prompt = config.query_prompt if query else config.document_prompt
+        dataset = dataset.map_batches(
+            _tokenize_batch,
+            fn_kwargs={"tokenizer_json": tokenizer_json, "column": column, "prompt": prompt},
+            batch_size=settings.tokenize_task_rows,
+            batch_format="numpy",
+            num_cpus=1,
+        )
     return dataset.map_batches(
         EncoderActor,
         fn_constructor_kwargs={"config": config_json, "column": column, "output_column": output_column, "query": query},
@@ -319,3 +399,15 @@ def embed_dataset(
         num_cpus=plan.cpus_per_actor,
         num_gpus=plan.gpus_per_actor or None,
     )
+
+
+def tokenizer_json_of(model: str) -> str | None:
+    """The Rust tokenizer of a model (a `TempScaleConfig.model`) loaded without the model; None if it has none."""
+    from transformers import AutoTokenizer
+
+    from tempscale_rag.config import BUNDLED_MODEL
+    from tempscale_rag.models import bundled_model_path, rust_tokenizer_copy
+
+    source = bundled_model_path() if model == BUNDLED_MODEL else model
+    rust = rust_tokenizer_copy(AutoTokenizer.from_pretrained(source))
+    return None if rust is None else str(rust.to_str())

@@ -35,14 +35,24 @@ class RaySettings(BaseModel):
     cpus_per_actor: int | None = Field(
         default=None,
         ge=1,
-        description="CPUs each embedding actor reserves (a GPU actor tokenises with one process per CPU); None: 1 for "
-        "CPU actors, for GPU actors the cluster's CPUs less one per 8 for reading, shared among the actors.",
+        description="CPUs each embedding actor reserves (a GPU actor that tokenises itself uses one process per CPU); "
+        "None: 1 for CPU actors and for GPU actors fed by tokenising tasks, else the cluster's CPUs less one per 8 for "
+        "reading, shared among the GPU actors.",
     )
     batch_rows: int | None = Field(
         default=None,
         ge=1,
         description=f"Texts per actor call; None: {DEFAULT_GPU_BATCH_ROWS} on GPU actors, {DEFAULT_CPU_BATCH_ROWS} on "
         "CPU actors.",
+    )
+    tokenize_in_tasks: bool | None = Field(
+        default=None,
+        description="Tokenise in Ray CPU tasks spread over the cluster's CPUs and send the embedding actors token ids "
+        "(they then run only the model); None: on GPU actors (with a fast tokenizer), off on CPU actors, whose forward "
+        "pass needs the CPUs.",
+    )
+    tokenize_task_rows: int = Field(
+        default=2_048, ge=1, description="Texts per tokenising task (with tokenize_in_tasks)."
     )
     in_flight: int = Field(default=2, ge=1, description="Calls queued per actor, so it never waits for the driver.")
     files_per_task: int = Field(default=8, ge=1, description="Files read and chunked by one Ray task.")
