@@ -9,7 +9,8 @@ Methods, on the same model folder and texts:
 - `direct`: `TempScaleEncoder(model).encode(texts)` in this process on GPU 0, tokenising with one process per CPU of
   its share of the host (host CPUs / GPUs), which is what each Ray actor gets;
 - `ray-1`, `ray-2`: `RayEmbedder(actors=N).encode(texts)`: the actor pool `tempscale-rag index --ray` embeds with,
-  one actor per GPU, each an engine with the same tokenizer processes, fed `--batch-rows` texts per call;
+  one actor per GPU, fed `--batch-rows` texts per call, tokenised in Ray CPU tasks that send the actors ids (with
+  `--no-tokenize-in-tasks`: each actor an engine with its own tokenizer processes, one per CPU of its share);
 - `ray-data-N`: `embed_dataset` over `ray.data.from_items(texts)` with N GPUs, consumed with `iter_batches` (Ray Data
   starts its actors on every execution, so this row includes loading the model);
 - `direct-all-cpus` (optional): the engine directly with one tokenizer process per core of the whole host.
@@ -117,9 +118,10 @@ def run_model(shape: str, folder: Path, texts: list[str], args: argparse.Namespa
         settings = RaySettings(
             actors=n,
             gpus_per_actor=0 if args.smoke else 1,
-            cpus_per_actor=per_gpu,
+            cpus_per_actor=None if args.tokenize_in_tasks else per_gpu,
             batch_rows=args.batch_rows,
             in_flight=args.in_flight,
+            tokenize_in_tasks=args.tokenize_in_tasks,
         )
         start = time.perf_counter()
         embedder = RayEmbedder(config, settings, reserve_cpus=False)
@@ -146,7 +148,8 @@ def run_model(shape: str, folder: Path, texts: list[str], args: argparse.Namespa
             data_name = f"ray-data-{n}"
             data_runs = []
             # One CPU per GPU left to Ray Data's own scheduling, which holds back when every CPU is reserved.
-            data_settings = settings.model_copy(update={"cpus_per_actor": max(1, per_gpu - 1)})
+            cpus = None if args.tokenize_in_tasks else max(1, per_gpu - 1)
+            data_settings = settings.model_copy(update={"cpus_per_actor": cpus})
             for r in range(max(1, args.repeats - 1)):
                 dataset = ray.data.from_items([{"text": t} for t in texts])
                 seconds, _ = timed(
@@ -196,6 +199,13 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=2, help="calls queued per actor")
     parser.add_argument("--cpus-per-gpu", type=int, default=None, help="default: host CPUs / largest pool")
     parser.add_argument("--ray-data", action=argparse.BooleanOptionalAction, default=True, help="embed_dataset rows")
+    parser.add_argument(
+        "--tokenize-in-tasks",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Ray: tokenise in CPU tasks and feed the actors ids (the default on GPUs); --no-tokenize-in-tasks: each "
+        "actor tokenises with its own share of the CPUs, as before",
+    )
     parser.add_argument("--all-cpus", action="store_true", help="also the direct engine with every host CPU")
     parser.add_argument("--tokenizer", default=None)
     parser.add_argument("--qmsum", default=None)

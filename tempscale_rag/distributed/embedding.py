@@ -176,6 +176,8 @@ def plan_pool(settings: RaySettings, *, reserve_cpus: bool = True) -> PoolPlan:
             f"{actors} embedding actors with {cpus_per_actor} CPUs each leave fewer than {reserved} of the cluster's "
             f"{cpus} CPUs for reading files: lower --ray-actors"
         )
+    if in_tasks and actors * cpus_per_actor + reserved >= cpus:
+        in_tasks = False  # the actors hold every CPU: no task could run, so they tokenise themselves
     batch_rows = settings.batch_rows or (DEFAULT_GPU_BATCH_ROWS if gpus_per_actor > 0 else DEFAULT_CPU_BATCH_ROWS)
     # A GPU actor tokenises in one process per CPU it holds (the engine's default would count the whole host's);
     # fed ids by tasks, it needs none.
