@@ -97,20 +97,28 @@ def main() -> None:
     base = med["sentence-transformers encode (tau=1)"]
     base_cpu = cpu["sentence-transformers encode (tau=1)"]
     cos = (outputs["tempscale engine, tau=1"] * outputs["sentence-transformers encode (tau=1)"]).sum(axis=1)
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}")
-    print(f"corpus: {len(texts)} texts, {real_tokens} real tokens (window {engine_off.window}), "
-          f"from {source_text()[1]}; median of {args.repeats} interleaved runs")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}"
+    )
+    print(
+        f"corpus: {len(texts)} texts, {real_tokens} real tokens (window {engine_off.window}), "
+        f"from {source_text()[1]}; median of {args.repeats} interleaved runs"
+    )
     print(f"{'method':38s} {'wall s':>7s} {'tokens/s':>9s} {'vs ST':>6s} {'CPU s':>7s} {'CPU vs ST':>9s}")
     for name in methods:
-        print(f"{name:38s} {med[name]:7.2f} {real_tokens / med[name]:9.0f} {base / med[name]:5.2f}x "
-              f"{cpu[name]:7.2f} {base_cpu / cpu[name]:8.2f}x")
+        print(
+            f"{name:38s} {med[name]:7.2f} {real_tokens / med[name]:9.0f} {base / med[name]:5.2f}x "
+            f"{cpu[name]:7.2f} {base_cpu / cpu[name]:8.2f}x"
+        )
     spread = {name: (min(ts), max(ts)) for name, ts in times.items()}
     print("wall-time range per method: " + "; ".join(f"{n}: {a:.1f}-{b:.1f}s" for n, (a, b) in spread.items()))
     overhead = med["tempscale engine, default buckets"] / med["tempscale engine, tau=1"] - 1
     overhead_cpu = cpu["tempscale engine, default buckets"] / cpu["tempscale engine, tau=1"] - 1
-    print(f"TempScale overhead (default buckets vs tau=1, same engine): wall {100 * overhead:+.1f}%, "
-          f"CPU {100 * overhead_cpu:+.1f}%")
+    print(
+        f"TempScale overhead (default buckets vs tau=1, same engine): wall {100 * overhead:+.1f}%, "
+        f"CPU {100 * overhead_cpu:+.1f}%"
+    )
     print(f"engine tau=1 vs sentence-transformers: min cosine {cos.min():.6f}, max cosine diff {1 - cos.min():.2e}")
 
 

@@ -76,8 +76,10 @@ def main() -> None:
             for name, flags in configs.items():
                 out = work / f"index-{r}-{len(results[name])}-{abs(hash(name))}"
                 results[name].append(run(folder, out, flags))
-                print(f"round {r + 1}: {name}: {results[name][-1][0]:.1f} s wall, {results[name][-1][1]:.1f} s CPU",
-                      flush=True)
+                print(
+                    f"round {r + 1}: {name}: {results[name][-1][0]:.1f} s wall, {results[name][-1][1]:.1f} s CPU",
+                    flush=True,
+                )
         from tokenizers import Tokenizer
 
         from tempscale_rag.models import bundled_model_path
@@ -89,18 +91,24 @@ def main() -> None:
         source_tokens = sum(len(e.ids) - 2 for e in tok.encode_batch(texts))
         base_wall = statistics.median(w for w, _, _ in results[next(iter(CONFIGS))])
         base_cpu = statistics.median(c for _, c, _ in results[next(iter(CONFIGS))])
-        print(f"\n{args.docs} QMSum transcripts, {source_tokens:,} source tokens; {platform.machine()}, "
-              f"{os.cpu_count()} CPUs, Python {platform.python_version()}; medians of {args.repeats} fresh processes")
-        print(f"{'configuration':42} {'wall s':>7} {'x':>5} {'CPU s':>7} {'x':>5} {'vectors':>8} "
-              f"{'tok/src':>8} {'vec/1k':>7}")
+        print(
+            f"\n{args.docs} QMSum transcripts, {source_tokens:,} source tokens; {platform.machine()}, "
+            f"{os.cpu_count()} CPUs, Python {platform.python_version()}; medians of {args.repeats} fresh processes"
+        )
+        print(
+            f"{'configuration':42} {'wall s':>7} {'x':>5} {'CPU s':>7} {'x':>5} {'vectors':>8} "
+            f"{'tok/src':>8} {'vec/1k':>7}"
+        )
         for name, runs in results.items():
             wall = statistics.median(w for w, _, _ in runs)
             cpu = statistics.median(c for _, c, _ in runs)
             summary = runs[-1][2]
             chunks = int(summary["chunks"])  # type: ignore[call-overload]
             tokens = int(summary["tokens"])  # type: ignore[call-overload]
-            print(f"{name:42} {wall:7.1f} {wall / base_wall:5.2f} {cpu:7.1f} {cpu / base_cpu:5.2f} {chunks:8d} "
-                  f"{tokens / source_tokens:8.2f} {1000 * chunks / source_tokens:7.1f}")
+            print(
+                f"{name:42} {wall:7.1f} {wall / base_wall:5.2f} {cpu:7.1f} {cpu / base_cpu:5.2f} {chunks:8d} "
+                f"{tokens / source_tokens:8.2f} {1000 * chunks / source_tokens:7.1f}"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -70,9 +70,26 @@ def run_tempscale(folder: Path, out: Path, chunk: int, overlap: int) -> tuple[fl
     start = time.perf_counter()
     # One chunk size, the LlamaIndex side's: the CLI's default chunks every file at four sizes.
     done = subprocess.run(
-        [sys.executable, "-m", "tempscale_rag.cli", "-q", "index", str(folder), "--out", str(out), "--json",
-         "--device", "cpu", "--chunk-tokens", str(chunk), "--chunk-overlap-tokens", str(overlap)],
-        check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tempscale_rag.cli",
+            "-q",
+            "index",
+            str(folder),
+            "--out",
+            str(out),
+            "--json",
+            "--device",
+            "cpu",
+            "--chunk-tokens",
+            str(chunk),
+            "--chunk-overlap-tokens",
+            str(overlap),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return time.perf_counter() - start, json.loads(done.stdout)["chunks"]
 
@@ -81,7 +98,9 @@ def run_llamaindex(folder: Path, chunk: int, overlap: int, batch: int) -> tuple[
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-c", LLAMAINDEX_JOB, str(folder), str(chunk), str(overlap), str(batch)],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     )
     return time.perf_counter() - start, json.loads(done.stdout.strip().splitlines()[-1])["chunks"]
 
@@ -117,8 +136,10 @@ def main() -> None:
     med = {name: statistics.median(ts) for name, ts in times.items()}
     ours = med["tempscale-rag index (CLI)"]
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
-    print(f"corpus: {args.docs} QMSum transcripts, {size / 1e6:.1f} MB; chunk {chunk} tokens, overlap {overlap}; "
-          f"median of {args.repeats} run(s), each a fresh process")
+    print(
+        f"corpus: {args.docs} QMSum transcripts, {size / 1e6:.1f} MB; chunk {chunk} tokens, overlap {overlap}; "
+        f"median of {args.repeats} run(s), each a fresh process"
+    )
     print(f"{'method':46s} {'wall s':>8s} {'chunks':>7s} {'tempscale-rag speed-up':>23s}")
     for name in methods:
         print(f"{name:46s} {med[name]:8.1f} {chunks[name]:7d} {med[name] / ours:22.2f}x")

@@ -115,8 +115,6 @@ class Calibration:
         )
 
 
-
-
 def _settings(encoder: TempScaleEncoder) -> dict[str, Any]:
     return {"max_seq_length": encoder.window, "long_text": encoder.config.long_text}
 

@@ -99,8 +99,11 @@ def _reference_embeddings(
                 if type(module).__name__ == "MPNetSelfAttention":
                     m.setattr(module, "forward", types.MethodType(_mpnet_reference_forward(tau), module))
         else:
-            m.setattr(importlib.import_module(EAGER_MODULES[arch]), "eager_attention_forward",
-                      _reference_attention(tau, t5=arch == "t5"))
+            m.setattr(
+                importlib.import_module(EAGER_MODULES[arch]),
+                "eager_attention_forward",
+                _reference_attention(tau, t5=arch == "t5"),
+            )
         return st.encode(texts, batch_size=len(texts), convert_to_numpy=True)
 
 

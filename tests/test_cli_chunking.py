@@ -199,9 +199,7 @@ def test_queries_get_the_default_query_tau_or_the_one_asked_for(
     assert f"queries    tau {DEFAULT_QUERY_TEMPERATURE:g}" in text
 
 
-def test_a_short_file_is_shown_once_not_once_per_chunk_size(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_a_short_file_is_shown_once_not_once_per_chunk_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # Shorter than every size: the same text is a chunk at 32 and at 64 tokens (two vectors, one text to show).
     docs = write_docs(tmp_path / "docs", repeat=1)
     index = tmp_path / "index"

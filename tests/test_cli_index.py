@@ -98,14 +98,27 @@ def test_bad_files_are_reported_and_skipped(tmp_path: Path, capsys: pytest.Captu
     (docs / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
     (docs / "huge.txt").write_text("word " * 300_000, encoding="utf-8")
     code, out, _ = run_cli(
-        capsys, "index", str(docs), "--out", str(tmp_path / "i"), "--json", "--max-file-mb", "1",
+        capsys,
+        "index",
+        str(docs),
+        "--out",
+        str(tmp_path / "i"),
+        "--json",
+        "--max-file-mb",
+        "1",
     )
     summary = json.loads(out)
     assert code == 3 and summary["files_indexed"] == 4, "files that failed make the run partial (exit 3)"
     reasons = {Path(f["path"]).name: f["reason"] for f in summary["files_failed"] + summary["skipped"]}
     kinds = {Path(f["path"]).name: f["kind"] for f in summary["files_failed"] + summary["skipped"]}
-    assert kinds == {"binary.txt": "rejected", "latin1.txt": "rejected", "empty.md": "empty",
-                     "image.png": "unsupported", "broken.pdf": "rejected", "huge.txt": "rejected"}
+    assert kinds == {
+        "binary.txt": "rejected",
+        "latin1.txt": "rejected",
+        "empty.md": "empty",
+        "image.png": "unsupported",
+        "broken.pdf": "rejected",
+        "huge.txt": "rejected",
+    }
     assert "binary" in reasons["binary.txt"]
     assert "UTF-8" in reasons["latin1.txt"]
     assert "empty" in reasons["empty.md"]
@@ -120,8 +133,13 @@ def test_real_pdf_is_indexed(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
     writer = pypdf.PdfWriter()
     page = writer.add_blank_page(width=300, height=300)
-    font = DictionaryObject({NameObject("/Type"): NameObject("/Font"), NameObject("/Subtype"): NameObject("/Type1"),
-                             NameObject("/BaseFont"): NameObject("/Helvetica")})
+    font = DictionaryObject(
+        {
+            NameObject("/Type"): NameObject("/Font"),
+            NameObject("/Subtype"): NameObject("/Type1"),
+            NameObject("/BaseFont"): NameObject("/Helvetica"),
+        }
+    )
     page[NameObject("/Resources")] = DictionaryObject(
         {NameObject("/Font"): DictionaryObject({NameObject("/F1"): writer._add_object(font)})}
     )
@@ -163,17 +181,22 @@ def test_wrong_model_and_corrupt_manifest_leave_index_untouched(
     assert snapshot(index) == corrupt
 
 
-def test_unreachable_qdrant_is_one_line_and_creates_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_unreachable_qdrant_is_one_line_and_creates_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as sock:  # a free loopback port with nothing listening
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     docs = write_docs(tmp_path / "docs")
     start = time.monotonic()
     code, _, err = run_cli(
-        capsys, "index", str(docs), "--out", str(tmp_path / "q"), "--store", "qdrant",
-        "--qdrant-url", f"http://127.0.0.1:{port}",
+        capsys,
+        "index",
+        str(docs),
+        "--out",
+        str(tmp_path / "q"),
+        "--store",
+        "qdrant",
+        "--qdrant-url",
+        f"http://127.0.0.1:{port}",
     )
     assert code == 1 and f"127.0.0.1:{port}" in err and len(err.strip().splitlines()) == 1
     assert time.monotonic() - start < 60
@@ -234,7 +257,9 @@ def test_interrupted_index_finishes_on_rerun(tmp_path: Path, sig: signal.Signals
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         _cli("-q", "index", str(docs), "--out", str(crashed), "--commit-every", "4", "--json", *one_size),
-        env=env, stdout=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -248,19 +273,33 @@ def test_interrupted_index_finishes_on_rerun(tmp_path: Path, sig: signal.Signals
     finished = bool(stdout.strip())  # the summary is printed only by a run that got to the end
     if not finished:
         assert proc.returncode == (130 if sig == signal.SIGINT else -signal.SIGKILL)
-    partial = json.loads(subprocess.run(_cli("info", "--out", str(crashed), "--json"), check=True,
-                                        capture_output=True, text=True).stdout)
+    partial = json.loads(
+        subprocess.run(_cli("info", "--out", str(crashed), "--json"), check=True, capture_output=True, text=True).stdout
+    )
     if not finished:
         assert 0 < partial["files"] < 120, "the interruption must leave a partial, committed index"
-    rerun = subprocess.run(_cli("-q", "index", str(docs), "--out", str(crashed), "--json", "--commit-every", "4"),
-                           check=True, capture_output=True, text=True)
+    rerun = subprocess.run(
+        _cli("-q", "index", str(docs), "--out", str(crashed), "--json", "--commit-every", "4"),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     assert json.loads(rerun.stdout)["files_failed"] == []
 
     def state(folder: Path) -> tuple[int, int, list[str]]:
-        info = json.loads(subprocess.run(_cli("info", "--out", str(folder), "--json"), check=True,
-                                         capture_output=True, text=True).stdout)
-        hits = json.loads(subprocess.run(_cli("search", "budget", "--out", str(folder), "--json", "-k", "100"),
-                                         check=True, capture_output=True, text=True).stdout)
+        info = json.loads(
+            subprocess.run(
+                _cli("info", "--out", str(folder), "--json"), check=True, capture_output=True, text=True
+            ).stdout
+        )
+        hits = json.loads(
+            subprocess.run(
+                _cli("search", "budget", "--out", str(folder), "--json", "-k", "100"),
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
         return info["chunks"], info["files"], sorted(h["source"] + str(h["position"]) for h in hits)
 
     assert state(crashed) == state(clean)

@@ -246,7 +246,8 @@ def test_html_text_is_joined_as_a_browser_renders_it_and_code_keeps_its_lines(tm
         "<div class='example-wrap'><pre class='rust rust-example-rendered'><code><span class='kw'>use </span>std::fs;"
         "\n<span class='kw'>let </span>message = fs::read_to_string(<span class='string'>\"message.txt\"</span>)?;"
         "</code></pre><a class='test-arrow' target='_blank' title='Run code' href='https://play.rust-lang.org/?code="
-        + "%23!%5Ballow(unused)%5D%0Ause+std::fs;%0Alet+message+=+fs::read_to_string(%22message.txt%22)?;" * 4
+        + "%23!%5Ballow(unused)%5D%0Ause+std::fs;%0Alet+message+=+fs::read_to_string(%22message.txt%22)?;"
+        * 4
         + "&amp;edition=2024'></a></div>"
         "</div></details></section></div></main></body></html>"
     )

@@ -294,9 +294,7 @@ def test_softmax_temperature_is_recorded_kept_for_old_manifests_and_not_a_chunk_
     chunking = ChunkingConfig.parse("16,32")
     assert chunking.softmax_temperature == DEFAULT_SOFTMAX_TEMPERATURE == 0.03
     folder = tmp_path / "index"
-    manifest = IndexManifest.new(
-        model=MODEL, dimension=DIM, config=TempScaleConfig(model=MODEL), chunking=chunking
-    )
+    manifest = IndexManifest.new(model=MODEL, dimension=DIM, config=TempScaleConfig(model=MODEL), chunking=chunking)
     with open_store(folder, manifest) as store:
         store.replace_source("a.txt", "fp-a", records("a.txt"))
         assert document_scoring(None, manifest_of(store).chunking).softmax_temperature == 0.03

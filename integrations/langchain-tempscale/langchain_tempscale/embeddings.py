@@ -49,13 +49,11 @@ class TempScaleEmbeddings(EngineFields, Embeddings):
 
     show_progress: bool = Field(default=False, description="Show the engine's progress bar over forward batches.")
 
-
     def __init__(self, *, encoder: TempScaleEncoder | None = None, **kwargs: Any) -> None:
         if kwargs.get("model_name", "") is None:
             kwargs["model_name"] = BUNDLED_MODEL
         super().__init__(**kwargs)
         self._attach_engine(encoder)
-
 
     def embed_documents(self, texts: list[str]) -> list[list[float]]:
         """Embed documents (`text_instruction` prepended), in input order.
@@ -103,4 +101,3 @@ class TempScaleEmbeddings(EngineFields, Embeddings):
 
     def _embed(self, texts: list[str], *, query: bool) -> list[list[float]]:
         return self._embed_lists(texts, query=query, show_progress=self.show_progress)
-

@@ -173,7 +173,10 @@ async def test_async_does_not_block_the_event_loop(
 
 
 def test_qdrant_dimension_probe_is_cheap_and_reuses_the_engine(
-    embeddings: TempScaleEmbeddings, chunks: list[Document], tmp_path: Path, no_model_loading: None,
+    embeddings: TempScaleEmbeddings,
+    chunks: list[Document],
+    tmp_path: Path,
+    no_model_loading: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls: list[list[str]] = []

