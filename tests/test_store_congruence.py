@@ -3,7 +3,9 @@
 The 300-chunk corpus runs against Qdrant's in-memory local mode: the on-disk local mode commits SQLite once per point
 (about 25 ms each here), so it gets a smaller corpus, written, closed and reopened. `test_one_suite_on_every_backend`
 runs one sequence of calls (index, chunk search, document search, delete, re-index, prune, reopen) on FAISS flat,
-FAISS HNSW and Qdrant local mode on disk, each opened through `open_store`, against answers computed in the test.
+FAISS HNSW, Qdrant local mode on disk and Qdrant Edge, each opened through `open_store`, against answers computed in
+the test. Qdrant Edge runs the 300-chunk corpus too, on disk, with its HNSW settings and with exact search: below
+Qdrant's indexing threshold (10 MB of vectors per segment) it scores every chunk, so its answers equal FAISS flat's.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tempscale_rag.stores import (
 )
 from tempscale_rag.stores.faiss import FaissStore
 from tempscale_rag.stores.qdrant import MEMORY, QdrantStore
+from tempscale_rag.stores.qdrant.edge import EdgeStore
 
 from .conftest import reference_group_score
 
@@ -73,6 +76,8 @@ def stores(tmp_path: Path) -> Iterator[dict[str, VectorStore]]:
         "faiss-flat": FaissStore(tmp_path / "faiss", dimension=DIM, create=True),
         "qdrant-memory-cosine": QdrantStore(dimension=DIM, path=MEMORY),
         "qdrant-memory-dot": QdrantStore(dimension=DIM, path=MEMORY, distance="dot"),
+        "qdrant-edge-cosine": EdgeStore(dimension=DIM, path=tmp_path / "edge-cosine"),
+        "qdrant-edge-dot-exact": EdgeStore(dimension=DIM, path=tmp_path / "edge-dot", distance="dot", exact=True),
     }
     yield opened
     for store in opened.values():
@@ -188,7 +193,7 @@ def test_local_path_mode_agrees_after_reopen(
 
 # --- one suite, three backends: the same calls give the same answers -----------------------------------------------
 
-BACKENDS = ["faiss-flat", "faiss-hnsw", "qdrant-local"]
+BACKENDS = ["faiss-flat", "faiss-hnsw", "qdrant-local", "qdrant-edge"]
 SUITE_DIM, SUITE_K = 32, 3
 
 
@@ -201,7 +206,11 @@ def open_backend(kind: str, folder: Path, *, read_only: bool = False) -> VectorS
     """Open (or create) the index in `folder` through `open_store`, as the CLI and `Index` do."""
     if read_only:
         return open_store(folder, read_only=True)
-    backend = QdrantSettings() if kind == "qdrant-local" else FaissSettings(index=kind.removeprefix("faiss-"))
+    backend = (
+        QdrantSettings(engine=kind.removeprefix("qdrant-"))  # type: ignore[arg-type]
+        if kind.startswith("qdrant-")
+        else FaissSettings(index=kind.removeprefix("faiss-"))
+    )
     manifest = IndexManifest.new(model="congruence", dimension=SUITE_DIM, config=TempScaleConfig(), backend=backend)
     return open_store(folder, manifest)
 

@@ -177,6 +177,14 @@ def _add_store_flags(parser: argparse.ArgumentParser) -> None:
         shown_default="'qdrant' inside --out",
     )
     add_argument(group, "--collection", default=None, help="Qdrant collection name.", shown_default=DEFAULT_COLLECTION)
+    add_argument(
+        group,
+        "--qdrant-engine",
+        choices=("edge", "local"),
+        default=None,
+        help="Embedded Qdrant of a new index: Qdrant Edge, or qdrant-client's local mode (slow; small indexes).",
+        shown_default="edge",
+    )
 
 
 # --- checks that need no model ---------------------------------------------------------------------------------------
@@ -188,7 +196,7 @@ def _requested_backend(args: argparse.Namespace) -> Any:
 
     if args.qdrant_url and args.qdrant_path:
         raise ValueError("give either --qdrant-url or --qdrant-path, not both")
-    qdrant_flags = args.qdrant_url or args.qdrant_path or args.collection
+    qdrant_flags = args.qdrant_url or args.qdrant_path or args.collection or getattr(args, "qdrant_engine", None)
     store = args.store or ("qdrant" if qdrant_flags else "faiss")
     if store == "faiss" and qdrant_flags:
         raise ValueError("--qdrant-url, --qdrant-path and --collection are for --store qdrant")
@@ -197,7 +205,11 @@ def _requested_backend(args: argparse.Namespace) -> Any:
             raise ValueError("--hnsw is a FAISS setting; Qdrant builds its own HNSW index")
         # Relative to where the user typed it, as every other path on the command line.
         path = str(Path(args.qdrant_path).expanduser().resolve()) if args.qdrant_path else None
-        return QdrantSettings(collection=args.collection or DEFAULT_COLLECTION, url=args.qdrant_url, path=path)
+        # New embedded indexes run on Qdrant Edge; qdrant-client's local mode only when asked for by name.
+        engine = "local" if args.qdrant_url or getattr(args, "qdrant_engine", None) == "local" else "edge"
+        return QdrantSettings(
+            collection=args.collection or DEFAULT_COLLECTION, url=args.qdrant_url, path=path, engine=engine
+        )
     return FaissSettings(index="hnsw" if getattr(args, "hnsw", False) else "flat")
 
 

@@ -6,7 +6,7 @@ Stores do storage and chunk search; document ranking lives in `tempscale_rag.ran
 - `errors.py`: the errors.
 - `manifest.py`: `IndexManifest` (model, dimension, config, backend) and the compatibility policy.
 - `faiss/`: `FaissStore`, the embedded default (SQLite + a derived FAISS index), and its repair.
-- `qdrant/`: `QdrantStore`, a Qdrant server or qdrant-client's local mode.
+- `qdrant/`: `QdrantStore`, a Qdrant server or qdrant-client's local mode; `EdgeStore`, embedded Qdrant Edge.
 
 Use `open_store` to get a store with its manifest checked and maintained::
 
@@ -263,6 +263,19 @@ def _open_backend(
             create=not read_only,
             read_only=read_only,
             use_gpu=use_gpu,
+        )
+    if backend.url is None and backend.engine == "edge":
+        from tempscale_rag.stores.qdrant.edge import EdgeStore
+
+        return EdgeStore(
+            dimension=manifest.dimension,
+            path=str(backend.local_path(folder)),
+            collection=backend.collection,
+            distance=backend.distance,
+            batch_size=qdrant_options["batch_size"],
+            create=not read_only,
+            read_only=read_only,
+            progress=qdrant_options["progress"],
         )
     from tempscale_rag.stores.qdrant import QdrantStore
 

@@ -62,6 +62,7 @@ TEMP_SUFFIX = ".tmp"
 StoreKind = Literal["faiss", "qdrant"]
 FaissIndexKind = Literal["flat", "hnsw"]
 QdrantDistance = Literal["cosine", "dot"]
+QdrantEngine = Literal["edge", "local"]
 
 
 class IndexConfigWarning(UserWarning):
@@ -110,11 +111,19 @@ class QdrantSettings(BaseModel):
     distance: QdrantDistance = Field(
         default="cosine", description="'cosine' (Qdrant normalises) or 'dot' (exactly FAISS's inner product)."
     )
+    engine: QdrantEngine = Field(
+        default="local",
+        description="Embedded engine (no url): 'edge' (Qdrant's engine, qdrant-edge-py; what `tempscale-rag index` "
+        "makes) or 'local' (qdrant-client's local mode; the default here so that manifests written before Edge "
+        "keep opening with local mode).",
+    )
 
     @model_validator(mode="after")
     def _one_location(self) -> QdrantSettings:
         if self.url is not None and self.path is not None:
             raise ValueError("give either a Qdrant url (server) or a path (local mode), not both")
+        if self.engine == "edge" and self.path == ":memory:":
+            raise ValueError("Qdrant Edge stores on disk; ':memory:' is qdrant-client's local mode (engine='local')")
         return self
 
     def local_path(self, index_folder: Path) -> Path | None:

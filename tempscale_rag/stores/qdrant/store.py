@@ -144,7 +144,7 @@ class QdrantStore(VectorStore):
         self._has_sources_collection = False
         # Qdrant's grouping API on a server; local mode implements it by materialising every point (seconds per query).
         self.use_grouping_api = url is not None
-        client = open_client(url, self.path, api_key, timeout, create=create and not read_only)
+        client = self._open_client(api_key, timeout, create=create and not read_only)
         self._connection = QdrantConnection(
             client, self.location, remote=self._remote, retries=retries, backoff=self._backoff
         )
@@ -161,6 +161,10 @@ class QdrantStore(VectorStore):
         except BaseException:
             client.close()
             raise
+
+    def _open_client(self, api_key: str | None, timeout: float, *, create: bool) -> QdrantClient:
+        """The client of this store (qdrant-client's; `EdgeStore` gives one on Qdrant Edge instead)."""
+        return open_client(self.url, self.path, api_key, timeout, create=create)
 
     @property
     def location(self) -> str:

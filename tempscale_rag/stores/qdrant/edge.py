@@ -1,0 +1,365 @@
+"""Embedded Qdrant on Qdrant's own engine (qdrant-edge-py): `EdgeStore`, and `EdgeClient`, the client it talks to.
+
+`EdgeStore` is `QdrantStore` with a different client: the same three collections, point ids, payloads, filters,
+document points and ranking code as on a server, so an index built here can be re-uploaded to a server point by point
+without re-embedding. `EdgeClient` implements the part of qdrant-client's `QdrantClient` API that `QdrantStore` uses
+(collections, upsert, delete, count, scroll, retrieve, batched queries) on one `qdrant_edge.EdgeShard` per collection,
+each in its own folder under the store's path (`<path>/<collection>/`, `<path>/<collection>__sources/`, ...).
+
+What Edge gives over qdrant-client's local mode: Rust storage with a write-ahead log (every update is in the WAL when
+`update` returns, so a killed process loses nothing acknowledged), a keyword payload index on `source`, and HNSW graphs
+built by `optimize()` (run when a writer closes) for segments above Qdrant's indexing threshold; smaller segments are
+searched exactly. Limits of qdrant-edge-py 0.9.0: a shard folder is opened by one process at a time (its WAL is
+locked) and the binding has no read-only follower, so a second opener, reader or writer, is refused with
+`StoreUnavailableError` while the first holds the index.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import qdrant_edge as qe
+from qdrant_client import QdrantClient, models
+
+from tempscale_rag.stores.errors import IndexCorruptError, IndexNotFoundError, StoreUnavailableError
+from tempscale_rag.stores.qdrant.store import QdrantStore
+
+EDGE_HNSW_M = 16
+"""HNSW edges per node (Qdrant's default)."""
+EDGE_HNSW_EF_CONSTRUCT = 100
+"""HNSW candidate list while building (Qdrant's default)."""
+EDGE_HNSW_EF = 128
+"""HNSW candidate list while searching (Qdrant's default is ef_construct)."""
+EDGE_FULL_SCAN_THRESHOLD = 10_000
+"""Segments below this many KB of vectors are searched exactly (Qdrant's default)."""
+
+_CONFIG_FILE = "edge_config.json"
+_SOURCES_VECTOR = "none"
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+_EDGE_DISTANCES = {models.Distance.COSINE: qe.Distance.Cosine, models.Distance.DOT: qe.Distance.Dot}
+_DISTANCE_NAMES = {"Cosine": models.Distance.COSINE, "Dot": models.Distance.DOT}
+
+
+class EdgeClient:
+    """The subset of `QdrantClient` that `QdrantStore` uses, on one `EdgeShard` per collection under `root`.
+
+    Args:
+        root: The folder holding one shard folder per collection.
+        create: Create `root` when missing.
+        search_params: The parameters of every query (HNSW ef, or exact search).
+
+    Raises:
+        IndexNotFoundError: If `root` is missing and may not be created.
+    """
+
+    def __init__(self, root: Path, *, create: bool, search_params: qe.SearchParams | None = None) -> None:
+        if not root.is_dir():
+            if not create:
+                raise IndexNotFoundError(
+                    f"there is no Qdrant Edge storage at {root}; build the index with `tempscale-rag index`"
+                )
+            root.mkdir(parents=True, exist_ok=True)
+        self.root = root
+        self._search_params = search_params or qe.SearchParams(hnsw_ef=EDGE_HNSW_EF)
+        self._shards: dict[str, qe.EdgeShard] = {}
+
+    # --- collections ----------------------------------------------------------------------------------------------
+
+    def _folder(self, collection: str) -> Path:
+        if not _NAME.match(collection):
+            raise ValueError(
+                f"collection names are folder names here: letters, digits, '_', '.', '-'; got {collection!r}"
+            )
+        return self.root / collection
+
+    def collection_exists(self, collection: str) -> bool:
+        """Whether the collection's shard exists; an existing one is opened now, so a locked index fails at once."""
+        if not (self._folder(collection) / _CONFIG_FILE).is_file():
+            return False
+        self._shard(collection)
+        return True
+
+    def create_collection(self, collection: str, vectors_config: models.VectorParams | dict[str, Any]) -> bool:
+        """Create a shard: one unnamed dense vector, or none (`{}`: a sources collection); `source` gets an index."""
+        if isinstance(vectors_config, models.VectorParams):
+            config = qe.EdgeConfig(
+                vectors=qe.EdgeVectorParams(
+                    size=vectors_config.size, distance=_EDGE_DISTANCES[vectors_config.distance]
+                ),
+                hnsw_config=qe.HnswIndexConfig(
+                    m=EDGE_HNSW_M, ef_construct=EDGE_HNSW_EF_CONSTRUCT, full_scan_threshold=EDGE_FULL_SCAN_THRESHOLD
+                ),
+            )
+        elif not vectors_config:
+            # Edge needs some vector config; points of a sources collection carry none of this sparse vector.
+            config = qe.EdgeConfig(sparse_vectors={_SOURCES_VECTOR: qe.EdgeSparseVectorParams()})
+        else:
+            raise TypeError("Qdrant Edge collections here hold one unnamed dense vector or none")
+        folder = self._folder(collection)
+        shard = self._call(folder, lambda: qe.EdgeShard.create(str(folder), config))
+        self._shards[collection] = shard
+        shard.update(qe.UpdateOperation.create_field_index("source", qe.PayloadSchemaType.Keyword))
+        shard.flush()
+        return True
+
+    def get_collection(self, collection: str) -> Any:
+        """What `QdrantConnection.check_vectors` reads: `.config.params.vectors`, from the shard's config file."""
+        folder = self._folder(collection)
+        try:
+            stored = json.loads((folder / _CONFIG_FILE).read_text(encoding="utf-8"))
+            vectors = stored.get("vectors") or {}
+            params: models.VectorParams | dict[str, Any] = {}
+            if set(vectors) == {""}:
+                size, distance = int(vectors[""]["size"]), _DISTANCE_NAMES[vectors[""]["distance"]]
+                params = models.VectorParams(size=size, distance=distance)
+            elif vectors:
+                params = {name: None for name in vectors}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise IndexCorruptError(
+                f"Qdrant Edge shard {folder} has an unreadable {_CONFIG_FILE} ({exc}); run `tempscale-rag repair`"
+            ) from None
+        return SimpleNamespace(config=SimpleNamespace(params=SimpleNamespace(vectors=params)))
+
+    def create_payload_index(self, collection: str, field_name: str, *args: Any, **kwargs: Any) -> None:
+        """A keyword index on `field_name` (the store only indexes `source`, which `create_collection` already did)."""
+        self._shard(collection).update(qe.UpdateOperation.create_field_index(field_name, qe.PayloadSchemaType.Keyword))
+
+    # --- writes ---------------------------------------------------------------------------------------------------
+
+    def upsert(self, collection: str, points: Sequence[models.PointStruct], wait: bool = True) -> None:
+        """Insert or replace points (in the shard's WAL when this returns)."""
+        edge_points = [qe.Point(str(p.id), cast(Any, p.vector), p.payload) for p in points]
+        self._shard(collection).update(qe.UpdateOperation.upsert_points(edge_points))
+
+    def delete(
+        self, collection: str, points_selector: models.PointIdsList | models.FilterSelector, wait: bool = True
+    ) -> None:
+        """Delete points by id or by filter."""
+        if isinstance(points_selector, models.PointIdsList):
+            operation = qe.UpdateOperation.delete_points([str(i) for i in points_selector.points])
+        else:
+            condition = _filter(points_selector.filter)
+            if condition is None:
+                raise ValueError("a delete by filter needs a filter (an empty one would delete every point)")
+            operation = qe.UpdateOperation.delete_points_by_filter(condition)
+        self._shard(collection).update(operation)
+
+    def flush(self) -> None:
+        """Write every shard's segments to disk, so that a reopen replays no WAL."""
+        for shard in self._shards.values():
+            shard.flush()
+
+    def optimize(self) -> None:
+        """Merge segments and build HNSW graphs where Qdrant's thresholds ask for them (blocks until done)."""
+        for shard in self._shards.values():
+            shard.optimize()
+
+    def close(self) -> None:
+        """Close every shard (releasing their locks)."""
+        shards, self._shards = self._shards, {}
+        for shard in shards.values():
+            shard.close()
+
+    # --- reads ----------------------------------------------------------------------------------------------------
+
+    def count(
+        self, collection: str, count_filter: models.Filter | None = None, exact: bool = True
+    ) -> models.CountResult:
+        """How many points match."""
+        found = self._shard(collection).count(qe.CountRequest(exact=True, filter=_filter(count_filter)))
+        return models.CountResult(count=int(found))
+
+    def scroll(
+        self,
+        collection: str,
+        limit: int = 10,
+        offset: Any = None,
+        scroll_filter: models.Filter | None = None,
+        with_payload: bool | list[str] = True,
+        with_vectors: bool = False,
+    ) -> tuple[list[models.Record], Any]:
+        """One page of points, and the offset of the next (None after the last)."""
+        request = qe.ScrollRequest(
+            offset=offset,
+            limit=limit,
+            filter=_filter(scroll_filter),
+            with_payload=with_payload,
+            with_vector=with_vectors,
+        )
+        records, next_offset = self._shard(collection).scroll(request)
+        return [_record(r) for r in records], next_offset
+
+    def retrieve(
+        self, collection: str, ids: Sequence[str], with_payload: bool = True, with_vectors: bool = False
+    ) -> list[models.Record]:
+        """The points with the given ids that exist."""
+        records = self._shard(collection).retrieve([str(i) for i in ids], with_payload, with_vectors)
+        return [_record(r) for r in records]
+
+    def query_batch_points(self, collection: str, requests: Sequence[models.QueryRequest]) -> list[_Response]:
+        """Nearest-vector queries, planned as one batch."""
+        batch = []
+        for request in requests:
+            if not isinstance(request.query, list):
+                raise TypeError("Qdrant Edge queries here are plain dense vectors")
+            batch.append(
+                qe.QueryRequest(
+                    limit=request.limit or 10,
+                    query=qe.Query.Nearest(request.query),
+                    with_payload=cast(Any, request.with_payload or False),
+                    params=self._search_params,
+                )
+            )
+        found = self._shard(collection).query_batch(qe.QueryBatchRequest(batch))
+        return [
+            _Response(
+                [
+                    models.ScoredPoint.model_construct(id=str(p.id), version=0, score=p.score, payload=p.payload)
+                    for p in points
+                ]
+            )
+            for points in found
+        ]
+
+    # --- shards ---------------------------------------------------------------------------------------------------
+
+    def _shard(self, collection: str) -> qe.EdgeShard:
+        shard = self._shards.get(collection)
+        if shard is None:
+            folder = self._folder(collection)
+            shard = self._call(folder, lambda: qe.EdgeShard.load(str(folder)))
+            self._shards[collection] = shard
+        return shard
+
+    @staticmethod
+    def _call(folder: Path, opening: Any) -> qe.EdgeShard:
+        """Open or create a shard, turning Edge's errors into the store's."""
+        try:
+            return cast(qe.EdgeShard, opening())
+        except Exception as exc:
+            text = " ".join(str(exc).split())
+            if "WouldBlock" in text:
+                raise StoreUnavailableError(
+                    f"Qdrant Edge index {folder.parent} is already open elsewhere (qdrant-edge-py opens an index in "
+                    "one place at a time, readers included, and has no read-only follower): wait for it to finish"
+                ) from None
+            raise IndexCorruptError(
+                f"Qdrant Edge shard {folder} cannot be opened ({text}); run `tempscale-rag repair`"
+            ) from None
+
+
+@dataclass(frozen=True)
+class _Response:
+    """One query's result, as `QdrantConnection.query_batches` reads a `QueryResponse`."""
+
+    points: list[models.ScoredPoint]
+
+
+def _filter(flt: models.Filter | None) -> qe.Filter | None:
+    """The Edge filter of a qdrant-client filter (the conditions the store uses: match value/any, has id)."""
+    if flt is None:
+        return None
+
+    def conditions(items: Any) -> list[Any] | None:
+        if items is None:
+            return None
+        return [_condition(item) for item in (items if isinstance(items, list) else [items])]
+
+    return qe.Filter(must=conditions(flt.must), should=conditions(flt.should), must_not=conditions(flt.must_not))
+
+
+def _condition(condition: Any) -> Any:
+    if isinstance(condition, models.HasIdCondition):
+        return qe.HasIdCondition({str(i) for i in condition.has_id})
+    if isinstance(condition, models.FieldCondition) and isinstance(condition.match, models.MatchValue):
+        return qe.FieldCondition(condition.key, match=qe.MatchValue(condition.match.value))
+    if isinstance(condition, models.FieldCondition) and isinstance(condition.match, models.MatchAny):
+        return qe.FieldCondition(condition.key, match=qe.MatchAny(cast(Any, list(condition.match.any))))
+    raise TypeError(f"this filter condition is not translated to Qdrant Edge: {condition!r}")
+
+
+def _record(record: Any) -> models.Record:
+    vector = record.vector
+    if isinstance(vector, dict) and "" in vector:
+        vector = vector[""]
+    return models.Record.model_construct(id=str(record.id), payload=record.payload, vector=vector)
+
+
+class EdgeStore(QdrantStore):
+    """A `QdrantStore` embedded on Qdrant's engine (qdrant-edge-py): one shard folder per collection under `path`.
+
+    Same arguments as `QdrantStore` without the server ones (`url`, `api_key`, `timeout`, `retries`, `backoff`).
+    Closing a writer flushes the shards and runs Qdrant's optimizers (segment merging, HNSW for large segments).
+
+    Raises:
+        StoreUnavailableError: If another process has the index open.
+        IndexNotFoundError: If the storage or the collection is missing and may not be created.
+        IndexCorruptError: If a shard cannot be opened.
+        IndexMismatchError: If the collection exists with another vector size or distance.
+    """
+
+    def __init__(
+        self,
+        *,
+        dimension: int,
+        path: str | Path,
+        collection: str = "tempscale",
+        distance: Any = "cosine",
+        batch_size: int = 256,
+        create: bool = True,
+        read_only: bool = False,
+        progress: Any = None,
+        exact: bool = False,
+    ) -> None:
+        self._exact = exact
+        super().__init__(
+            dimension=dimension,
+            collection=collection,
+            path=path,
+            distance=distance,
+            batch_size=batch_size,
+            retries=0,
+            create=create,
+            read_only=read_only,
+            progress=progress,
+        )
+
+    def _open_client(self, api_key: str | None, timeout: float, *, create: bool) -> QdrantClient:
+        params = qe.SearchParams(exact=True) if self._exact else qe.SearchParams(hnsw_ef=EDGE_HNSW_EF)
+        # EdgeClient implements the part of QdrantClient's API that QdrantStore calls (see the module docstring).
+        return cast(QdrantClient, EdgeClient(Path(str(self.path)), create=create, search_params=params))
+
+    @property
+    def edge(self) -> EdgeClient:
+        """The Edge client (its shards)."""
+        return cast(EdgeClient, self._connection.client)
+
+    def writer(self) -> QdrantStore:
+        """Refused: qdrant-edge opens an index in one process, with one writer.
+
+        Raises:
+            ValueError: Always.
+        """
+        self._check_writable()
+        raise ValueError(
+            "Qdrant Edge allows one writer per index; parallel writers need a Qdrant server (--qdrant-url)"
+        )
+
+    def _describe_backend(self) -> dict[str, Any]:
+        summary = super()._describe_backend()
+        summary.update(mode="edge", exact=self._exact)
+        return summary
+
+    def _commit_backend(self, *, final: bool) -> None:
+        self._check_open()
+        if final:
+            # Every update is already in the WAL; the optimizers merge segments and build HNSW, then a flush writes
+            # the segments so the next open replays nothing.
+            self.edge.optimize()
+        self.edge.flush()
