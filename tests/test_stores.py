@@ -35,6 +35,7 @@ from tempscale_rag.stores import (
 )
 from tempscale_rag.stores.faiss import DB_NAME, FAISS_NAME, FaissStore
 from tempscale_rag.stores.qdrant import MEMORY, QdrantStore
+from tempscale_rag.stores.qdrant.edge import EdgeStore
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DIM = 16
@@ -82,8 +83,8 @@ def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
 
 
 StoreOpener = Callable[..., VectorStore]
-KINDS = ["faiss-flat", "faiss-hnsw", "qdrant-path", "qdrant-memory"]
-PERSISTENT_KINDS = ["faiss-flat", "faiss-hnsw", "qdrant-path"]
+KINDS = ["faiss-flat", "faiss-hnsw", "qdrant-path", "qdrant-memory", "qdrant-edge"]
+PERSISTENT_KINDS = ["faiss-flat", "faiss-hnsw", "qdrant-path", "qdrant-edge"]
 
 
 @pytest.fixture(params=KINDS)
@@ -101,6 +102,8 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreOpen
             )
         elif kind == "qdrant-path":
             store = QdrantStore(dimension=DIM, path=tmp_path / "qdrant", read_only=read_only)
+        elif kind == "qdrant-edge":
+            store = EdgeStore(dimension=DIM, path=tmp_path / "edge", read_only=read_only)
         else:
             if opened:
                 return opened[0]

@@ -1,0 +1,306 @@
+"""FAISS flat, FAISS HNSW, Qdrant Edge and qdrant-client local mode side by side, through the stores' own API.
+
+Data: a realistic synthetic set of unit vectors (default 384-d, the bundled model's size): documents of 50 chunks,
+each document near a topic, topics grouped in clusters, so neighbours are structured as real chunk embeddings are
+(isotropic random vectors would be the worst case for any graph index). Queries are stored chunks plus noise. Every
+backend gets the same documents through `replace_source` (one call per document, the indexer's path), then:
+
+- insert: chunks per second of the `replace_source` calls (the store's upkeep included: SQLite rows for FAISS,
+  document points for Qdrant);
+- build: seconds of the closing commit (FAISS writes its index file, HNSW included; Edge runs its optimizers: segment
+  merging and HNSW);
+- disk: the index folder's size; open: seconds to open it read-only;
+- p50/p95: milliseconds per single-query `search(k=10)`;
+- recall@10: against exact top-10 computed here with numpy.
+
+`edge-engine` is Qdrant Edge's engine alone (1,000-point upserts with a one-key payload, no store upkeep), to show
+what the store adds: qdrant-edge-py converts payloads at about 5 us per key per point, and a chunk payload has 8 keys.
+
+qdrant-client's local mode stores one pickled point per SQLite row and scores by brute force: it runs in memory and
+only up to `--local-max` chunks (beyond that it is minutes per thousand points on disk and seconds per query).
+
+    python benchmarks/qdrant_backends.py --sizes 100000 [1000000] [--dim 384] [--queries 200] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tempscale_rag.stores import ChunkRecord, FaissSettings, VectorStore  # noqa: E402
+from tempscale_rag.stores.faiss import FaissStore  # noqa: E402
+from tempscale_rag.stores.qdrant import MEMORY, QdrantStore  # noqa: E402
+from tempscale_rag.stores.qdrant.edge import (  # noqa: E402
+    EDGE_FULL_SCAN_THRESHOLD,
+    EDGE_HNSW_EF,
+    EDGE_HNSW_EF_CONSTRUCT,
+    EDGE_HNSW_M,
+    EdgeStore,
+)
+
+CHUNKS_PER_DOCUMENT = 50
+DOCUMENTS_PER_TOPIC_CLUSTER = 20
+K = 10
+
+
+def document_vectors(seed: int, n_docs: int, dim: int, doc: int) -> np.ndarray:
+    """The chunk vectors of document `doc` (deterministic: the same for every backend, regenerated on demand)."""
+    cluster = np.random.default_rng([seed, 0, doc // DOCUMENTS_PER_TOPIC_CLUSTER]).standard_normal(dim)
+    rng = np.random.default_rng([seed, 1, doc])
+    topic = cluster + 0.8 * rng.standard_normal(dim)
+    vectors = topic + 1.2 * rng.standard_normal((CHUNKS_PER_DOCUMENT, dim))
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def documents(seed: int, n: int, dim: int) -> Iterator[tuple[str, list[ChunkRecord]]]:
+    """(source, records) of every document of an `n`-chunk corpus."""
+    n_docs = n // CHUNKS_PER_DOCUMENT
+    for doc in range(n_docs):
+        source = f"docs/d{doc:07d}.md"
+        vectors = document_vectors(seed, n_docs, dim, doc)
+        yield (
+            source,
+            [
+                ChunkRecord(
+                    id=f"{doc:07d}-{j:03d}",
+                    text=f"chunk {j} of document {doc}",
+                    vector=vector,
+                    source=source,
+                    position=j,
+                    token_length=128,
+                    bucket="128-256",
+                    metadata={"chunk_tokens": 128},
+                )
+                for j, vector in enumerate(vectors)
+            ],
+        )
+
+
+def queries_and_truth(seed: int, n: int, dim: int, n_queries: int) -> tuple[np.ndarray, list[list[str]]]:
+    """Queries near stored chunks, and their exact top-10 chunk ids (brute force, one document at a time)."""
+    n_docs = n // CHUNKS_PER_DOCUMENT
+    rng = np.random.default_rng([seed, 2])
+    picks = rng.integers(0, n_docs, n_queries)
+    queries = np.stack(
+        [document_vectors(seed, n_docs, dim, int(d))[int(rng.integers(CHUNKS_PER_DOCUMENT))] for d in picks]
+    )
+    queries = queries + 0.3 * rng.standard_normal(queries.shape) / np.sqrt(dim)
+    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    best_scores = np.full((n_queries, K), -np.inf, dtype=np.float32)
+    best_ids = np.full((n_queries, K), "", dtype=object)
+    block_docs = 200
+    for start in range(0, n_docs, block_docs):
+        docs = range(start, min(start + block_docs, n_docs))
+        vectors = np.concatenate([document_vectors(seed, n_docs, dim, d) for d in docs])
+        ids = np.asarray([f"{d:07d}-{j:03d}" for d in docs for j in range(CHUNKS_PER_DOCUMENT)], dtype=object)
+        scores = np.concatenate([best_scores, queries @ vectors.T], axis=1)
+        all_ids = np.concatenate([best_ids, np.broadcast_to(ids, (n_queries, ids.size))], axis=1)
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :K]
+        best_scores = np.take_along_axis(scores, top, axis=1)
+        best_ids = np.take_along_axis(all_ids, top, axis=1)
+    return queries, [list(row) for row in best_ids]
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes allocated on disk (Edge preallocates sparse WAL and segment files: their apparent size overstates)."""
+    return sum(p.stat().st_blocks * 512 for p in folder.rglob("*") if p.is_file())
+
+
+def measure_engine(n: int, args: argparse.Namespace, queries: np.ndarray, truth: list[list[str]]) -> dict[str, Any]:
+    """Qdrant Edge's engine alone: 1,000-point upserts with a one-key payload, the store's HNSW settings."""
+    import uuid
+
+    import qdrant_edge as qe
+
+    folder = Path(args.workdir) / f"edge-engine-{n}"
+    shutil.rmtree(folder, ignore_errors=True)
+    config = qe.EdgeConfig(
+        vectors=qe.EdgeVectorParams(size=args.dim, distance=qe.Distance.Cosine),
+        hnsw_config=qe.HnswIndexConfig(
+            m=EDGE_HNSW_M, ef_construct=EDGE_HNSW_EF_CONSTRUCT, full_scan_threshold=EDGE_FULL_SCAN_THRESHOLD
+        ),
+    )
+    shard = qe.EdgeShard.create(str(folder), config)
+    names: dict[str, str] = {}
+    batch: list[Any] = []
+    insert_s = 0.0
+    for source, records in documents(args.seed, n, args.dim):
+        for record in records:
+            point = str(uuid.uuid5(uuid.NAMESPACE_URL, record.id))
+            names[point] = record.id
+            batch.append((point, record.vector, source))
+        if len(batch) >= 1000 or len(names) == n:
+            start = time.perf_counter()
+            points = [qe.Point(i, v, {"source": s}) for i, v, s in batch]
+            shard.update(qe.UpdateOperation.upsert_points(points))
+            insert_s += time.perf_counter() - start
+            batch = []
+    start = time.perf_counter()
+    shard.optimize()
+    shard.flush()
+    shard.close()
+    build_s = time.perf_counter() - start
+    size = folder_bytes(folder)
+    start = time.perf_counter()
+    shard = qe.EdgeShard.load(str(folder))
+    open_s = time.perf_counter() - start
+    params = qe.SearchParams(hnsw_ef=EDGE_HNSW_EF)
+    latencies, found = [], []
+    for query in queries:
+        start = time.perf_counter()
+        hits = shard.query(qe.QueryRequest(limit=K, query=qe.Query.Nearest(query.tolist()), params=params))
+        latencies.append(1000 * (time.perf_counter() - start))
+        found.append([names[str(h.id)] for h in hits])
+    shard.close()
+    if not args.keep:
+        shutil.rmtree(folder, ignore_errors=True)
+    return summary("qdrant-edge engine only", n, insert_s, build_s, size, open_s, latencies, found, truth)
+
+
+def summary(
+    name: str,
+    n: int,
+    insert_s: float,
+    build_s: float,
+    size: int,
+    open_s: float,
+    latencies: list[float],
+    found: list[list[str]],
+    truth: list[list[str]],
+) -> dict[str, Any]:
+    recall = float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth, strict=True)]))
+    return {
+        "backend": name,
+        "chunks": n,
+        "insert_per_s": round(n / insert_s),
+        "build_s": round(build_s, 2),
+        "disk_mb": round(size / 2**20, 1),
+        "open_s": round(open_s, 3),
+        "p50_ms": round(float(np.percentile(latencies, 50)), 2),
+        "p95_ms": round(float(np.percentile(latencies, 95)), 2),
+        "recall_at_10": round(recall, 4),
+    }
+
+
+BACKENDS: dict[str, tuple[Callable[[Path, int], VectorStore], Callable[[Path, int], VectorStore]]] = {
+    "faiss-flat": (
+        lambda f, d: FaissStore(f, dimension=d, create=True),
+        lambda f, d: FaissStore(f, dimension=d, read_only=True),
+    ),
+    "faiss-hnsw": (
+        lambda f, d: FaissStore(f, dimension=d, settings=FaissSettings(index="hnsw"), create=True),
+        lambda f, d: FaissStore(f, dimension=d, settings=FaissSettings(index="hnsw"), read_only=True),
+    ),
+    "qdrant-edge": (
+        lambda f, d: EdgeStore(dimension=d, path=f),
+        lambda f, d: EdgeStore(dimension=d, path=f, read_only=True),
+    ),
+}
+
+
+def measure(name: str, n: int, args: argparse.Namespace, queries: np.ndarray, truth: list[list[str]]) -> dict[str, Any]:
+    folder = Path(args.workdir) / f"{name}-{n}"
+    shutil.rmtree(folder, ignore_errors=True)
+    memory = name == "qdrant-local"
+    store: VectorStore = QdrantStore(dimension=args.dim, path=MEMORY) if memory else BACKENDS[name][0](folder, args.dim)
+    inserted = 0
+    start = time.perf_counter()
+    for source, records in documents(args.seed, n, args.dim):
+        store.replace_source(source, "v1", records)
+        inserted += len(records)
+        if inserted % 100_000 == 0:
+            print(f"  {name}: {inserted} chunks, {inserted / (time.perf_counter() - start):.0f}/s", flush=True)
+    insert_s = time.perf_counter() - start
+    if memory:
+        build_s, size, open_s, reader = 0.0, 0, 0.0, store
+    else:
+        start = time.perf_counter()
+        store.close()
+        build_s = time.perf_counter() - start
+        size = folder_bytes(folder)
+        gc.collect()
+        start = time.perf_counter()
+        reader = BACKENDS[name][1](folder, args.dim)
+        open_s = time.perf_counter() - start
+    reader.search(queries[0], k=K)  # warm-up (first-touch of mmap'd files)
+    latencies, found = [], []
+    for query in queries:
+        start = time.perf_counter()
+        hits = reader.search(query, k=K)
+        latencies.append(1000 * (time.perf_counter() - start))
+        found.append([h.id for h in hits])
+    reader.close()
+    if not args.keep:
+        shutil.rmtree(folder, ignore_errors=True)
+    name += " (in memory)" if memory else ""
+    return summary(name, n, insert_s, build_s, size, open_s, latencies, found, truth)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000], help="chunk counts (multiples of 50)")
+    parser.add_argument("--dim", type=int, default=384)
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=["faiss-flat", "faiss-hnsw", "qdrant-edge", "edge-engine", "qdrant-local"],
+        metavar="NAME",
+        help="faiss-flat, faiss-hnsw, qdrant-edge (the store), edge-engine (EdgeShard alone), qdrant-local",
+    )
+    parser.add_argument("--local-max", type=int, default=20_000, help="largest size run on qdrant-client local mode")
+    parser.add_argument("--workdir", default=None, help="where the indexes are built (default: a temporary folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the indexes")
+    parser.add_argument("--out", default=None, help="write the rows as JSON here")
+    args = parser.parse_args()
+    if args.workdir is None:
+        args.workdir = tempfile.mkdtemp(prefix="qdrant-backends-")
+    print(
+        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}; "
+        f"Edge HNSW m={EDGE_HNSW_M} ef_construct={EDGE_HNSW_EF_CONSTRUCT} ef={EDGE_HNSW_EF} "
+        f"full_scan_threshold={EDGE_FULL_SCAN_THRESHOLD} KB; FAISS HNSW: FaissSettings() defaults",
+        flush=True,
+    )
+    rows = []
+    for n in args.sizes:
+        queries, truth = queries_and_truth(args.seed, n, args.dim, args.queries)
+        for name in args.backends:
+            if name == "qdrant-local" and n > args.local_max:
+                print(f"  qdrant-local: skipped at {n} (> --local-max {args.local_max})", flush=True)
+                continue
+            row = (
+                measure_engine(n, args, queries, truth)
+                if name == "edge-engine"
+                else measure(name, n, args, queries, truth)
+            )
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    header = f"{'backend':28} {'chunks':>8} {'insert/s':>9} {'build s':>8} {'disk MB':>8} {'open s':>7} "
+    print("\n" + header + f"{'p50 ms':>7} {'p95 ms':>7} {'recall@10':>9}")
+    for r in rows:
+        print(
+            f"{r['backend']:28} {r['chunks']:>8} {r['insert_per_s']:>9} {r['build_s']:>8} {r['disk_mb']:>8} "
+            f"{r['open_s']:>7} {r['p50_ms']:>7} {r['p95_ms']:>7} {r['recall_at_10']:>9}"
+        )
+    if args.out:
+        Path(args.out).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
