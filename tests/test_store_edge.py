@@ -19,8 +19,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tempscale_rag.cli import main
 from tempscale_rag.cli.indexing import _requested_backend
 from tempscale_rag.config import TempScaleConfig
+from tempscale_rag.ranking import search_documents
 from tempscale_rag.stores import (
     ChunkRecord,
     IndexCorruptError,
@@ -31,7 +33,7 @@ from tempscale_rag.stores import (
 )
 from tempscale_rag.stores.manifest import MANIFEST_NAME
 from tempscale_rag.stores.qdrant import QdrantStore
-from tempscale_rag.stores.qdrant.edge import EdgeStore
+from tempscale_rag.stores.qdrant.edge import REPAIRED_FINGERPRINT, EdgeStore
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DIM = 32
@@ -146,14 +148,43 @@ def test_interrupted_upload_is_not_listed_and_redo_does_not_duplicate(tmp_path: 
         assert {h.text.split()[-1] for h in store.search(records("a.txt", 1)[0].vector, k=10)} == {"v2"}
 
 
-def test_damaged_shard_is_refused_with_one_line(tmp_path: Path) -> None:
+def damage(shard: Path) -> None:
+    """Overwrite the head of every segment's state file (what a torn disk write or a bad sector leaves)."""
+    for state in shard.glob("segments/*/segment.json"):
+        state.write_bytes(b"\xff" * 16)
+
+
+@pytest.mark.parametrize("shard", ["tempscale__documents", "tempscale__sources", "tempscale"])
+def test_damaged_shard_is_refused_with_one_line_and_repaired(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], shard: str
+) -> None:
     folder = tmp_path / "index"
+    want = {f"s{i}.txt": records(f"s{i}.txt", i) for i in range(3)}
     with open_store(folder, edge_manifest()) as store:
-        store.replace_source("a.txt", "fp", records("a.txt", 1))
-    (folder / "qdrant" / "tempscale" / "edge_config.json").write_text("{not json")
+        for source, members in want.items():
+            store.replace_source(source, "fp", members)
+    damage(folder / "qdrant" / shard)
     with pytest.raises(IndexCorruptError, match="repair") as caught:
         open_store(folder, read_only=True)
-    assert "\n" not in str(caught.value)
+    assert "\n" not in str(caught.value) and shard in str(caught.value)
+
+    assert main(["--quiet", "repair", "--out", str(folder)]) == 0
+    report = capsys.readouterr().out
+    assert "damaged" in report
+    if shard == "tempscale":
+        # The chunks themselves are lost: the storage is set aside and the next `index` starts afresh.
+        assert (folder / "qdrant.damaged").is_dir()
+        with open_store(folder, edge_manifest()) as store:
+            assert store.count() == 0 and store.sources() == {}
+        return
+    with open_store(folder, read_only=True) as store:
+        assert store.count() == 24
+        fingerprint = REPAIRED_FINGERPRINT if shard == "tempscale__sources" else "fp"
+        assert store.sources() == dict.fromkeys(want, fingerprint)
+        query = want["s1.txt"][2].vector
+        assert store.search(query, k=1)[0].text == "s1.txt 2 v1"
+        assert search_documents(store, query, k=1)[0].source == "s1.txt"
+    assert (folder / "qdrant" / (shard + ".damaged")).is_dir()
 
 
 # The child indexes 12 sources in a loop (version i for the i-th write), committing every 3 writes and closing and

@@ -524,6 +524,18 @@ def run_repair(args: argparse.Namespace) -> int:
     stored = _stored_manifest(folder)
     if stored is None:
         raise ValueError(f"{folder} holds no tempscale-rag index (no manifest.json): nothing to repair")
+    backend = stored.backend
+    if stored.store == "qdrant" and backend.url is None and backend.engine == "edge":
+        from tempscale_rag.stores.qdrant.edge import repair_edge_index
+
+        lines = repair_edge_index(
+            backend.local_path(folder),
+            dimension=stored.dimension,
+            collection=backend.collection,
+            distance=backend.distance,
+        )
+        print(json.dumps({"repair": lines}, indent=2) if args.json else "\n".join(lines))
+        return EXIT_OK
     if stored.store != "faiss":
         raise ValueError(
             f"the index at {folder} is a Qdrant index; `repair` mends FAISS indexes. Rebuild a Qdrant index: delete "

@@ -28,6 +28,7 @@ import qdrant_edge as qe
 from qdrant_client import QdrantClient, models
 
 from tempscale_rag.stores.errors import IndexCorruptError, IndexNotFoundError, StoreUnavailableError
+from tempscale_rag.stores.qdrant.points import source_point_id
 from tempscale_rag.stores.qdrant.store import QdrantStore
 
 EDGE_HNSW_M = 16
@@ -363,3 +364,57 @@ class EdgeStore(QdrantStore):
             # the segments so the next open replays nothing.
             self.edge.optimize()
         self.edge.flush()
+
+
+REPAIRED_FINGERPRINT = "repaired:unknown"
+"""The fingerprint `repair_edge_index` gives sources whose record was lost: the next `index` re-indexes them."""
+
+
+def repair_edge_index(path: str | Path, *, dimension: int, collection: str, distance: Any) -> list[str]:
+    """Mend a Qdrant Edge index whose shards cannot be opened; returns what was done, one line each.
+
+    The chunks shard holds the data; the other two are derived from it. A damaged documents shard is rebuilt from the
+    chunks; a damaged sources shard is rebuilt with every stored source under `REPAIRED_FINGERPRINT` (so the next
+    `index` re-writes them and `--prune` still sees them); a damaged chunks shard cannot be mended: the whole storage
+    is set aside and the next `index` rebuilds it. Damaged shards are kept beside the others as `<name>.damaged`.
+
+    Raises:
+        StoreUnavailableError: If the index is open elsewhere.
+    """
+    root = Path(path)
+    names = [collection, collection + "__sources", collection + "__documents"]
+    damaged = []
+    for name in names:
+        client = EdgeClient(root, create=False)
+        try:
+            if (root / name).exists() and not client.collection_exists(name):
+                raise IndexCorruptError(f"{root / name} has no {_CONFIG_FILE}")
+            if (root / name).exists():
+                client.get_collection(name)
+        except IndexCorruptError as exc:
+            damaged.append((name, str(exc)))
+        finally:
+            client.close()
+    if not damaged:
+        return [f"{root}: every Qdrant Edge shard opens; nothing to repair"]
+    lines = [f"{root}: damaged: {problem}" for _, problem in damaged]
+    if damaged[0][0] == collection:
+        aside = root.with_name(root.name + ".damaged")
+        root.rename(aside)
+        return [*lines, f"the chunks cannot be recovered: the storage was moved to {aside}; run `tempscale-rag index`"]
+    for name, _ in damaged:
+        (root / name).rename(root / (name + ".damaged"))
+    sources_lost = any(name == collection + "__sources" for name, _ in damaged)
+    with EdgeStore(dimension=dimension, path=root, collection=collection, distance=distance) as store:
+        # Opening recreates the missing collections; the documents collection is rebuilt from the chunks.
+        if sources_lost:
+            for source in sorted(store.scan_chunks(None)):
+                point = models.PointStruct(
+                    id=source_point_id(source),
+                    vector={},
+                    payload={"source": source, "fingerprint": REPAIRED_FINGERPRINT, "chunks": 0},
+                )
+                store.edge.upsert(store.sources_collection, [point])
+            lines.append(f"{len(store.sources())} files kept, to be re-indexed by the next `tempscale-rag index`")
+        lines.append(f"rebuilt from the {store.count()} stored chunks; damaged shards kept as <name>.damaged")
+    return lines
