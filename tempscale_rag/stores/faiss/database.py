@@ -270,7 +270,11 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
-            db.execute("ROLLBACK")
+            # A ROLLBACK that fails (Ctrl-C landing while a statement of this transaction is still stepping gave
+            # "database table is locked") must not replace the error being handled: the user pressed Ctrl-C, the
+            # index is not damaged. SQLite discards an uncommitted transaction when its connection closes anyway.
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
         raise
 
 
