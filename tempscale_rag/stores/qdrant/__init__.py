@@ -1,9 +1,11 @@
-"""The Qdrant backend: a Qdrant server, or qdrant-client's local mode (a folder, or in memory).
+"""The Qdrant backend: a Qdrant server, Qdrant's own engine embedded (Qdrant Edge, a folder), or qdrant-client's
+local mode (a folder or in memory; kept for indexes that were built with it and when asked for by name).
 
 - `store.py`: `QdrantStore`, the `VectorStore` (public API, the document-ranking contract).
 - `points.py`: what is stored: point ids, chunk payloads, the document points (chunk vectors and group vectors).
 - `documents.py`: upkeep of the documents collection (written, merged, rescanned).
 - `connection.py`: opening the client, retries of network failures, collection setup and checks.
+- `edge.py`: `EdgeStore`, the same store on an embedded Qdrant Edge shard per collection (`EdgeClient`).
 """
 
 from tempscale_rag.stores.qdrant.connection import MEMORY
