@@ -1,5 +1,6 @@
-"""The Qdrant backend: a Qdrant server, Qdrant's own engine embedded (Qdrant Edge, a folder), or qdrant-client's
-local mode (a folder or in memory; kept for indexes that were built with it and when asked for by name).
+"""The Qdrant backend: a Qdrant server, Qdrant's own engine embedded (Qdrant Edge), or qdrant-client's local mode.
+
+Local mode (a folder or in memory) is kept for indexes that were built with it and when asked for by name.
 
 - `store.py`: `QdrantStore`, the `VectorStore` (public API, the document-ranking contract).
 - `points.py`: what is stored: point ids, chunk payloads, the document points (chunk vectors and group vectors).
