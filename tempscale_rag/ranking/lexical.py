@@ -194,3 +194,57 @@ def qdrant_sparse_params() -> Any:
     from qdrant_client import models
 
     return models.SparseVectorParams(modifier=models.Modifier.IDF)
+
+
+class PivotBM25:
+    """Exact BM25 of the product's lexical index: `SparseEncoder`'s formula with the corpus's IDF, every unit scored.
+
+    A unit's score for a query is `sum over query terms t of count(t) x idf(t) x tf / (tf + k1 (1 - b + b len /
+    pivot))` with `idf = ln(1 + (N - n + 0.5) / (n + 0.5))` (N units, n of them with `t`): Lucene's BM25 up to the
+    constant `k1 + 1`, with a fixed length pivot instead of the corpus's average length. A fixed pivot is what a
+    vector database's sparse vectors can hold (their values are written once), so the FAISS store, the Qdrant store
+    and the evaluator compute the same numbers; it is the reference the stores are tested against.
+
+    Args:
+        texts: The analysed units (lists of terms).
+        pivot: The length pivot in analysed terms (None: the units' own average length, Lucene's BM25 exactly).
+        k1: Term-frequency saturation.
+        b: Length normalisation.
+    """
+
+    def __init__(
+        self, texts: Sequence[Sequence[str]], pivot: float | None = None, k1: float = 1.5, b: float = 0.75
+    ) -> None:
+        from scipy import sparse
+
+        vocabulary: dict[str, int] = {}
+        rows: list[int] = []
+        cols: list[int] = []
+        values: list[float] = []
+        lengths = np.fromiter((len(t) for t in texts), dtype=np.float64, count=len(texts))
+        self.pivot = float(pivot) if pivot is not None else float(max(1.0, lengths.mean() if len(texts) else 1.0))
+        norms = k1 * (1.0 - b + b * lengths / self.pivot)
+        for row, text in enumerate(texts):
+            for term, tf in Counter(text).items():
+                rows.append(row)
+                cols.append(vocabulary.setdefault(term, len(vocabulary)))
+                values.append(tf / (tf + norms[row]))
+        self._vocabulary = vocabulary
+        self._n = len(texts)
+        self._matrix = sparse.csc_matrix(
+            (np.asarray(values), (np.asarray(rows), np.asarray(cols))), shape=(self._n, len(vocabulary))
+        )
+        df = np.diff(self._matrix.indptr)
+        self._idf = np.log1p((self._n - df + 0.5) / (df + 0.5))
+
+    def __len__(self) -> int:
+        return self._n
+
+    def scores(self, query_terms: Sequence[str]) -> npt.NDArray[np.float32]:
+        """The score of every unit for one analysed query (0 where no term matches), shape `(len(texts),)`."""
+        counts = Counter(t for t in query_terms if t in self._vocabulary)
+        if not counts:
+            return np.zeros(self._n, dtype=np.float32)
+        cols = np.fromiter((self._vocabulary[t] for t in counts), dtype=np.int64, count=len(counts))
+        weights = np.fromiter(counts.values(), dtype=np.float64, count=len(counts)) * self._idf[cols]
+        return np.asarray(self._matrix[:, cols] @ weights, dtype=np.float32).ravel()
