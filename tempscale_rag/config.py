@@ -411,6 +411,40 @@ def chunk_overshoot(size: int) -> int:
     return math.ceil(size * _CHUNK_OVERSHOOT)
 
 
+LEXICAL_ANALYZER = "bm25s-en-snowball-1"
+"""The lexical analyser's name (`tempscale_rag.ranking.lexical.LexicalAnalyzer`); a change of its rules changes it."""
+
+LEXICAL_TERMS_PER_TOKEN = 0.4
+"""Analysed terms (stop words dropped) per model token of a full chunk: 0.38 on QMSum's 499-token chunks, 0.44 on
+BAMBOO's; the default BM25 length pivot of a chunk size is this times the size."""
+
+
+class LexicalSettings(BaseModel):
+    """The lexical (BM25) channel of an index: which chunks are indexed by their terms, and the BM25 parameters.
+
+    The chunks of one size (by default the largest: whole passages score best lexically) are analysed into terms and
+    indexed beside their vectors. A chunk's score for a query is `sum count(t) idf(t) tf / (tf + k1 (1 - b + b len /
+    pivot))` over the query's terms `t` (`tempscale_rag.ranking.lexical.PivotBM25`): Lucene's BM25 with a fixed
+    length pivot, which Qdrant's sparse vectors can hold as well as FAISS's SQLite postings, so both backends and the
+    evaluator compute the same numbers. Recorded in the index manifest (None there: an index without the channel).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    analyzer: str = Field(
+        default=LEXICAL_ANALYZER, description="Name of the analyser that turned text into terms (checked at search)."
+    )
+    chunk_size: int = Field(ge=8, description="Chunks of this size (model content tokens) are indexed lexically.")
+    pivot: float = Field(gt=0, description="BM25 length pivot in analysed terms (about the indexed chunks' length).")
+    k1: float = Field(default=1.5, gt=0, description="BM25 term-frequency saturation.")
+    b: float = Field(default=0.75, ge=0, le=1, description="BM25 length normalisation.")
+
+    @classmethod
+    def for_chunks(cls, chunk_size: int) -> LexicalSettings:
+        """The default channel over chunks of `chunk_size` tokens (pivot `LEXICAL_TERMS_PER_TOKEN` x size)."""
+        return cls(chunk_size=chunk_size, pivot=float(round(LEXICAL_TERMS_PER_TOKEN * chunk_size)))
+
+
 class ChunkingConfig(BaseModel):
     """How documents are chunked for an index, and how a document is scored from its chunks.
 

@@ -22,8 +22,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-ANALYZER_NAME = "bm25s-en-snowball-1"
-"""Recorded with every lexical index; a change of the rules below must change it."""
+from tempscale_rag.config import LEXICAL_ANALYZER
+
+ANALYZER_NAME = LEXICAL_ANALYZER
+"""Recorded with every lexical index; a change of the rules below must change it (in `tempscale_rag.config`)."""
 
 _TOKEN = re.compile(r"(?u)\b\w\w+\b")
 

@@ -42,6 +42,7 @@ from tempscale_rag.config import (
     BUNDLED_MODEL,
     LEGACY_SOFTMAX_TEMPERATURE,
     ChunkingConfig,
+    LexicalSettings,
     TempScaleConfig,
     settings_that_shape,
 )
@@ -156,6 +157,11 @@ class IndexManifest(BaseModel):
         description="How documents were chunked (sizes, per-size temperatures, overlap, document score); None for an "
         "index made before chunking was recorded: one chunk size filling the model window.",
     )
+    lexical: LexicalSettings | None = Field(
+        default=None,
+        description="The lexical (BM25) channel: which chunks are indexed by their terms and how they are scored; "
+        "None for an index without one (made before hybrid retrieval, or asked for dense only).",
+    )
     store: StoreKind = Field(description="Which backend holds the vectors.")
     backend: FaissSettings | QdrantSettings = Field(discriminator="kind", description="Backend settings.")
     created_at: datetime = Field(default_factory=_now)
@@ -185,6 +191,7 @@ class IndexManifest(BaseModel):
         backend: FaissSettings | QdrantSettings | None = None,
         chunking: ChunkingConfig | None = None,
         model_digest: str | None = None,
+        lexical: LexicalSettings | None = None,
     ) -> IndexManifest:
         """A manifest for a new index.
 
@@ -195,6 +202,7 @@ class IndexManifest(BaseModel):
             backend: Backend settings; None is an exact FAISS index.
             chunking: How documents are chunked; None records nothing (a caller that chunks on its own).
             model_digest: `model_digest` of the model's folder when the model is a local folder.
+            lexical: The lexical channel's settings; None: dense only.
 
         Returns:
             The manifest.
@@ -208,6 +216,7 @@ class IndexManifest(BaseModel):
             store=backend.kind,
             backend=backend,
             chunking=chunking,
+            lexical=lexical,
         )
 
     def touched(self) -> IndexManifest:
