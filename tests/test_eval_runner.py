@@ -161,7 +161,7 @@ def test_the_evaluator_cuts_windows_with_the_encoders_rule(encoder: TempScaleEnc
 
 
 def test_per_size_rows_put_queries_at_the_product_query_tau_and_the_baseline_at_one() -> None:
-    rows = build_configurations(BASE, queries="both", chunkings=["16:1,32:0.8", "16:1,32:0.9"])
+    rows = build_configurations(BASE, queries="both", chunkings=["16:1,32:0.8", "16:1,32:0.9"], retrievals=["dense"])
     by_name = {c.name: c for c in rows}
     assert list(by_name) == [
         "tau=1",
@@ -177,7 +177,9 @@ def test_per_size_rows_put_queries_at_the_product_query_tau_and_the_baseline_at_
     baseline = by_name["tau=1"].config
     assert baseline.temperature == 1.0 and baseline.query_temperature is None  # queries at tau 1 like the chunks
     # --query-temperature reaches the per-size rows (it used to be dropped with the other temperature fields)
-    asked = build_configurations(BASE.model_copy(update={"query_temperature": 0.7}), chunkings=["16:1,32:0.8"])
+    asked = build_configurations(
+        BASE.model_copy(update={"query_temperature": 0.7}), chunkings=["16:1,32:0.8"], retrievals=["dense"]
+    )
     assert [c.config.query_temperature for c in asked] == [None, 0.7]
 
 

@@ -335,7 +335,14 @@ def test_one_declaration_says_what_each_setting_shapes() -> None:
             assert setting_shape(model, name) in ("documents", "queries", "run")
     run = settings_that_shape(TempScaleConfig, "run")
     assert set(RUNTIME_FIELDS) <= set(run) and "device" in run and "temperature" not in run
-    assert set(settings_that_shape(ChunkingConfig, "queries")) == {"doc_score", "softmax_temperature"}
+    assert set(settings_that_shape(ChunkingConfig, "queries")) == {
+        "doc_score",
+        "softmax_temperature",
+        "retrieval",
+        "fusion",
+        "lexical_weight",
+        "fusion_depth",
+    }
     base = TempScaleConfig(model=MODEL, long_text="chunk_mean")
     changed = {
         "temperature": 0.8,

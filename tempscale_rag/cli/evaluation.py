@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tempscale_rag.cli.options import RUNTIME_FIELDS, add_argument
-from tempscale_rag.config import TempScaleConfig
+from tempscale_rag.config import RETRIEVALS, TempScaleConfig
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +213,16 @@ def _register_eval(subparsers: Any) -> None:
     )
     add_argument(
         group,
+        "--retrieval",
+        nargs="+",
+        default=None,
+        choices=RETRIEVALS,
+        help="Retrieval channels of the chunked pipelines (an axis; default all three, on the same chunks): "
+        "'lexical' adds one BM25 row (BM25 over the largest chunks, each document scored by its best chunk; nothing "
+        "embedded), 'dense' the temperature rows, 'hybrid' the same rows fused with BM25 (what `search` does).",
+    )
+    add_argument(
+        group,
         "--chunk-tokens",
         nargs="+",
         default=None,
@@ -301,6 +311,7 @@ def run_eval(args: argparse.Namespace) -> int:
         doc_scores=doc_scores,
         chunkings=args.chunk_tokens or _calibrated_chunkings(args.calibration or (), args.chunk_overlap_tokens),
         overlap_tokens=args.chunk_overlap_tokens,
+        **({"retrievals": args.retrieval} if args.retrieval else {}),
     )
     task = load_task(args.dataset, args, split_file=args.split_file, split=args.split)
     encoder = _load_encoder(base)

@@ -32,7 +32,7 @@ from tempscale_rag.cli.options import (
     temperature_flags_given,
 )
 from tempscale_rag.cli.ray import add_ray_flags, ray_settings
-from tempscale_rag.config import DEFAULT_DOC_SCORE, ChunkingConfig, read_chunking
+from tempscale_rag.config import DEFAULT_DOC_SCORE, RETRIEVALS, ChunkingConfig, read_chunking
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +95,27 @@ def _register_index(subparsers: Any) -> None:
         "recorded in the index.",
         shown_default=DEFAULT_DOC_SCORE,
     )
+    add_argument(
+        index,
+        "--retrieval",
+        default=None,
+        choices=RETRIEVALS,
+        help="How `search` ranks: 'hybrid' fuses the TempScale vectors with BM25 over the largest chunks, 'dense' "
+        "uses the vectors alone, 'lexical' BM25 alone; recorded in the index.",
+        shown_default="hybrid",
+    )
+    add_argument(
+        index,
+        "--no-lexical",
+        action="store_true",
+        help="Build no lexical (BM25) channel: a dense-only index (a new index only).",
+    )
+    add_argument(
+        index,
+        "--add-lexical",
+        action="store_true",
+        help="Give an existing dense-only index its lexical channel from the stored chunk texts (no re-embedding).",
+    )
     add_argument(index, "--max-file-mb", type=_size_mb, default=64.0, help="Skip larger files ('none': no limit).")
     add_argument(index, "--commit-every", type=int, default=256, help="Chunks embedded and committed together.")
     add_argument(
@@ -131,6 +152,14 @@ def _register_search(subparsers: Any) -> None:
         default=None,
         metavar="NAME",
         help="With --documents: how a file is scored from its chunks (max, mean, hybrid, topm, softmax).",
+        shown_default="the index's recorded one",
+    )
+    add_argument(
+        search,
+        "--retrieval",
+        default=None,
+        choices=RETRIEVALS,
+        help="'hybrid' (vectors and BM25 fused), 'dense' or 'lexical' (BM25 alone: no model is loaded).",
         shown_default="the index's recorded one",
     )
     add_argument(search, "--device", default=None, help="torch device for the query encoder.", shown_default="auto")
@@ -251,6 +280,8 @@ def _chunking_from_args(args: argparse.Namespace) -> ChunkingConfig:
         fields["overlap_tokens"] = args.chunk_overlap_tokens
     if args.doc_score is not None:
         fields["doc_score"] = args.doc_score
+    if args.retrieval is not None:
+        fields["retrieval"] = args.retrieval
     if args.chunk_tokens is not None:
         return ChunkingConfig.parse(args.chunk_tokens, **fields)
     calibrated = read_chunking(args.calibration) if getattr(args, "calibration", None) else None
@@ -272,6 +303,8 @@ def _expected_chunking(args: argparse.Namespace) -> dict[str, Any]:
         expected["overlap_tokens"] = args.chunk_overlap_tokens
     if args.doc_score is not None:
         expected["doc_score"] = args.doc_score
+    if args.retrieval is not None:
+        expected["retrieval"] = args.retrieval
     return expected
 
 
@@ -356,7 +389,14 @@ def run_index(args: argparse.Namespace) -> int:
             "expected_settings": _expected_settings(args, stored),
             "expected_chunking": _expected_chunking(args),
         }
+        if args.no_lexical:
+            raise ValueError(
+                f"--no-lexical applies to a new index; {folder} exists (its channels are kept as they are)"
+            )
         index = _open_index(args, writable=True, **expected)
+        if args.add_lexical:
+            settings = index.add_lexical()
+            print(f"lexical channel: BM25 over the {settings.chunk_size}-token chunks", file=sys.stderr)
     else:
         from tempscale_rag.ingest.indexer import nothing_to_index
 
@@ -398,7 +438,12 @@ def _create_index(args: argparse.Namespace, folder: Path) -> Any:
             "--buckets, --schedule or --calibration set them for every chunk; use one or the other"
         )
     return Index.create(
-        folder, config, chunking=chunking, backend=_requested_backend(args), size_temperatures=size_temperatures
+        folder,
+        config,
+        chunking=chunking,
+        backend=_requested_backend(args),
+        size_temperatures=size_temperatures,
+        lexical=not args.no_lexical,
     )
 
 
@@ -425,9 +470,11 @@ def run_search(args: argparse.Namespace) -> int:
     with _open_index(args) as index:
         quiet_model_loading()
         if args.documents:
-            documents = index.search_documents(args.query, args.k, doc_score=args.doc_score, evidence=EVIDENCE_CHUNKS)
+            documents = index.search_documents(
+                args.query, args.k, doc_score=args.doc_score, evidence=EVIDENCE_CHUNKS, retrieval=args.retrieval
+            )
             return _print_documents(args, documents)
-        hits = index.search(args.query, args.k)
+        hits = index.search(args.query, args.k, retrieval=args.retrieval)
     results = [
         {
             "rank": i + 1,

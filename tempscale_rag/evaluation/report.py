@@ -13,6 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from tempscale_rag.config import LexicalSettings
 from tempscale_rag.evaluation.runner import ConfigurationResult, EvalResults
 
 _LABELS = {"ndcg@10": "nDCG@10", "ndcg@1": "nDCG@1", "recall@10": "R@10", "recall@100": "R@100", "mrr": "MRR"}
@@ -54,7 +55,11 @@ def pipeline_label(result: ConfigurationResult) -> str:
     configuration = result.configuration
     if configuration.chunking is None:
         return f"vector {configuration.config.long_text}"
-    return f"{configuration.doc_score} {','.join(map(str, configuration.chunking.sizes))}"
+    sizes = ",".join(map(str, configuration.chunking.sizes))
+    retrieval = configuration.chunking.retrieval
+    if retrieval == "lexical":
+        return f"BM25 {LexicalSettings.for_chunks(max(configuration.chunking.sizes)).chunk_size}"
+    return f"{configuration.doc_score} {sizes}" + (" + BM25" if retrieval == "hybrid" else "")
 
 
 def _cost_cells(result: ConfigurationResult) -> list[str]:

@@ -51,6 +51,7 @@ from tempscale_rag.config import (
     DEFAULT_DOC_SCORE,
     Bucket,
     ChunkingConfig,
+    LexicalSettings,
     LongTextPolicy,
     TempScaleConfig,
     chunk_query_temperature,
@@ -66,6 +67,8 @@ from tempscale_rag.evaluation.synthetic import LONGEMBED_LENGTHS, make_needle, m
 from tempscale_rag.ingest.chunking import MultiSizeChunker
 from tempscale_rag.models import special_tokens
 from tempscale_rag.ranking.documents import DOC_SCORES, ChunkGroups, DocumentScoring, group_vectors, score_documents
+from tempscale_rag.ranking.hybrid import Fusion, Retrieval, check_retrieval, fuse_ranked
+from tempscale_rag.ranking.lexical import LexicalAnalyzer, PivotBM25
 from tempscale_rag.windows import TokenCounter, cut_windows
 
 logger = logging.getLogger(__name__)
@@ -78,6 +81,9 @@ DEFAULT_K_VALUES: tuple[int, ...] = (1, 10, 100)
 
 DOC_LENGTH_BINS: tuple[float, ...] = (0, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, math.inf)
 """Edges (tokens) of the per-document-length breakdown of BEIR tasks."""
+
+EVAL_RETRIEVALS: tuple[str, ...] = ("lexical", "dense", "hybrid")
+"""The retrieval rows of a default evaluation: BM25 alone, the dense rows, the same rows fused with BM25."""
 
 RETRIEVAL_DEPTH = 1000
 """Documents retrieved per query (MTEB's depth); every document when the corpus is smaller."""
@@ -299,6 +305,7 @@ def build_configurations(
     doc_scores: Sequence[str] = (DEFAULT_DOC_SCORE,),
     chunkings: Sequence[str | ChunkingConfig] | None = None,
     overlap_tokens: int | None = None,
+    retrievals: Sequence[str] = EVAL_RETRIEVALS,
 ) -> list[EvalConfiguration]:
     """The configurations of one evaluation: the product of the temperature settings with the pipeline axes.
 
@@ -326,6 +333,9 @@ def build_configurations(
             `"64,128,256"` or `"64:1,128:1,256:0.8"` (per-size taus); default: `ChunkingConfig()`, what `index`
             uses. Specs with the same sizes share one pipeline, each tau spec being one row.
         overlap_tokens: Chunk overlap of the specs given as strings (None: the per-size default).
+        retrievals: The retrieval channels of the chunked pipelines, on the same chunks: `lexical` (one `BM25` row:
+            BM25 over the lexical chunks, no embedding), `dense` (every temperature row) and `hybrid` (every
+            temperature row again, fused with BM25, named `hybrid ...`, against `hybrid tau=1`).
 
     Returns:
         The configurations, baselines first within each pipeline.
@@ -339,8 +349,9 @@ def build_configurations(
     policies = list(dict.fromkeys(long_text))
     windows = list(dict.fromkeys(max_seq_lengths))
     scores = [check_eval_doc_score(s) for s in dict.fromkeys(doc_scores)]
-    if not policies or not windows or not scores:
-        raise ValueError("the long-text, window and doc-score axes need at least one value each")
+    channels = [check_retrieval(r) for r in dict.fromkeys(retrievals)]
+    if not policies or not windows or not scores or not channels:
+        raise ValueError("the long-text, window, doc-score and retrieval axes need at least one value each")
     chunk_groups = _chunk_groups(chunkings, overlap_tokens) if any(s != VECTOR for s in scores) else {}
     fields = base.model_dump()
     query_tau = chunk_query_temperature(base)  # of the per-size rows, as `index` gives it; other rows set their own
@@ -369,11 +380,10 @@ def build_configurations(
                     for name, config in temperature_rows(common, suffix, None):
                         out.append(EvalConfiguration(name, config, baseline, setting=name.removesuffix(suffix)))
                 continue
-            out.extend(
-                _chunked_configurations(
-                    {**fields, "max_seq_length": window}, doc_score, parts, chunk_groups, temperature_rows, query_tau
-                )
+            dense = _chunked_configurations(
+                {**fields, "max_seq_length": window}, doc_score, parts, chunk_groups, temperature_rows, query_tau
             )
+            out.extend(_with_retrievals(dense, channels))
     names = [c.name for c in out]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -501,6 +511,35 @@ def _chunked_configurations(
         for name, config in temperature_rows(common, suffix, first):
             out.append(EvalConfiguration(name, config, baseline, doc_score, first, setting=name.removesuffix(suffix)))
     return out
+
+
+def _with_retrievals(dense: list[EvalConfiguration], channels: list[Retrieval]) -> list[EvalConfiguration]:
+    """The rows of each retrieval channel over one doc score's dense rows (see `build_configurations`)."""
+    out: list[EvalConfiguration] = []
+    dense = [dataclasses.replace(c, chunking=_retrieving(c.chunking, "dense")) for c in dense]
+    if "lexical" in channels:
+        for baseline in (c for c in dense if c.baseline is None):
+            suffix = baseline.name.removeprefix("tau=1")
+            chunking = _retrieving(baseline.chunking, "lexical")
+            out.append(dataclasses.replace(baseline, name=f"BM25{suffix}", chunking=chunking, setting="BM25"))
+    if "dense" in channels:
+        out.extend(dense)
+    if "hybrid" in channels:
+        for c in dense:
+            out.append(
+                dataclasses.replace(
+                    c,
+                    name=f"hybrid {c.name}",
+                    chunking=_retrieving(c.chunking, "hybrid"),
+                    baseline=None if c.baseline is None else f"hybrid {c.baseline}",
+                    setting=f"hybrid {c.setting or c.name}",
+                )
+            )
+    return out
+
+
+def _retrieving(chunking: ChunkingConfig | None, retrieval: Retrieval) -> ChunkingConfig | None:
+    return None if chunking is None else chunking.model_copy(update={"retrieval": retrieval})
 
 
 def _chunk_doc_score(doc_score: str) -> str:
@@ -795,6 +834,7 @@ class RetrievalEvaluator:
         self._chunkers: dict[tuple[Any, ...], MultiSizeChunker] = {}
         self._chunked: dict[tuple[Any, ...], _ChunkedPart] = {}
         self._splits: dict[tuple[Any, ...], tuple[list[list[str]], list[list[str]]]] = {}
+        self._lexical_runs: dict[tuple[Any, ...], dict[str, list[tuple[str, float]]]] = {}
         if chunk_workers is not None and (isinstance(chunk_workers, bool) or chunk_workers < 0):
             raise ValueError(f"chunk_workers must be None or an integer >= 0, got {chunk_workers!r}")
         self.chunk_workers = chunk_workers
@@ -862,7 +902,9 @@ class RetrievalEvaluator:
             doc_score: The pipeline: `vector` (one vector per document) or a chunk aggregation.
             chunking: Chunk sizes and overlap of a chunked pipeline.
         """
-        configuration = EvalConfiguration("dev", encoder.config, None, doc_score, chunking)
+        # Temperatures are chosen on the dense channel alone: BM25 does not depend on them.
+        dense = None if chunking is None else chunking.model_copy(update={"retrieval": "dense"})
+        configuration = EvalConfiguration("dev", encoder.config, None, doc_score, dense)
         result = self._evaluate(encoder, task, configuration)
         return result.metrics[metric or task.main_metric]
 
@@ -886,11 +928,15 @@ class RetrievalEvaluator:
             doc_texts = [dataset.corpus[d] for d in doc_ids]
             doc_tokens = self._count(encoder, doc_texts, query=False)
             before = dict(stats)
+            retrieval = configuration.chunking.retrieval if configuration.chunking is not None else "dense"
             if configuration.chunking is not None:
                 chunked = self._chunk(encoder, configuration.chunking, label, doc_ids, doc_texts)
                 chunk_tokens = self._count(encoder, chunked.texts, query=False, keys=chunked.keys)
-                docs = self._embed(encoder, chunked.texts, chunk_tokens, False, stats, chunked.keys)
-                stats["truncated_documents"] += sum(n > encoder.window for n in chunk_tokens)
+                if retrieval == "lexical":  # BM25 alone: nothing is embedded
+                    docs = _Embedded(np.zeros((0, 0), np.float32), np.zeros(0), np.zeros(0, np.int64))
+                else:
+                    docs = self._embed(encoder, chunked.texts, chunk_tokens, False, stats, chunked.keys)
+                    stats["truncated_documents"] += sum(n > encoder.window for n in chunk_tokens)
                 n_chunks += len(chunked.texts)
             else:
                 docs = self._embed(encoder, doc_texts, doc_tokens, False, stats)
@@ -903,14 +949,22 @@ class RetrievalEvaluator:
             cost["embedding_seconds"] += float(docs.seconds.sum())
             query_ids = list(dataset.queries)
             query_texts = [dataset.queries[q] for q in query_ids]
-            queries = self._embed(encoder, query_texts, self._count(encoder, query_texts, query=True), True, stats)
+            if retrieval != "lexical":
+                query_tokens = self._count(encoder, query_texts, query=True)
+                queries = self._embed(encoder, query_texts, query_tokens, True, stats)
             stats["seconds"] = before["seconds"] + time.perf_counter() - started
             if configuration.chunking is not None:
                 scoring = DocumentScoring(configuration.doc_score)  # type: ignore[arg-type]
-                cost["vectors_stored"] += len(chunked.texts) + (
-                    chunked.groups.n_groups if scoring.needs_group_vectors else 0
-                )
-                run = self._rank_documents(chunked.groups, docs.vectors, scoring, query_ids, queries.vectors)
+                if retrieval != "lexical":
+                    cost["vectors_stored"] += len(chunked.texts) + (
+                        chunked.groups.n_groups if scoring.needs_group_vectors else 0
+                    )
+                    run = self._rank_documents(chunked.groups, docs.vectors, scoring, query_ids, queries.vectors)
+                else:
+                    run = {qid: {} for qid in query_ids}
+                if retrieval != "dense":
+                    lexical = self._lexical_run(configuration.chunking, chunked, label, doc_ids, query_ids, query_texts)
+                    run = fuse_runs(run, lexical, configuration.chunking)
             else:
                 cost["vectors_stored"] += len(doc_ids)
                 # One vector per document: `max` over a single chunk is the exact inner-product ranking.
@@ -950,6 +1004,7 @@ class RetrievalEvaluator:
         chunking = configuration.chunking
         if chunking is None:
             return {
+                "retrieval": "dense",
                 "doc_score": VECTOR,
                 "chunk_tokens": None,
                 "chunk_overlap_tokens": None,
@@ -957,6 +1012,7 @@ class RetrievalEvaluator:
                 "chunks": None,
             }
         return {
+            "retrieval": chunking.retrieval,
             "doc_score": configuration.doc_score,
             "chunk_tokens": list(chunking.sizes),
             "chunk_overlap_tokens": [chunking.overlap(size) for size in chunking.sizes],
@@ -1084,6 +1140,41 @@ class RetrievalEvaluator:
         seconds = np.fromiter((self.cache.seconds[k] for k in full_keys), np.float64, len(full_keys))
         return _Embedded(vectors, seconds, seen)
 
+    def _lexical_run(
+        self,
+        chunking: ChunkingConfig,
+        chunked: _ChunkedPart,
+        label: str,
+        doc_ids: list[str],
+        query_ids: list[str],
+        query_texts: list[str],
+    ) -> dict[str, list[tuple[str, float]]]:
+        """Per query, the lexical channel's documents (best chunk's BM25), best first, as an index's store ranks them.
+
+        BM25 (`PivotBM25`, the stores' exact formula) over the part's chunks of the lexical size, the index default
+        (`LexicalSettings.for_chunks` of the largest size); cached per part and query set, whatever the temperatures.
+        """
+        lexical = LexicalSettings.for_chunks(max(chunking.sizes))
+        key = (label, text_key("\x00".join(chunked.keys)), text_key("\x00".join(query_texts)), lexical)
+        cached = self._lexical_runs.get(key)
+        if cached is not None:
+            return cached
+        analyzer = LexicalAnalyzer()
+        rows = [i for i, size in enumerate(chunked.sizes) if size == lexical.chunk_size]
+        scorer = PivotBM25(analyzer.terms_many([chunked.texts[i] for i in rows]), lexical.pivot, lexical.k1, lexical.b)
+        number = {doc_id: i for i, doc_id in enumerate(doc_ids)}
+        owners = np.array([number[chunked.documents[i]] for i in rows], dtype=np.int64)
+        depth = min(len(doc_ids), max(RETRIEVAL_DEPTH, *self.k_values))
+        out: dict[str, list[tuple[str, float]]] = {}
+        for qid, text in zip(query_ids, query_texts, strict=True):
+            best = np.zeros(len(doc_ids), dtype=np.float64)
+            np.maximum.at(best, owners, scorer.scores(analyzer.terms(text)))
+            matched = np.flatnonzero(best > 0)  # a store lists only documents with a matching term
+            order = matched[np.argsort(-best[matched], kind="stable")][:depth]
+            out[qid] = [(doc_ids[j], float(best[j])) for j in order]
+        self._lexical_runs[key] = out
+        return out
+
     def _rank_documents(
         self,
         groups: ChunkGroups,
@@ -1110,6 +1201,18 @@ class RetrievalEvaluator:
             for row, qid in enumerate(query_ids[start : start + block]):
                 run[qid] = {str(documents[j]): float(scores[row, j]) for j in top[row]}
         return run
+
+
+def fuse_runs(
+    dense: Mapping[str, Mapping[str, float]], lexical: Mapping[str, list[tuple[str, float]]], chunking: ChunkingConfig
+) -> dict[str, dict[str, float]]:
+    """Each query's dense and lexical rankings fused as an index fuses them (`tempscale_rag.ranking.hybrid`)."""
+    fusion = Fusion(chunking.retrieval, chunking.fusion, chunking.lexical_weight, chunking.fusion_depth)
+    out: dict[str, dict[str, float]] = {}
+    for qid, scores in dense.items():
+        ranked = sorted(scores.items(), key=lambda item: -item[1])
+        out[qid] = {str(doc): score for doc, score in fuse_ranked(ranked, lexical.get(qid, []), fusion)}
+    return out
 
 
 @contextlib.contextmanager

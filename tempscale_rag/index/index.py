@@ -18,7 +18,13 @@ from typing import TYPE_CHECKING, Any, Self, cast
 import numpy as np
 import numpy.typing as npt
 
-from tempscale_rag.config import BUNDLED_MODEL, ChunkingConfig, TempScaleConfig, chunked_index_config
+from tempscale_rag.config import (
+    BUNDLED_MODEL,
+    ChunkingConfig,
+    LexicalSettings,
+    TempScaleConfig,
+    chunked_index_config,
+)
 from tempscale_rag.index.settings import (
     SettingError,
     check_model_setting,
@@ -46,6 +52,8 @@ if TYPE_CHECKING:
     from tempscale_rag.encoder import TempScaleEncoder
     from tempscale_rag.ingest.chunking import MultiSizeChunker, WindowChunker
     from tempscale_rag.ingest.indexer import IndexSummary
+    from tempscale_rag.ranking.hybrid import Fusion
+    from tempscale_rag.ranking.lexical import SparseVector
 
 DEFAULT_EVIDENCE = 3
 """Distinct chunks returned with each document by `search_documents`."""
@@ -59,6 +67,7 @@ class _NewIndex:
     chunking: ChunkingConfig | None
     backend: FaissSettings | QdrantSettings
     size_temperatures: bool
+    lexical: LexicalSettings | None = None
 
     @classmethod
     def build(
@@ -67,6 +76,7 @@ class _NewIndex:
         chunking: ChunkingConfig,
         backend: FaissSettings | QdrantSettings | None,
         size_temperatures: bool | None,
+        lexical: bool | LexicalSettings = True,
     ) -> _NewIndex:
         """Check the settings of a new index (see `Index.create`) before anything is loaded or written."""
         if size_temperatures is None:
@@ -81,7 +91,14 @@ class _NewIndex:
                     f"tokens): lower {namer('chunking.sizes')} or raise {namer('max_seq_length')}"
                 )
             )
-        return cls(config, chunking, backend or FaissSettings(), size_temperatures)
+        if lexical is True:
+            lexical = LexicalSettings.for_chunks(largest)
+        elif isinstance(lexical, LexicalSettings) and lexical.chunk_size not in chunking.sizes:
+            raise ValueError(
+                f"the lexical channel indexes chunks of size {lexical.chunk_size}, which is not one of the chunk sizes "
+                f"{','.join(map(str, chunking.sizes))}"
+            )
+        return cls(config, chunking, backend or FaissSettings(), size_temperatures, lexical or None)
 
 
 class Index:
@@ -171,6 +188,7 @@ class Index:
         size_temperatures: bool | None = None,
         api_key: str | None = None,
         use_gpu: bool | None = None,
+        lexical: bool | LexicalSettings = True,
     ) -> Index:
         """A new index in `folder`, made (and the model loaded) at its first `add` or `index_folder`.
 
@@ -184,6 +202,8 @@ class Index:
                 `temperature` or a `schedule`.
             api_key: Qdrant server API key (default: `QDRANT_API_KEY`).
             use_gpu: FAISS GPU use (None: when available).
+            lexical: The lexical (BM25) channel hybrid search fuses with the vectors: True for the default (the
+                largest chunk size, `LexicalSettings.for_chunks`), a `LexicalSettings`, or False for dense only.
 
         Returns:
             The index (empty until the first write).
@@ -200,7 +220,9 @@ class Index:
             )
         if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
             raise IndexCorruptError(f"{folder} is not empty: a new index is only written into a new or empty folder")
-        new = _NewIndex.build(config or TempScaleConfig(), chunking or ChunkingConfig(), backend, size_temperatures)
+        new = _NewIndex.build(
+            config or TempScaleConfig(), chunking or ChunkingConfig(), backend, size_temperatures, lexical
+        )
         options: dict[str, Any] = {"api_key": api_key, "use_gpu": use_gpu}
         return cls(folder, store=None, new=new, model=new.config.model, run={}, store_options=options)
 
@@ -273,23 +295,31 @@ class Index:
             return np.asarray(self.encoder.encode([query], query=True)[0], dtype=np.float32)
         return check_query_vector(query, manifest.dimension, self._folder)
 
-    def search(self, query: str | npt.ArrayLike, k: int = 10) -> list[SearchHit]:
+    def search(self, query: str | npt.ArrayLike, k: int = 10, *, retrieval: str | None = None) -> list[SearchHit]:
         """The `k` best chunks for `query` (a text, or a vector of the index's dimension), best first.
 
         The same text cut at several chunk sizes (a file shorter than a size is one chunk at that size and every
         larger one) is returned once, with its best score.
 
         Args:
-            query: A question (encoded with the index's settings) or a query vector.
+            query: A question (encoded with the index's settings) or a query vector (dense search only).
             k: How many chunks.
+            retrieval: `hybrid` (vectors and BM25 fused), `dense` or `lexical`; None: the index's recorded one.
+                An index without a lexical channel, or a vector query, searches dense.
 
         Returns:
-            Up to `k` hits with distinct (source, text).
+            Up to `k` hits with distinct (source, text); with hybrid retrieval `score` is the fused score.
         """
+        from tempscale_rag.ranking.hybrid import search_chunks_hybrid
+
         k = _check_k(k)
-        vector = self.query_vector(query)
+        fusion = self._fusion(retrieval, query)
         store = self._require_store()
-        return distinct_hits(store.search(vector, k=k * self._copies()), k)
+        fetch = k * self._copies()
+        if fusion.retrieval == "dense":
+            return distinct_hits(store.search(self.query_vector(query), k=fetch), k)
+        vectors, sparse = self._queries(query, fusion)
+        return distinct_hits(search_chunks_hybrid(cast(Any, store), vectors, sparse, fetch, fusion)[0], k)
 
     def search_documents(
         self,
@@ -298,27 +328,73 @@ class Index:
         *,
         doc_score: str | None = None,
         evidence: int = DEFAULT_EVIDENCE,
+        retrieval: str | None = None,
     ) -> list[DocumentHit]:
         """The `k` best documents (source files) for `query`, scored from their chunks (`tempscale_rag.ranking`).
 
         Args:
-            query: A question (encoded with the index's settings) or a query vector.
+            query: A question (encoded with the index's settings) or a query vector (dense search only).
             k: How many documents.
             doc_score: How a document is scored from its chunks (`max`, `mean`, `hybrid`, `topm`, `softmax`);
                 None: the index's recorded one.
             evidence: Distinct best chunks returned with each document.
+            retrieval: `hybrid` (the dense document ranking fused with BM25 over the lexical chunks), `dense` or
+                `lexical`; None: the index's recorded one (see `search`).
 
         Returns:
             Up to `k` documents, best first, each with up to `evidence` chunks of distinct text.
         """
+        from tempscale_rag.ranking import document_scoring
+        from tempscale_rag.ranking.hybrid import search_documents_hybrid
+
         k = _check_k(k)
         if isinstance(evidence, bool) or not isinstance(evidence, int) or evidence < 0:
             raise ValueError(f"evidence must be an integer >= 0 (chunks per document), got {evidence!r}")
         if doc_score is not None:
             ChunkingConfig(doc_score=doc_score)  # validates the name before the model is loaded
-        vector = self.query_vector(query)
-        ranked = self._rank_documents(vector, k, doc_score, evidence * self._copies())
+        fusion = self._fusion(retrieval, query)
+        if fusion.retrieval == "dense":
+            ranked = self._rank_documents(self.query_vector(query), k, doc_score, evidence * self._copies())
+        else:
+            vectors, sparse = self._queries(query, fusion)
+            scoring = document_scoring(doc_score, self._require_manifest().chunking)
+            store = cast(Any, self._require_store())
+            ranked = search_documents_hybrid(store, vectors, sparse, k, scoring, evidence * self._copies(), fusion)[0]
         return [DocumentHit(d.source, d.score, distinct_hits(d.chunks, evidence)) for d in ranked]
+
+    def _fusion(self, retrieval: str | None, query: str | npt.ArrayLike) -> Fusion:
+        """The index's fusion settings with `retrieval` in force (dense where lexical search cannot run)."""
+        from tempscale_rag.ranking.hybrid import Fusion, check_retrieval, has_lexical
+
+        chunking = self._require_manifest().chunking or ChunkingConfig(retrieval="dense")
+        wanted = check_retrieval(retrieval) if retrieval is not None else chunking.retrieval
+        lexical = has_lexical(self._require_store())
+        if wanted == "lexical" and not lexical:
+            raise ValueError(
+                f"the index at {self._folder} has no lexical channel (it was built before hybrid retrieval, or dense "
+                "only): search it dense or hybrid, or add the channel with `tempscale-rag index --add-lexical`"
+            )
+        if wanted == "lexical" and not isinstance(query, str):
+            raise ValueError("lexical search needs a text query, not a vector")
+        if wanted == "hybrid" and (not lexical or not isinstance(query, str)):
+            wanted = "dense"
+        return Fusion(wanted, chunking.fusion, chunking.lexical_weight, chunking.fusion_depth)
+
+    def _queries(
+        self, query: str | npt.ArrayLike, fusion: Fusion
+    ) -> tuple[npt.NDArray[np.float32], list[SparseVector]]:
+        """The query as a (1, dimension) vector (zeros for lexical search: no model is loaded) and a sparse query."""
+        from tempscale_rag.ranking.lexical import SparseEncoder
+
+        text = str(query)
+        if not text.strip():
+            raise ValueError("the query is empty; give some text to search for")
+        manifest = self._require_manifest()
+        if fusion.retrieval == "lexical":
+            vector = np.zeros((1, manifest.dimension), dtype=np.float32)
+        else:
+            vector = self.query_vector(query)[None, :]
+        return vector, [SparseEncoder().query(text)]
 
     def _rank_documents(
         self, vector: npt.NDArray[np.float32], k: int, doc_score: str | None, evidence: int
@@ -411,6 +487,52 @@ class Index:
         indexer = FolderIndexer(self.encoder, store, chunker=self._chunker_for(self.encoder), **options)
         return indexer.run(list(paths), prune=prune)
 
+    def add_lexical(self, settings: LexicalSettings | None = None) -> LexicalSettings:
+        """Give a dense-only index (built before hybrid retrieval, or with `lexical=False`) its lexical channel.
+
+        The store analyses the chunk texts it already holds (nothing is embedded again), then the manifest records
+        the channel; an index that has one is left as it is.
+
+        Args:
+            settings: The channel (default: the largest chunk size, `LexicalSettings.for_chunks`).
+
+        Returns:
+            The index's lexical settings.
+
+        Raises:
+            ValueError: If the index records no chunk sizes, `settings` names a size the index does not have, or the
+                backend cannot add a channel to an existing index.
+        """
+        from tempscale_rag.stores import ManifestKeeper, write_manifest
+
+        manifest = self._require_manifest()
+        if manifest.lexical is not None:
+            return manifest.lexical
+        if manifest.chunking is None:
+            raise ValueError(
+                f"the index at {self._folder} records no chunk sizes (it predates them): rebuild it to search it hybrid"
+            )
+        settings = settings or LexicalSettings.for_chunks(max(manifest.chunking.sizes))
+        if settings.chunk_size not in manifest.chunking.sizes:
+            raise ValueError(
+                f"the index has no chunks of size {settings.chunk_size} (its sizes are "
+                f"{','.join(map(str, manifest.chunking.sizes))})"
+            )
+        store = self._writable_store()
+        adder = getattr(store, "add_lexical", None)
+        if not callable(adder):
+            raise ValueError(
+                f"a {type(store).__name__} cannot add a lexical channel to an existing index: rebuild the index"
+            )
+        adder(settings)
+        keeper = store.owner
+        if isinstance(keeper, ManifestKeeper):
+            # The store holds the channel first: a crash before this line leaves a dense manifest, and a re-run
+            # builds the channel again.
+            keeper.manifest = keeper.manifest.model_copy(update={"lexical": settings}).touched()
+            write_manifest(self._folder, keeper.manifest)
+        return settings
+
     def delete(self, source: str) -> int:
         """Remove a source (a file path as indexed, or an `add` name) and its chunks; the number of chunks removed."""
         store = self._require_store()
@@ -493,6 +615,7 @@ class Index:
             backend=new.backend,
             chunking=new.chunking,
             model_digest=digest,
+            lexical=new.lexical,
         )
         progress = progress_printer(show_progress)
         self._store = open_store(self._folder, manifest, progress=progress, **self._store_options)

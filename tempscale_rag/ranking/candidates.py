@@ -39,6 +39,9 @@ from tempscale_rag.ranking.documents import (
 )
 from tempscale_rag.stores.base import DocumentHit, SearchHit
 
+_KEY_ORDER: dict[str, tuple[npt.NDArray[Any], npt.NDArray[np.int64]]] = {}
+"""The sort order of the last chunk table's keys: a store hands out tables over one cached key array."""
+
 _EXACT_BLOCK = 64
 """Queries scored together against every chunk (one matrix product) by an exact store."""
 
@@ -75,6 +78,21 @@ class ChunkTable:
     matrix: npt.NDArray[np.float32]
     rows: npt.NDArray[np.int64] | None
     group_vectors: npt.NDArray[np.float32]
+
+    def documents_of(self, keys: npt.NDArray[Any]) -> npt.NDArray[np.int64]:
+        """The document number of each chunk key (-1 for a key not in the table)."""
+        cached = _KEY_ORDER.get("keys")
+        if cached is None or cached[0] is not self.keys:
+            cached = (self.keys, np.argsort(self.keys, kind="stable"))
+            _KEY_ORDER["keys"] = cached
+        order = cached[1]
+        if self.keys.size == 0 or keys.size == 0:
+            return np.full(keys.size, -1, dtype=np.int64)
+        at = np.searchsorted(self.keys, keys, sorter=order).clip(max=self.keys.size - 1)
+        chunks = order[at]
+        found = self.keys[chunks] == keys
+        documents = self.groups.group_document[self.groups.chunk_group[chunks]]
+        return np.where(found, documents, -1).astype(np.int64)
 
     @cached_property
     def number(self) -> dict[Hashable, int]:
@@ -169,15 +187,20 @@ def rank_source(
     store: DocumentSource, queries: npt.NDArray[np.float32], k: int, scoring: DocumentScoring, evidence: int
 ) -> list[list[DocumentHit]]:
     """Rank documents for validated queries (at least one row) with the store's exact or candidate path."""
+    return with_evidence(store, rank_ranked(store, queries, k, scoring, evidence))
+
+
+def rank_ranked(
+    store: DocumentSource, queries: npt.NDArray[np.float32], k: int, scoring: DocumentScoring, evidence: int
+) -> list[Ranked]:
+    """`rank_source` without reading the evidence records: per query, (source, score, chunk keys, chunk scores)."""
     if store.unit_queries:
         norms = np.linalg.norm(queries, axis=1, keepdims=True)
         queries = (queries / np.where(norms > 0, norms, 1.0)).astype(np.float32)
     policy = store.candidate_policy
     if policy is None:
-        ranked = _rank_exact(store, queries, k, scoring, evidence)
-    else:
-        ranked = _rank_candidates(store, policy, queries, k, scoring, evidence)
-    return _with_evidence(store, ranked)
+        return _rank_exact(store, queries, k, scoring, evidence)
+    return _rank_candidates(store, policy, queries, k, scoring, evidence)
 
 
 def _rank_exact(
@@ -232,7 +255,8 @@ def _ranked(table: ChunkTable, found: list[RankedDocument], scores: npt.NDArray[
     return [(str(table.groups.documents[r.document]), r.score, table.keys[r.chunks], scores[r.chunks]) for r in found]
 
 
-def _with_evidence(store: DocumentSource, ranked: list[Ranked]) -> list[list[DocumentHit]]:
+def with_evidence(store: DocumentSource, ranked: list[Ranked]) -> list[list[DocumentHit]]:
+    """The ranked documents as `DocumentHit`s, their evidence chunks read from the store (one read for all)."""
     keys = list(dict.fromkeys(key for hits in ranked for _, _, chunk_keys, _ in hits for key in chunk_keys.tolist()))
     hits = store.evidence_hits(keys) if keys else {}
     return [

@@ -1,0 +1,245 @@
+"""Hybrid retrieval: the dense (TempScale vectors) and lexical (BM25) channels of a store, fused per query.
+
+Written once for every store and for the evaluator. Each channel ranks on its own:
+
+- dense: chunks by cosine, documents by the index's aggregation of their chunks (`tempscale_rag.ranking.candidates`);
+- lexical: chunks of the lexical size by BM25 (`LexicalSource.lexical_chunks`), a document by its best such chunk.
+
+Each channel's best `depth` results are normalised on their own list (distribution-based score fusion by default,
+see `tempscale_rag.ranking.fusion`) and added with the channels' weights; a result one channel did not return gets
+that channel's lowest listed score. Fusing the channels' top lists, not every document, is what every backend can do
+(a vector database returns top lists) and keeps the normalisation about the head of each ranking, where it matters.
+
+`retrieval` selects `hybrid` (both, the default), `dense` or `lexical`. A query without lexical terms (only stop
+words) or a store without a lexical channel gives the dense ranking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from tempscale_rag.config import RETRIEVALS, LexicalSettings, Retrieval
+from tempscale_rag.ranking.candidates import DocumentSource, Ranked, rank_ranked, with_evidence
+from tempscale_rag.ranking.documents import DocumentScoring
+from tempscale_rag.ranking.fusion import FusionMethod, check_fusion, normalise
+from tempscale_rag.ranking.lexical import SparseVector
+from tempscale_rag.stores.base import DocumentHit, SearchHit
+
+DEFAULT_FUSION_DEPTH = 100
+"""Results of each channel that take part in the fusion."""
+
+LEXICAL_OVERFETCH = 10
+"""An approximate store's lexical chunks fetched per wanted document (documents repeat among the best chunks)."""
+
+
+def check_retrieval(retrieval: str) -> Retrieval:
+    """Return `retrieval` if it is one of `RETRIEVALS`, else raise ValueError naming them."""
+    if retrieval not in RETRIEVALS:
+        raise ValueError(f"unknown retrieval {retrieval!r}; choose one of {', '.join(RETRIEVALS)}")
+    return retrieval  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How the channels are combined.
+
+    Attributes:
+        retrieval: `hybrid` (fuse both channels), `dense` or `lexical` (one channel alone).
+        method: The per-list normalisation (`dbsf`, `minmax` or `rrf`).
+        lexical_weight: Weight of the lexical list; the dense list weighs 1.
+        depth: Results of each channel fused (documents for document search, chunks for chunk search).
+    """
+
+    retrieval: Retrieval = "hybrid"
+    method: FusionMethod = "dbsf"
+    lexical_weight: float = 1.0
+    depth: int = DEFAULT_FUSION_DEPTH
+
+    def __post_init__(self) -> None:
+        check_retrieval(self.retrieval)
+        check_fusion(self.method)
+        if not np.isfinite(self.lexical_weight) or self.lexical_weight < 0:
+            raise ValueError(f"lexical_weight must be a finite number >= 0, got {self.lexical_weight!r}")
+        if isinstance(self.depth, bool) or not isinstance(self.depth, int) or self.depth < 1:
+            raise ValueError(f"fusion depth must be an integer >= 1, got {self.depth!r}")
+
+
+class LexicalSource(Protocol):
+    """What the lexical channel needs from a store (FAISS: SQLite postings; Qdrant: sparse vectors)."""
+
+    @property
+    def lexical(self) -> LexicalSettings | None:
+        """The store's lexical channel, None when it has none."""
+
+    def lexical_chunks(
+        self, query: SparseVector, n: int | None
+    ) -> tuple[npt.NDArray[np.generic], npt.NDArray[np.float32]]:
+        """(keys, BM25 scores) of the best `n` lexical chunks (None: every matching one), best first."""
+
+
+class HybridSource(DocumentSource, LexicalSource, Protocol):
+    """A store with both channels: `DocumentSource` for dense ranking, `LexicalSource` for BM25."""
+
+    def search_many(self, query_vectors: npt.ArrayLike, k: int = 10) -> list[list[SearchHit]]:
+        """The `k` best chunks of each query by cosine."""
+
+
+def has_lexical(store: object) -> bool:
+    """Whether `store` has a lexical channel."""
+    return getattr(store, "lexical", None) is not None
+
+
+def fuse_ranked(
+    dense: Sequence[tuple[Hashable, float]], lexical: Sequence[tuple[Hashable, float]], fusion: Fusion
+) -> list[tuple[Hashable, float]]:
+    """Fuse two ranked lists (best first) into one: the fusion rule of every store and of the evaluator.
+
+    Args:
+        dense: The dense channel's (key, score) list, best first.
+        lexical: The lexical channel's (key, score) list, best first (empty: no lexical terms).
+        fusion: The method, the lexical weight and the depth (each list is cut to `depth` first).
+
+    Returns:
+        (key, fused score), best first; ties keep the dense list's order, then the lexical list's.
+    """
+    dense, lexical = list(dense)[: fusion.depth], list(lexical)[: fusion.depth]
+    if fusion.retrieval == "dense" or not lexical:
+        return [(key, float(score)) for key, score in dense]
+    if fusion.retrieval == "lexical" or not dense:
+        return [(key, float(score)) for key, score in lexical]
+    keys = list(dict.fromkeys([key for key, _ in dense] + [key for key, _ in lexical]))
+    total = np.zeros(len(keys), dtype=np.float64)
+    for ranked, weight in ((dense, 1.0), (lexical, fusion.lexical_weight)):
+        scores = np.array([score for _, score in ranked], dtype=np.float64)
+        listed = dict(zip([key for key, _ in ranked], normalise(scores, fusion.method).tolist(), strict=True))
+        # Absent from a list: that list's lowest listed score (no term matched / below the dense cut).
+        floor = min(listed.values())
+        total += weight * np.array([listed.get(key, floor) for key in keys])
+    order = np.argsort(-total, kind="stable")
+    return [(keys[i], float(total[i])) for i in order]
+
+
+def lexical_documents(store: HybridSource, query: SparseVector, depth: int) -> list[tuple[str, float, Hashable]]:
+    """The lexical channel's documents for one query: (source, best chunk's BM25, that chunk's key), best first.
+
+    An exact store scores every matching chunk and maps keys to documents through its chunk table; an approximate
+    one reads the sources of its `depth * LEXICAL_OVERFETCH` best chunks.
+    """
+    if not query[0]:
+        return []
+    if store.candidate_policy is None:
+        keys, scores = store.lexical_chunks(query, None)
+        table = store.document_table(None)
+        if table is None or keys.size == 0:
+            return []
+        numbers = table.documents_of(keys)
+        sources = [None if d < 0 else table.groups.documents[d] for d in numbers.tolist()]
+    else:
+        keys, scores = store.lexical_chunks(query, depth * LEXICAL_OVERFETCH)
+        hits = store.evidence_hits(keys.tolist()) if keys.size else {}
+        sources = [hits[key].source if key in hits else None for key in keys.tolist()]
+    out: list[tuple[str, float, Hashable]] = []
+    seen: set[str] = set()
+    for key, score, source in zip(keys.tolist(), scores.tolist(), sources, strict=True):
+        if source is None or source in seen:
+            continue
+        seen.add(str(source))
+        out.append((str(source), float(score), key))
+        if len(out) == depth:
+            break
+    return out
+
+
+def search_documents_hybrid(
+    store: HybridSource,
+    query_vectors: npt.NDArray[np.float32],
+    sparse_queries: Sequence[SparseVector],
+    k: int,
+    scoring: DocumentScoring,
+    evidence: int,
+    fusion: Fusion,
+) -> list[list[DocumentHit]]:
+    """Document search with the channels of `fusion.retrieval`, for validated queries (see `search_documents_many`).
+
+    A fused document's evidence is its best dense chunks; a document only the lexical channel found shows its best
+    lexical chunk. `DocumentHit.score` is the fused score (the channel's own score with one channel).
+    """
+    lexical_on = fusion.retrieval != "dense" and has_lexical(store)
+    if fusion.retrieval == "lexical" and not has_lexical(store):
+        raise ValueError("this index has no lexical channel; search it with retrieval 'dense' or 'hybrid'")
+    depth = max(k, fusion.depth)
+    dense: list[Ranked] = (
+        rank_ranked(store, query_vectors, depth, scoring, evidence)
+        if fusion.retrieval != "lexical"
+        else [[] for _ in range(len(sparse_queries))]
+    )
+    out: list[Ranked] = []
+    for dense_docs, sparse in zip(dense, sparse_queries, strict=True):
+        lexical = lexical_documents(store, sparse, depth) if lexical_on else []
+        fused = fuse_ranked(
+            [(source, score) for source, score, _, _ in dense_docs],
+            [(source, score) for source, score, _ in lexical],
+            Fusion(fusion.retrieval, fusion.method, fusion.lexical_weight, depth),
+        )[:k]
+        by_dense = {source: (keys, scores) for source, _, keys, scores in dense_docs}
+        by_lexical = {source: (key, score) for source, score, key in lexical}
+        ranked: Ranked = []
+        for source, score in fused:
+            if source in by_dense:
+                keys, scores = by_dense[str(source)]
+                ranked.append((str(source), score, keys, scores))
+            else:
+                key, lexical_score = by_lexical[str(source)]
+                keys = np.array([key][:evidence], dtype=object)
+                ranked.append((str(source), score, keys, np.array([lexical_score][:evidence], dtype=np.float32)))
+        out.append(ranked)
+    return with_evidence(store, out)
+
+
+def search_chunks_hybrid(
+    store: HybridSource,
+    query_vectors: npt.NDArray[np.float32],
+    sparse_queries: Sequence[SparseVector],
+    k: int,
+    fusion: Fusion,
+) -> list[list[SearchHit]]:
+    """Chunk search with the channels of `fusion.retrieval`: each channel's best `depth` chunks, fused, best `k`.
+
+    `SearchHit.score` is the fused score (the channel's own score with one channel).
+    """
+    lexical_on = fusion.retrieval != "dense" and has_lexical(store)
+    if fusion.retrieval == "lexical" and not has_lexical(store):
+        raise ValueError("this index has no lexical channel; search it with retrieval 'dense' or 'hybrid'")
+    depth = max(k, fusion.depth)
+    if fusion.retrieval == "dense" or not lexical_on:
+        return [hits[:k] for hits in store.search_many(query_vectors, k)]
+    dense = (
+        store.search_many(query_vectors, depth)
+        if fusion.retrieval != "lexical"
+        else [[] for _ in range(len(sparse_queries))]
+    )
+    out: list[list[SearchHit]] = []
+    for dense_hits, sparse in zip(dense, sparse_queries, strict=True):
+        keys, scores = store.lexical_chunks(sparse, depth) if sparse[0] else (np.array([]), np.array([]))
+        records = store.evidence_hits(keys.tolist()) if keys.size else {}
+        pairs = zip(keys.tolist(), scores.tolist(), strict=True)
+        lexical = [(records[key], float(score)) for key, score in pairs if key in records]
+        by_id = {hit.id: hit for hit, _ in lexical} | {hit.id: hit for hit in dense_hits}
+        fused = fuse_ranked(
+            [(hit.id, hit.score) for hit in dense_hits],
+            [(hit.id, score) for hit, score in lexical],
+            Fusion(fusion.retrieval, fusion.method, fusion.lexical_weight, depth),
+        )[:k]
+        out.append([_rescored(by_id[str(key)], score) for key, score in fused])
+    return out
+
+
+def _rescored(hit: SearchHit, score: float) -> SearchHit:
+    return SearchHit(
+        hit.id, float(score), hit.text, hit.source, hit.position, hit.token_length, hit.bucket, dict(hit.metadata)
+    )
