@@ -271,7 +271,8 @@ class Index:
 
         Returns:
             `index`, `chunks`, `files`, `model`, `dimension`, `store`, `backend`, `config`, `chunking`,
-            `chunking_described`, `package_version`, `format_version`, `created_at`, `updated_at`, `details`.
+            `chunking_described`, `lexical` (the lexical channel's settings, None for dense only),
+            `retrieval_described`, `package_version`, `format_version`, `created_at`, `updated_at`, `details`.
         """
         return describe_index(self._require_store(), self._require_manifest(), self._folder)
 
@@ -672,12 +673,35 @@ def describe_index(store: VectorStore, manifest: IndexManifest, folder: Path) ->
         "config": manifest.config.to_json_dict(),
         "chunking": manifest.chunking.to_json_dict() if manifest.chunking else None,
         "chunking_described": describe_chunking(manifest.chunking),
+        "lexical": manifest.lexical.model_dump(mode="json") if manifest.lexical else None,
+        "retrieval_described": describe_retrieval(manifest),
         "package_version": manifest.package_version,
         "format_version": manifest.format_version,
         "created_at": manifest.created_at.isoformat(),
         "updated_at": manifest.updated_at.isoformat(),
         "details": store.describe(),
     }
+
+
+def describe_retrieval(manifest: IndexManifest) -> str:
+    """How the index searches, in one line: its retrieval setting and its lexical channel (or that it has none)."""
+    chunking = manifest.chunking
+    lexical = manifest.lexical
+    if lexical is None:
+        return (
+            "dense only: no lexical channel (built before hybrid retrieval or with --no-lexical; "
+            "`tempscale-rag index --add-lexical` adds one without re-embedding)"
+        )
+    retrieval = chunking.retrieval if chunking is not None else "dense"
+    fused = (
+        f", fused by {chunking.fusion} (BM25 weight {chunking.lexical_weight:g}, top {chunking.fusion_depth} of each)"
+        if chunking is not None and retrieval == "hybrid"
+        else ""
+    )
+    return (
+        f"{retrieval}{fused}; BM25 over the {lexical.chunk_size}-token chunks "
+        f"(pivot {lexical.pivot:g} terms, k1 {lexical.k1:g}, b {lexical.b:g}, analyser {lexical.analyzer})"
+    )
 
 
 def check_query_vector(query: npt.ArrayLike, dimension: int, folder: Path) -> npt.NDArray[np.float32]:
