@@ -30,39 +30,9 @@ DIM = 16
 LEX_SIZE = 64
 SMALL = 16
 LEX = LexicalSettings(chunk_size=LEX_SIZE, pivot=9.0)
-WORDS = (
-    "river",
-    "bank",
-    "money",
-    "loan",
-    "water",
-    "fish",
-    "boat",
-    "bridge",
-    "market",
-    "stock",
-    "price",
-    "trade",
-    "rain",
-    "storm",
-    "cloud",
-    "tree",
-    "forest",
-    "mountain",
-    "valley",
-    "stone",
-    "gold",
-    "silver",
-    "iron",
-    "coal",
-    "engine",
-    "train",
-    "station",
-    "city",
-    "harbour",
-    "ship",
-    "sail",
-    "wind",
+VOCABULARY = (
+    "river bank money loan water fish boat bridge market stock price trade rain storm cloud tree "
+    "forest mountain valley stone gold silver iron coal engine train station city harbour ship sail wind"
 )
 QUERIES = [
     "river bank",
@@ -79,7 +49,7 @@ def chunk_text(rng: np.random.Generator, lexical: bool) -> str:
     if lexical and rng.random() < 0.1:
         return "the and of to a"  # no term survives: the chunk still counts in N
     n = int(rng.integers(3, 20 if lexical else 6))
-    return " ".join(rng.choice(WORDS, size=n).tolist())
+    return " ".join(rng.choice(VOCABULARY.split(), size=n).tolist())
 
 
 def records(source: str, version: int, n_lexical: int = 5, n_small: int = 3) -> list[ChunkRecord]:
