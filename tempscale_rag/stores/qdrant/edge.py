@@ -30,7 +30,6 @@ from qdrant_client import QdrantClient, models
 
 from tempscale_rag.config import LexicalSettings
 from tempscale_rag.stores.errors import IndexCorruptError, IndexNotFoundError, StoreUnavailableError
-from tempscale_rag.stores.qdrant.lexical import corpus_search_params
 from tempscale_rag.stores.qdrant.points import source_point_id
 from tempscale_rag.stores.qdrant.store import QdrantStore
 
@@ -417,8 +416,6 @@ class EdgeStore(QdrantStore):
             progress=progress,
             lexical=lexical,
         )
-        # Edge's collection-wide IDF statistics still count deleted and replaced vectors (measured on 0.9.0).
-        self._lexical_params = corpus_search_params()
 
     def _open_client(self, api_key: str | None, timeout: float, *, create: bool) -> QdrantClient:
         params = qe.SearchParams(exact=True) if self._exact else qe.SearchParams(hnsw_ef=EDGE_HNSW_EF)

@@ -62,7 +62,6 @@ from tempscale_rag.stores.qdrant.lexical import (
     check_limit,
     check_sparse_query,
     chunk_points,
-    corpus_search_params,
     count_lexical,
     ensure_lexical_vector,
     fill_lexical,
@@ -148,9 +147,6 @@ class QdrantStore(VectorStore):
     ) -> None:
         super().__init__(dimension, read_only=read_only)
         self._lexical = None if lexical is None else LexicalChannel(lexical)
-        # IDF over the live points that carry the vector on a server, whose collection-wide statistics still count
-        # deleted ones; local mode's are live and exact (and it evaluates a corpus filter point by point in Python).
-        self._lexical_params = corpus_search_params() if url is not None else None
         check_options(url, path, collection, distance, batch_size, retries, timeout, backoff)
         self.collection = collection
         self.sources_collection = collection + SOURCES_SUFFIX
@@ -448,7 +444,7 @@ class QdrantStore(VectorStore):
         n = check_limit(n)
         if self._lexical is None:
             return EMPTY_RESULT
-        return search_lexical(self._connection, self.collection, sparse, n, self._lexical_params)
+        return search_lexical(self._connection, self.collection, sparse, n)
 
     def add_lexical(self, settings: LexicalSettings) -> int:
         """Give an index the lexical channel (or rebuild it with other settings) without re-embedding anything.
