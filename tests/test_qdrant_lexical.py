@@ -179,6 +179,36 @@ def test_in_memory_local_mode_and_edge_agree(tmp_path: Path) -> None:
                 )
 
 
+def test_edge_stays_exact_once_its_sparse_index_is_built_and_after_edits_on_it(tmp_path: Path) -> None:
+    import qdrant_edge as qe
+
+    stored = {f"s{i}.txt": records(f"s{i}.txt", 0, n_lexical=20, n_small=10) for i in range(30)}
+    with EdgeStore(dimension=DIM, path=tmp_path, lexical=LEX) as store:
+        for source, members in stored.items():
+            store.replace_source(source, "fp0", members)
+    # Qdrant's indexing threshold lowered to 1 KB so that the optimizers build the segment's sparse (and HNSW) index
+    # at this size, as they do for real corpora at Edge's default threshold.
+    config = qe.EdgeConfig(
+        vectors=qe.EdgeVectorParams(size=DIM, distance=qe.Distance.Cosine),
+        sparse_vectors={"bm25": qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+        optimizers=qe.EdgeOptimizersConfig(indexing_threshold=1),
+    )
+    shard = qe.EdgeShard.load(str(tmp_path / "tempscale"), config)
+    try:
+        assert shard.optimize()
+        assert shard.info().indexed_vectors_count > 900  # the dense vectors and the sparse ones
+    finally:
+        shard.close()
+    with EdgeStore(dimension=DIM, path=tmp_path, lexical=LEX) as store:
+        assert_scores_match(store, stored)
+        for i in range(0, 30, 3):
+            stored[f"s{i}.txt"] = records(f"s{i}.txt", 1, n_lexical=15, n_small=5)
+            store.replace_source(f"s{i}.txt", "fp1", stored[f"s{i}.txt"])
+        store.delete_source("s1.txt")
+        del stored["s1.txt"]
+        assert_scores_match(store, stored)
+
+
 def test_queries_without_terms_and_bad_queries(opener: Opener, tmp_path: Path) -> None:
     with opener(tmp_path / "q", lexical=LEX) as store:
         store.replace_source("a.txt", "fp", records("a.txt", 0))
