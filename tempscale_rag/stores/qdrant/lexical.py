@@ -14,9 +14,9 @@ carry the vector *now*. The engines' default, collection-wide statistics do not 
 So every lexical query restricts the IDF corpus to the points that carry the vector
 (`SearchParams(idf=IdfCorpusParams(corpus=has_vector bm25))`), which every engine evaluates over its live points:
 exact on all three, one code path (qdrant-client >= 1.19). Edge answers the top 100 of 20k lexical chunks in about
-1 ms with it; local mode takes about 40 % longer per query than without (it evaluates the filter point by point). A server must be recent enough to
-accept that parameter and to add the vector to an existing collection (`create_vector_name`, for `add_lexical`); no
-server could be run here to check which version.
+1 ms with it; local mode takes about 40 % longer per query than without (it evaluates the filter point by point).
+A server must be recent enough to accept that parameter and to add the vector to an existing collection
+(`create_vector_name`, for `add_lexical`); no server could be run here to check which version.
 
 A chunk of the lexical size without any term still carries an (empty) vector: it is one of PivotBM25's N units.
 """
