@@ -367,3 +367,38 @@ def test_edge_kill_9_then_rerun_keeps_sparse_vectors_consistent(tmp_path: Path) 
             store.delete_source(source)
     with EdgeStore(dimension=DIM, path=crashed, lexical=LEX, read_only=True) as store:
         assert_scores_match(store, {source: records(source, version) for source, version in wanted.items()})
+
+
+def test_index_api_add_lexical_then_hybrid_search_on_edge(tmp_path: Path) -> None:
+    """End to end with the bundled model: a dense-only Edge index gains the channel, then searches hybrid."""
+    from tempscale_rag.config import ChunkingConfig
+    from tempscale_rag.index.index import Index
+
+    docs = {
+        "rivers.txt": "The river bank flooded after the storm; fishermen moved their boats to the harbour. " * 5,
+        "finance.txt": "The bank approved the loan, and interest rates shaped the money market. " * 5,
+        "passkey.txt": "Grass is green. The sky is blue. " * 12 + "The pass key is 71432. " + "Grass is green. " * 8,
+    }
+    backend = QdrantSettings(engine="edge")
+    with Index.create(tmp_path, backend=backend, chunking=ChunkingConfig(sizes=(48, 128)), lexical=False) as index:
+        index.add(docs)
+        assert index.manifest is not None and index.manifest.lexical is None
+        assert index.search("what is the pass key 71432", k=1, retrieval="dense")[0].source == "passkey.txt"
+        settings = index.add_lexical()
+        assert settings == LexicalSettings.for_chunks(128) and index.manifest.lexical == settings
+        store = index._require_store()
+        assert isinstance(store, EdgeStore) and store.lexical == settings
+        texts = {
+            point: hit.text
+            for members in store.scan_chunks(None).values()
+            for point, _, size in members
+            if size == 128
+            for hit in [store.evidence_hits([point])[point]]
+        }
+        bm25 = PivotBM25(ANALYZER.terms_many(list(texts.values())), settings.pivot, settings.k1, settings.b)
+        want = dict(zip(texts, bm25.scores(ANALYZER.terms("pass key 71432")).tolist(), strict=True))
+        hits = index.search("pass key 71432", k=2, retrieval="lexical")
+        assert [h.score for h in hits] == pytest.approx(sorted(filter(None, want.values()), reverse=True)[:2], rel=1e-5)
+        assert hits[0].source == "passkey.txt"
+        assert index.search("what is the pass key 71432", k=1)[0].source == "passkey.txt"
+        assert index.search_documents("bank loan money", k=1)[0].source == "finance.txt"
