@@ -276,6 +276,7 @@ def _open_backend(
             create=not read_only,
             read_only=read_only,
             progress=qdrant_options["progress"],
+            lexical=manifest.lexical,
         )
     from tempscale_rag.stores.qdrant import QdrantStore
 
@@ -287,5 +288,6 @@ def _open_backend(
         distance=backend.distance,
         create=not read_only,
         read_only=read_only,
+        lexical=manifest.lexical,
         **qdrant_options,
     )

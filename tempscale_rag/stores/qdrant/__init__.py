@@ -5,6 +5,7 @@ Local mode (a folder or in memory) is kept for indexes that were built with it a
 - `store.py`: `QdrantStore`, the `VectorStore` (public API, the document-ranking contract).
 - `points.py`: what is stored: point ids, chunk payloads, the document points (chunk vectors and group vectors).
 - `documents.py`: upkeep of the documents collection (written, merged, rescanned).
+- `lexical.py`: the lexical (BM25) channel: a sparse vector with Qdrant's IDF modifier on the chunk points.
 - `connection.py`: opening the client, retries of network failures, collection setup and checks.
 - `edge.py`: `EdgeStore`, the same store on an embedded Qdrant Edge shard per collection (`EdgeClient`).
 """

@@ -194,10 +194,22 @@ class QdrantConnection:
         return bool(self.call("connect", lambda: self.client.collection_exists(collection)))
 
     def create(
-        self, what: str, collection: str, vectors: models.VectorParams | dict[str, Any], *, index_source: bool
+        self,
+        what: str,
+        collection: str,
+        vectors: models.VectorParams | dict[str, Any],
+        *,
+        index_source: bool,
+        sparse: dict[str, models.SparseVectorParams] | None = None,
     ) -> None:
-        """Create `collection` (and, on a server, its `source` payload index); `what` names it in errors."""
-        self.call(f"create the {what}", lambda: self.client.create_collection(collection, vectors_config=vectors))
+        """Create `collection` (and, on a server, its `source` payload index); `what` names it in errors.
+
+        `sparse` names the collection's sparse vectors, if any.
+        """
+        self.call(
+            f"create the {what}",
+            lambda: self.client.create_collection(collection, vectors_config=vectors, sparse_vectors_config=sparse),
+        )
         if index_source:
             self.index_source_field(collection)
 
@@ -233,3 +245,27 @@ class QdrantConnection:
                 f"Qdrant collection {collection!r} at {self.location} holds {have}; this index needs {wanted}: "
                 "use another --collection, or the model and distance that built this one"
             )
+
+    def sparse_vectors(self, collection: str) -> dict[str, models.Modifier | None]:
+        """The sparse vectors of `collection`, with their modifiers (None: none)."""
+        info = self.call("read the collection", lambda: self.client.get_collection(collection))
+        sparse = info.config.params.sparse_vectors or {}
+        return {name: getattr(params, "modifier", None) for name, params in sparse.items()}
+
+    def add_sparse_vector(self, collection: str, name: str) -> None:
+        """Add the sparse vector `name` (IDF modifier) to an existing collection.
+
+        Raises:
+            IndexMismatchError: If Qdrant refuses (a server older than the named-vector API).
+        """
+        config = models.SparseVectorNameConfig(sparse=models.SparseVectorConfig(modifier=models.Modifier.IDF))
+        try:
+            self.call(
+                "add a sparse vector", lambda: self.client.create_vector_name(collection, name, config, wait=True)
+            )
+        except UnexpectedResponse as exc:
+            raise IndexMismatchError(
+                f"Qdrant at {self.location} cannot add the sparse vector {name!r} to the existing collection "
+                f"{collection!r} (HTTP {exc.status_code}: a server older than the named-vector API); re-index into a "
+                "new collection to get the lexical channel"
+            ) from None

@@ -15,7 +15,14 @@ from qdrant_client import models
 from tempscale_rag.stores.base import chunk_size_of
 from tempscale_rag.stores.manifest import QdrantDistance
 from tempscale_rag.stores.qdrant.connection import SCROLL_PAGE, QdrantConnection
-from tempscale_rag.stores.qdrant.points import Chunk, StoredDocument, document_point, document_point_id, source_in
+from tempscale_rag.stores.qdrant.points import (
+    Chunk,
+    StoredDocument,
+    dense_of,
+    document_point,
+    document_point_id,
+    source_in,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +138,7 @@ class DocumentPoints:
             size = payload.get("chunk_tokens")
             if not isinstance(size, int):
                 size = chunk_size_of(payload.get("metadata") or {})
-            vector = np.asarray(point.vector, dtype=np.float32)
+            vector = np.asarray(dense_of(point.vector), dtype=np.float32)
             found.setdefault(str(payload.get("source", "")), []).append((str(point.id), vector, size))
         return found
 

@@ -1,10 +1,11 @@
 """Embedded Qdrant on Qdrant's own engine (qdrant-edge-py): `EdgeStore`, and `EdgeClient`, the client it talks to.
 
 `EdgeStore` is `QdrantStore` with a different client: the same three collections, point ids, payloads, filters,
-document points and ranking code as on a server, so an index built here can be re-uploaded to a server point by point
-without re-embedding. `EdgeClient` implements the part of qdrant-client's `QdrantClient` API that `QdrantStore` uses
-(collections, upsert, delete, count, scroll, retrieve, batched queries) on one `qdrant_edge.EdgeShard` per collection,
-each in its own folder under the store's path (`<path>/<collection>/`, `<path>/<collection>__sources/`, ...).
+document points, lexical sparse vectors and ranking code as on a server, so an index built here can be re-uploaded to
+a server point by point without re-embedding. `EdgeClient` implements the part of qdrant-client's `QdrantClient` API
+that `QdrantStore` uses (collections, upsert, delete, vector updates, count, scroll, retrieve, dense and sparse
+queries) on one `qdrant_edge.EdgeShard` per collection, each in its own folder under the store's path
+(`<path>/<collection>/`, `<path>/<collection>__sources/`, ...).
 
 What Edge gives over qdrant-client's local mode: Rust storage with a write-ahead log (every update is in the WAL when
 `update` returns, so a killed process loses nothing acknowledged), a keyword payload index on `source`, and HNSW graphs
@@ -27,6 +28,7 @@ from typing import Any, cast
 import qdrant_edge as qe
 from qdrant_client import QdrantClient, models
 
+from tempscale_rag.config import LexicalSettings
 from tempscale_rag.stores.errors import IndexCorruptError, IndexNotFoundError, StoreUnavailableError
 from tempscale_rag.stores.qdrant.points import source_point_id
 from tempscale_rag.stores.qdrant.store import QdrantStore
@@ -86,13 +88,25 @@ class EdgeClient:
         self._shard(collection)
         return True
 
-    def create_collection(self, collection: str, vectors_config: models.VectorParams | dict[str, Any]) -> bool:
-        """Create a shard: one unnamed dense vector, or none (`{}`: a sources collection); `source` gets an index."""
+    def create_collection(
+        self,
+        collection: str,
+        vectors_config: models.VectorParams | dict[str, Any],
+        sparse_vectors_config: dict[str, models.SparseVectorParams] | None = None,
+    ) -> bool:
+        """Create a shard: one unnamed dense vector (and sparse ones), or none (`{}`: a sources collection).
+
+        The shard's `source` payload field gets a keyword index.
+        """
         if isinstance(vectors_config, models.VectorParams):
             config = qe.EdgeConfig(
                 vectors=qe.EdgeVectorParams(
                     size=vectors_config.size, distance=_EDGE_DISTANCES[vectors_config.distance]
                 ),
+                sparse_vectors={
+                    name: _edge_sparse_params(p.modifier) for name, p in (sparse_vectors_config or {}).items()
+                }
+                or None,
                 hnsw_config=qe.HnswIndexConfig(
                     m=EDGE_HNSW_M, ef_construct=EDGE_HNSW_EF_CONSTRUCT, full_scan_threshold=EDGE_FULL_SCAN_THRESHOLD
                 ),
@@ -110,7 +124,7 @@ class EdgeClient:
         return True
 
     def get_collection(self, collection: str) -> Any:
-        """What `QdrantConnection.check_vectors` reads: `.config.params.vectors`, from the shard's config file."""
+        """What `QdrantConnection` reads: `.config.params.vectors` and `.sparse_vectors`, from the shard's config."""
         folder = self._folder(collection)
         try:
             stored = json.loads((folder / _CONFIG_FILE).read_text(encoding="utf-8"))
@@ -121,11 +135,15 @@ class EdgeClient:
                 params = models.VectorParams(size=size, distance=distance)
             elif vectors:
                 params = {name: None for name in vectors}
+            sparse = {
+                name: SimpleNamespace(modifier=models.Modifier.IDF if (cfg or {}).get("modifier") == "idf" else None)
+                for name, cfg in (stored.get("sparse_vectors") or {}).items()
+            }
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise IndexCorruptError(
                 f"Qdrant Edge shard {folder} has an unreadable {_CONFIG_FILE} ({exc}); run `tempscale-rag repair`"
             ) from None
-        return SimpleNamespace(config=SimpleNamespace(params=SimpleNamespace(vectors=params)))
+        return SimpleNamespace(config=SimpleNamespace(params=SimpleNamespace(vectors=params, sparse_vectors=sparse)))
 
     def create_payload_index(self, collection: str, field_name: str, *args: Any, **kwargs: Any) -> None:
         """A keyword index on `field_name` (the store only indexes `source`, which `create_collection` already did)."""
@@ -135,8 +153,30 @@ class EdgeClient:
 
     def upsert(self, collection: str, points: Sequence[models.PointStruct], wait: bool = True) -> None:
         """Insert or replace points (in the shard's WAL when this returns)."""
-        edge_points = [qe.Point(str(p.id), cast(Any, p.vector), p.payload) for p in points]
+        edge_points = [qe.Point(str(p.id), _edge_vector(p.vector), p.payload) for p in points]
         self._shard(collection).update(qe.UpdateOperation.upsert_points(edge_points))
+
+    def update_vectors(self, collection: str, points: Sequence[models.PointVectors], wait: bool = True) -> None:
+        """Set some vectors of existing points, keeping the others."""
+        vectors = [qe.PointVectors(str(p.id), _edge_vector(p.vector)) for p in points]
+        self._shard(collection).update(qe.UpdateOperation.update_vectors(vectors))
+
+    def delete_vectors(
+        self, collection: str, vectors: Sequence[str], points: models.PointIdsList, wait: bool = True
+    ) -> None:
+        """Remove the named vectors from the given points."""
+        ids: list[Any] = [str(i) for i in points.points]
+        self._shard(collection).update(qe.UpdateOperation.delete_vectors(ids, list(vectors)))
+
+    def create_vector_name(
+        self, collection: str, vector_name: str, vector_name_config: models.SparseVectorNameConfig, wait: bool = True
+    ) -> None:
+        """Add a sparse vector to an existing shard (Qdrant's named-vector API; recorded in its config file)."""
+        if not isinstance(vector_name_config, models.SparseVectorNameConfig):
+            raise TypeError("only sparse vectors are added to Qdrant Edge shards here")
+        modifier = _edge_modifier(vector_name_config.sparse.modifier)
+        self._shard(collection).update(qe.UpdateOperation.create_sparse_vector(vector_name, modifier=modifier))
+        self._shard(collection).flush()
 
     def delete(
         self, collection: str, points_selector: models.PointIdsList | models.FilterSelector, wait: bool = True
@@ -203,6 +243,30 @@ class EdgeClient:
         records = self._shard(collection).retrieve([str(i) for i in ids], with_payload, with_vectors)
         return [_record(r) for r in records]
 
+    def query_points(
+        self,
+        collection: str,
+        query: models.SparseVector,
+        using: str,
+        limit: int = 10,
+        with_payload: bool = False,
+        search_params: models.SearchParams | None = None,
+    ) -> _Response:
+        """A sparse query on the named vector `using`, with the IDF corpus of `search_params`, if any."""
+        if not isinstance(query, models.SparseVector):
+            raise TypeError("Qdrant Edge single queries here are sparse vectors")
+        idf = search_params.idf if search_params is not None else None
+        params = None
+        if isinstance(idf, models.IdfCorpusParams):
+            params = qe.SearchParams(idf=qe.IdfParams(corpus=_filter(idf.corpus)))
+        request = qe.QueryRequest(
+            limit=limit,
+            query=qe.Query.Nearest(qe.SparseVector(list(query.indices), list(query.values)), using=using),
+            with_payload=with_payload,
+            params=params,
+        )
+        return _Response([_scored(p) for p in self._shard(collection).query(request)])
+
     def query_batch_points(self, collection: str, requests: Sequence[models.QueryRequest]) -> list[_Response]:
         """Nearest-vector queries, planned as one batch."""
         batch = []
@@ -218,15 +282,7 @@ class EdgeClient:
                 )
             )
         found = self._shard(collection).query_batch(qe.QueryBatchRequest(batch))
-        return [
-            _Response(
-                [
-                    models.ScoredPoint.model_construct(id=str(p.id), version=0, score=p.score, payload=p.payload)
-                    for p in points
-                ]
-            )
-            for points in found
-        ]
+        return [_Response([_scored(p) for p in points]) for points in found]
 
     # --- shards ---------------------------------------------------------------------------------------------------
 
@@ -262,6 +318,32 @@ class _Response:
     points: list[models.ScoredPoint]
 
 
+def _scored(point: Any) -> models.ScoredPoint:
+    return models.ScoredPoint.model_construct(id=str(point.id), version=0, score=point.score, payload=point.payload)
+
+
+def _edge_modifier(modifier: models.Modifier | None) -> qe.Modifier | None:
+    if modifier is None:
+        return None
+    if modifier == models.Modifier.IDF:
+        return qe.Modifier.Idf
+    raise TypeError(f"sparse vector modifier {modifier!r} is not translated to Qdrant Edge")
+
+
+def _edge_sparse_params(modifier: models.Modifier | None) -> qe.EdgeSparseVectorParams:
+    return qe.EdgeSparseVectorParams(modifier=_edge_modifier(modifier))
+
+
+def _edge_vector(vector: Any) -> Any:
+    """A point's vector(s) for Edge: qdrant-client's sparse vectors become Edge's."""
+    if not isinstance(vector, dict):
+        return vector
+    return {
+        name: qe.SparseVector(list(v.indices), list(v.values)) if isinstance(v, models.SparseVector) else v
+        for name, v in vector.items()
+    }
+
+
 def _filter(flt: models.Filter | None) -> qe.Filter | None:
     """The Edge filter of a qdrant-client filter (the conditions the store uses: match value/any, has id)."""
     if flt is None:
@@ -278,6 +360,8 @@ def _filter(flt: models.Filter | None) -> qe.Filter | None:
 def _condition(condition: Any) -> Any:
     if isinstance(condition, models.HasIdCondition):
         return qe.HasIdCondition({str(i) for i in condition.has_id})
+    if isinstance(condition, models.HasVectorCondition):
+        return qe.HasVectorCondition(condition.has_vector)
     if isinstance(condition, models.FieldCondition) and isinstance(condition.match, models.MatchValue):
         return qe.FieldCondition(condition.key, match=qe.MatchValue(condition.match.value))
     if isinstance(condition, models.FieldCondition) and isinstance(condition.match, models.MatchAny):
@@ -317,6 +401,7 @@ class EdgeStore(QdrantStore):
         read_only: bool = False,
         progress: Any = None,
         exact: bool = False,
+        lexical: LexicalSettings | None = None,
     ) -> None:
         self._exact = exact
         super().__init__(
@@ -329,6 +414,7 @@ class EdgeStore(QdrantStore):
             create=create,
             read_only=read_only,
             progress=progress,
+            lexical=lexical,
         )
 
     def _open_client(self, api_key: str | None, timeout: float, *, create: bool) -> QdrantClient:

@@ -1,7 +1,8 @@
 """What a Qdrant index stores: point ids, chunk payloads, and the document points that document ranking reads.
 
 - A chunk is one point of `<collection>`, id `point_id(record.id)` (a UUID5, so re-indexing overwrites instead of
-  duplicating), payload the chunk fields (plus `chunk_tokens`, its chunk size).
+  duplicating), payload the chunk fields (plus `chunk_tokens`, its chunk size), the unnamed dense vector and, for the
+  chunks of the lexical channel's size, the sparse vector `bm25` (`lexical.py`).
 - A fully stored source is one vector-less point of `<collection>__sources`: `{source, fingerprint, chunks}`.
 - A source's document point in `<collection>__documents` (`StoredDocument`): the point ids of its chunks in group
   order (space-separated), a copy of their vectors and each group's mean unit vector, vectors as base64 little-endian
@@ -50,11 +51,16 @@ def document_point_id(source: str) -> str:
     return str(uuid.uuid5(_ID_NAMESPACE, "document\x00" + source))
 
 
-def chunk_point(record: ChunkRecord) -> models.PointStruct:
-    """The point of a chunk."""
+DENSE_VECTOR = ""
+"""Qdrant's name of the unnamed (default) vector, in a point that also carries a named one."""
+
+
+def chunk_point(record: ChunkRecord, sparse: tuple[str, models.SparseVector] | None = None) -> models.PointStruct:
+    """The point of a chunk; `sparse` is (name, vector) of its sparse vector, if it has one."""
+    dense = record.vector.tolist()
     return models.PointStruct(
         id=point_id(record.id),
-        vector=record.vector.tolist(),
+        vector=dense if sparse is None else {DENSE_VECTOR: dense, sparse[0]: sparse[1]},
         payload={
             "chunk_id": record.id,
             "text": record.text,
@@ -68,10 +74,15 @@ def chunk_point(record: ChunkRecord) -> models.PointStruct:
     )
 
 
+def dense_of(vector: Any) -> Any:
+    """The dense vector of a point's vector(s): the unnamed one when it also carries named ones."""
+    return vector[DENSE_VECTOR] if isinstance(vector, dict) else vector
+
+
 def chunk_of(point: models.PointStruct) -> Chunk:
     """(point id, vector, chunk size) of a chunk point about to be written."""
     payload = point.payload or {}
-    return str(point.id), np.asarray(point.vector, dtype=np.float32), int(payload["chunk_tokens"])
+    return str(point.id), np.asarray(dense_of(point.vector), dtype=np.float32), int(payload["chunk_tokens"])
 
 
 def payload_hit(payload: dict[str, Any], point: str, score: float) -> SearchHit:

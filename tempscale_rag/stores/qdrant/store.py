@@ -14,6 +14,9 @@ server through Qdrant's grouping API, `query_points_groups` grouped by `source`;
 grouping by materialising every point, through a plain over-fetching query), the documents collection gives the best
 documents by their exact `mean` score and every candidate's chunk vectors for exact rescoring.
 
+The lexical (BM25) channel, when the index has one, is a sparse vector on the chunk points themselves
+(`lexical.py`), so every write above keeps it in step with the dense vectors.
+
 Every write waits for Qdrant's acknowledgement (`wait=True`); requests are retried as `connection.py` describes.
 """
 
@@ -28,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 from qdrant_client import QdrantClient, models
 
+from tempscale_rag.config import LexicalSettings
 from tempscale_rag.ranking.candidates import CandidatePolicy, ChunkTable
 from tempscale_rag.stores.base import (
     ChunkRecord,
@@ -51,10 +55,22 @@ from tempscale_rag.stores.qdrant.connection import (
     open_client,
 )
 from tempscale_rag.stores.qdrant.documents import DocumentPoints
+from tempscale_rag.stores.qdrant.lexical import (
+    EMPTY_RESULT,
+    LEXICAL_VECTOR,
+    LexicalChannel,
+    check_limit,
+    check_sparse_query,
+    chunk_points,
+    count_lexical,
+    ensure_lexical_vector,
+    fill_lexical,
+    search_lexical,
+    sparse_vector_params,
+)
 from tempscale_rag.stores.qdrant.points import (
     Chunk,
     chunk_of,
-    chunk_point,
     documents_table,
     payload_hit,
     scored_hit,
@@ -96,6 +112,7 @@ class QdrantStore(VectorStore):
         create: Create missing collections.
         read_only: Refuse writes; with `create` ignored.
         progress: Called as `progress(done, total)` after each uploaded batch.
+        lexical: The lexical (BM25) channel (`manifest.lexical`); None: dense only (`add_lexical` adds one later).
 
     Attributes:
         use_grouping_api: Find candidate documents with Qdrant's grouping API (`query_points_groups`); True for a
@@ -104,7 +121,8 @@ class QdrantStore(VectorStore):
     Raises:
         StoreUnavailableError: If the server cannot be reached, rejects the API key, or the local folder is in use.
         IndexNotFoundError: If the collection is missing and may not be created.
-        IndexMismatchError: If the collection exists with another vector size or distance.
+        IndexMismatchError: If the collection exists with another vector size or distance, or without the lexical
+            channel that `lexical` asks for.
     """
 
     backend = "qdrant"
@@ -125,8 +143,10 @@ class QdrantStore(VectorStore):
         create: bool = True,
         read_only: bool = False,
         progress: ProgressCallback | None = None,
+        lexical: LexicalSettings | None = None,
     ) -> None:
         super().__init__(dimension, read_only=read_only)
+        self._lexical = None if lexical is None else LexicalChannel(lexical)
         check_options(url, path, collection, distance, batch_size, retries, timeout, backoff)
         self.collection = collection
         self.sources_collection = collection + SOURCES_SUFFIX
@@ -207,6 +227,7 @@ class QdrantStore(VectorStore):
             retries=self._retries,
             backoff=self._backoff,
             create=False,
+            lexical=self.lexical,
         )
 
     @property
@@ -225,7 +246,7 @@ class QdrantStore(VectorStore):
         self._check_writable()
         check_source(source)
         check_fingerprint(fingerprint)
-        points = [chunk_point(record) for record in check_records(records, self.dimension, source=source)]
+        points = chunk_points(check_records(records, self.dimension, source=source), self._lexical, self.location)
         client = self._connection.client
         marker = source_point_id(source)
         self._connection.call(
@@ -257,7 +278,7 @@ class QdrantStore(VectorStore):
             records: The records.
         """
         self._check_writable()
-        points = [chunk_point(record) for record in check_records(records, self.dimension)]
+        points = chunk_points(check_records(records, self.dimension), self._lexical, self.location)
         if not points:
             return
         self._modified = True
@@ -399,6 +420,55 @@ class QdrantStore(VectorStore):
         records = self._connection.retrieve("fetch evidence chunks", self.collection, [str(key) for key in keys])
         return {str(r.id): payload_hit(r.payload or {}, str(r.id), 0.0) for r in records}
 
+    # --- the lexical channel -------------------------------------------------------------------------------------
+
+    @property
+    def lexical(self) -> LexicalSettings | None:
+        """The lexical (BM25) channel's settings; None: dense only."""
+        return None if self._lexical is None else self._lexical.settings
+
+    def lexical_chunks(
+        self, query: tuple[list[int], list[float]], n: int | None
+    ) -> tuple[npt.NDArray[Any], npt.NDArray[np.float32]]:
+        """The best `n` chunks by BM25 (`PivotBM25` over the lexical chunks), best first.
+
+        Args:
+            query: `SparseEncoder().query(text)`: term ids and their counts in the query.
+            n: How many chunks at most; None: every chunk that has a query term.
+
+        Returns:
+            (point ids as in `ChunkTable.keys`, float32 scores); empty without query terms or lexical channel.
+        """
+        self._check_open()
+        sparse = check_sparse_query(query)
+        n = check_limit(n)
+        if self._lexical is None:
+            return EMPTY_RESULT
+        return search_lexical(self._connection, self.collection, sparse, n)
+
+    def add_lexical(self, settings: LexicalSettings) -> int:
+        """Give an index the lexical channel (or rebuild it with other settings) without re-embedding anything.
+
+        The collection gains the `bm25` sparse vector, and every stored chunk of `settings.chunk_size` gets its
+        vector from the text in its payload. Record `settings` as the manifest's `lexical` afterwards: until then the
+        index opens dense-only, and an interrupted call is simply repeated.
+
+        Returns:
+            How many chunks are in the channel.
+
+        Raises:
+            IndexMismatchError: If the collection has a `bm25` vector without the IDF modifier, or the Qdrant server
+                cannot add a vector to an existing collection (then re-index into a new collection).
+        """
+        self._check_writable()
+        channel = LexicalChannel(settings)
+        channel.check_writable(self.location)
+        existed = ensure_lexical_vector(self._connection, self.collection, create=True)
+        self._modified = True
+        filled = fill_lexical(self._connection, self.collection, channel, batch_size=self._batch_size, refresh=existed)
+        self._lexical = channel
+        return filled
+
     # --- commits, setup ------------------------------------------------------------------------------------------
 
     def _describe_backend(self) -> dict[str, Any]:
@@ -414,6 +484,7 @@ class QdrantStore(VectorStore):
             "sources": len(self.sources()),
             "dimension": self.dimension,
             "read_only": self.read_only,
+            "lexical_chunks": None if self._lexical is None else count_lexical(self._connection, self.collection),
         }
 
     def _commit_backend(self, *, final: bool) -> None:
@@ -428,11 +499,14 @@ class QdrantStore(VectorStore):
         connection = self._connection
         if connection.exists(self.collection):
             connection.check_vectors(self.collection, self.dimension, self.distance)
+            if self._lexical is not None:
+                ensure_lexical_vector(connection, self.collection, create=False)
             if create:
                 connection.index_source_field(self.collection)
         elif create:
             vectors = models.VectorParams(size=self.dimension, distance=DISTANCES[self.distance])
-            connection.create("collection", self.collection, vectors, index_source=True)
+            sparse = None if self._lexical is None else {LEXICAL_VECTOR: sparse_vector_params()}
+            connection.create("collection", self.collection, vectors, index_source=True, sparse=sparse)
         else:
             raise IndexNotFoundError(
                 f"Qdrant at {self.location} has no collection {self.collection!r}; "
