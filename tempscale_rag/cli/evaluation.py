@@ -217,9 +217,7 @@ def _register_eval(subparsers: Any) -> None:
         nargs="+",
         default=None,
         choices=RETRIEVALS,
-        help="Retrieval channels of the chunked pipelines (an axis; default all three, on the same chunks): "
-        "'lexical' adds one BM25 row (BM25 over the largest chunks, each document scored by its best chunk; nothing "
-        "embedded), 'dense' the temperature rows, 'hybrid' the same rows fused with BM25 (what `search` does).",
+        help="Retrieval channels (an axis, default all): lexical (one BM25 row), dense, hybrid (as `search`).",
     )
     add_argument(
         group,

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from tempscale_rag.config import ChunkingConfig, TempScaleConfig, chunked_index_config
 from tempscale_rag.distributed.cluster import require_ray
 from tempscale_rag.distributed.embedding import RayEmbedder
+from tempscale_rag.distributed.settings import RaySettings
 from tempscale_rag.ingest.chunking import Chunk, MultiSizeChunker, WindowChunker
 from tempscale_rag.ingest.indexer import (
     DEFAULT_BATCH_CHUNKS,
@@ -342,3 +343,39 @@ class RayIndexer:
             writer.close()
         self._connections.clear()
         self._local = threading.local()
+
+
+def index_on_ray(
+    paths: Sequence[str | Path],
+    settings: RaySettings,
+    options: dict[str, Any],
+    planned: tuple[TempScaleConfig, ChunkingConfig | None, bool],
+    store_for: Callable[[str, int, TempScaleConfig], VectorStore],
+    *,
+    prune: bool,
+) -> IndexSummary:
+    """`Index.index_folder` on a Ray cluster: the model is loaded in the actors, never in this process.
+
+    Args:
+        paths: Files and folders to index.
+        settings: The cluster and its actors.
+        options: `RayIndexer` options (`show_progress`, sizes, ...).
+        planned: The index's (config, chunking, whether each chunk size gets its own bucket: a new index's plan).
+        store_for: Called with the actors' model name, dimension and config; returns the writable store (made for
+            a new index, checked against an existing one).
+        prune: Remove indexed files that no longer exist.
+    """
+    from tempscale_rag.distributed.cluster import connect
+
+    config, chunking, size_buckets = planned
+    if chunking is not None and size_buckets:
+        config = routing_config(config, chunking)
+    started = connect(settings)
+    try:
+        with RayEmbedder(config, settings) as embedder:
+            store = store_for(embedder.model_name, embedder.dimension, embedder.config)
+            indexer = RayIndexer(embedder, store, chunking=chunking, **options)
+            return indexer.run(list(paths), prune=prune)
+    finally:
+        if started:
+            require_ray().shutdown()

@@ -100,6 +100,25 @@ class _NewIndex:
             )
         return cls(config, chunking, backend or FaissSettings(), size_temperatures, lexical or None)
 
+    def routed(self, encoder: TempScaleEncoder) -> TempScaleEncoder:
+        """The engine that embeds this index's chunks: each chunk size its own bucket when asked for."""
+        if self.chunking is None or not self.size_temperatures:
+            return encoder
+        config = chunked_index_config(self.config, self.chunking, encoder.count_tokens([""])[0])
+        return encoder.with_config(**config.model_dump())
+
+    def manifest(self, config: TempScaleConfig, model_name: str, dimension: int) -> IndexManifest:
+        """The manifest of the index once the model is known (its resolved config, name and dimension)."""
+        return IndexManifest.new(
+            model=model_name,
+            dimension=dimension,
+            config=config,
+            backend=self.backend,
+            chunking=self.chunking,
+            model_digest=None if model_name == BUNDLED_MODEL else model_digest(model_name),
+            lexical=self.lexical,
+        )
+
 
 class Index:
     """An index folder and the engine that built it. Make one with `Index.open` or `Index.create`.
@@ -167,12 +186,7 @@ class Index:
         """
         folder = Path(folder)
         run_settings = check_run_settings(run)
-        manifest = read_manifest(folder)  # no index, or a damaged manifest: raised here
-        differences = config_differences(manifest.config, expected_settings or {})
-        differences += chunking_differences(manifest.chunking, expected_chunking or {})
-        refuse_differences(folder, differences)
-        model_name = check_model_setting(manifest, model, folder)
-        check_declared_dimension(manifest, model_name, folder)
+        model_name = check_before_opening(folder, model, expected_settings, expected_chunking)
         options: dict[str, Any] = {"api_key": api_key, "use_gpu": use_gpu}
         store = open_store(folder, read_only=not writable, create=False, **options)
         return cls(folder, store=store, new=None, model=model_name, run=run_settings, store_options=options)
@@ -299,9 +313,6 @@ class Index:
     def search(self, query: str | npt.ArrayLike, k: int = 10, *, retrieval: str | None = None) -> list[SearchHit]:
         """The `k` best chunks for `query` (a text, or a vector of the index's dimension), best first.
 
-        The same text cut at several chunk sizes (a file shorter than a size is one chunk at that size and every
-        larger one) is returned once, with its best score.
-
         Args:
             query: A question (encoded with the index's settings) or a query vector (dense search only).
             k: How many chunks.
@@ -309,17 +320,17 @@ class Index:
                 An index without a lexical channel, or a vector query, searches dense.
 
         Returns:
-            Up to `k` hits with distinct (source, text); with hybrid retrieval `score` is the fused score.
+            Up to `k` hits with distinct (source, text) (a text cut at several sizes is shown once, with its best
+            score); with hybrid retrieval `score` is the fused score.
         """
         from tempscale_rag.ranking.hybrid import search_chunks_hybrid
 
         k = _check_k(k)
-        fusion = self._fusion(retrieval, query)
+        fusion, vectors, sparse = self._channels(query, retrieval)
         store = self._require_store()
         fetch = k * self._copies()
         if fusion.retrieval == "dense":
-            return distinct_hits(store.search(self.query_vector(query), k=fetch), k)
-        vectors, sparse = self._queries(query, fusion)
+            return distinct_hits(store.search(vectors[0], k=fetch), k)
         return distinct_hits(search_chunks_hybrid(cast(Any, store), vectors, sparse, fetch, fusion)[0], k)
 
     def search_documents(
@@ -353,60 +364,21 @@ class Index:
             raise ValueError(f"evidence must be an integer >= 0 (chunks per document), got {evidence!r}")
         if doc_score is not None:
             ChunkingConfig(doc_score=doc_score)  # validates the name before the model is loaded
-        fusion = self._fusion(retrieval, query)
-        if fusion.retrieval == "dense":
-            ranked = self._rank_documents(self.query_vector(query), k, doc_score, evidence * self._copies())
-        else:
-            vectors, sparse = self._queries(query, fusion)
-            scoring = document_scoring(doc_score, self._require_manifest().chunking)
-            store = cast(Any, self._require_store())
-            ranked = search_documents_hybrid(store, vectors, sparse, k, scoring, evidence * self._copies(), fusion)[0]
+        fusion, vectors, sparse = self._channels(query, retrieval)
+        # The one place that ranks documents, with the index's own aggregation and its parameters (softmax T).
+        scoring = document_scoring(doc_score, self._require_manifest().chunking)
+        store = cast(Any, self._require_store())  # every backend open_store opens ranks documents
+        ranked = search_documents_hybrid(store, vectors, sparse, k, scoring, evidence * self._copies(), fusion)[0]
         return [DocumentHit(d.source, d.score, distinct_hits(d.chunks, evidence)) for d in ranked]
 
-    def _fusion(self, retrieval: str | None, query: str | npt.ArrayLike) -> Fusion:
-        """The index's fusion settings with `retrieval` in force (dense where lexical search cannot run)."""
-        from tempscale_rag.ranking.hybrid import Fusion, check_retrieval, has_lexical
+    def _channels(
+        self, query: str | npt.ArrayLike, retrieval: str | None
+    ) -> tuple[Fusion, npt.NDArray[np.float32], list[SparseVector]]:
+        """The fusion in force and the query as a (1, dim) vector and a sparse query (see `hybrid_inputs`)."""
+        from tempscale_rag.index.retrieval import hybrid_inputs
 
-        chunking = self._require_manifest().chunking or ChunkingConfig(retrieval="dense")
-        wanted = check_retrieval(retrieval) if retrieval is not None else chunking.retrieval
-        lexical = has_lexical(self._require_store())
-        if wanted == "lexical" and not lexical:
-            raise ValueError(
-                f"the index at {self._folder} has no lexical channel (it was built before hybrid retrieval, or dense "
-                "only): search it dense or hybrid, or add the channel with `tempscale-rag index --add-lexical`"
-            )
-        if wanted == "lexical" and not isinstance(query, str):
-            raise ValueError("lexical search needs a text query, not a vector")
-        if wanted == "hybrid" and (not lexical or not isinstance(query, str)):
-            wanted = "dense"
-        return Fusion(wanted, chunking.fusion, chunking.lexical_weight, chunking.fusion_depth)
-
-    def _queries(
-        self, query: str | npt.ArrayLike, fusion: Fusion
-    ) -> tuple[npt.NDArray[np.float32], list[SparseVector]]:
-        """The query as a (1, dimension) vector (zeros for lexical search: no model is loaded) and a sparse query."""
-        from tempscale_rag.ranking.lexical import SparseEncoder
-
-        text = str(query)
-        if not text.strip():
-            raise ValueError("the query is empty; give some text to search for")
-        manifest = self._require_manifest()
-        if fusion.retrieval == "lexical":
-            vector = np.zeros((1, manifest.dimension), dtype=np.float32)
-        else:
-            vector = self.query_vector(query)[None, :]
-        return vector, [SparseEncoder().query(text)]
-
-    def _rank_documents(
-        self, vector: npt.NDArray[np.float32], k: int, doc_score: str | None, evidence: int
-    ) -> list[DocumentHit]:
-        # The one place that ranks documents, with the index's own aggregation and its parameters (softmax T).
-        from tempscale_rag.ranking import document_scoring, search_documents
-        from tempscale_rag.ranking.candidates import DocumentSource
-
-        scoring = document_scoring(doc_score, self._require_manifest().chunking)
-        store = cast(DocumentSource, self._require_store())  # every backend open_store opens ranks documents
-        return search_documents(store, vector, k, scoring=scoring, evidence=evidence)
+        manifest, store = self._require_manifest(), self._require_store()
+        return hybrid_inputs(manifest, store, self._folder, query, retrieval, self.query_vector)
 
     # -- writing ---------------------------------------------------------------------------------------------------
 
@@ -422,30 +394,11 @@ class Index:
         Returns:
             The number of chunks stored.
         """
-        from tempscale_rag.ingest.indexer import chunk_records
-        from tempscale_rag.ingest.readers import fingerprint
+        from tempscale_rag.ingest.texts import add_texts, check_texts
 
-        for name, text in documents.items():
-            if not isinstance(name, str) or not name or not isinstance(text, str):
-                raise TypeError("documents must map non-empty source names (str) to texts (str)")
+        check_texts(documents)
         store = self._writable_store()
-        encoder, chunker = self.encoder, self._chunker_for(self.encoder)
-        known = store.sources()
-        stored = 0
-        for name, text in documents.items():
-            digest = fingerprint(text.encode("utf-8"))
-            if known.get(name) == digest:
-                continue
-            chunks = chunker.split(text)
-            vectors: Any = encoder.encode([c.text for c in chunks], show_progress=False) if chunks else []
-            report = encoder.last_report
-            tokens = [int(t) for t in report.input_tokens] if chunks else []
-            buckets = [str(b) for b in report.input_buckets] if chunks else []
-            records = chunk_records(name, chunks, list(vectors), tokens, buckets)
-            store.replace_source(name, digest, records)
-            stored += len(records)
-        store.commit()
-        return stored
+        return add_texts(store, self.encoder, self._chunker_for(self.encoder), documents)
 
     def index_folder(
         self,
@@ -504,35 +457,12 @@ class Index:
             ValueError: If the index records no chunk sizes, `settings` names a size the index does not have, or the
                 backend cannot add a channel to an existing index.
         """
-        from tempscale_rag.stores import ManifestKeeper, write_manifest
+        from tempscale_rag.index.retrieval import add_lexical_channel
 
         manifest = self._require_manifest()
         if manifest.lexical is not None:
             return manifest.lexical
-        if manifest.chunking is None:
-            raise ValueError(
-                f"the index at {self._folder} records no chunk sizes (it predates them): rebuild it to search it hybrid"
-            )
-        settings = settings or LexicalSettings.for_chunks(max(manifest.chunking.sizes))
-        if settings.chunk_size not in manifest.chunking.sizes:
-            raise ValueError(
-                f"the index has no chunks of size {settings.chunk_size} (its sizes are "
-                f"{','.join(map(str, manifest.chunking.sizes))})"
-            )
-        store = self._writable_store()
-        adder = getattr(store, "add_lexical", None)
-        if not callable(adder):
-            raise ValueError(
-                f"a {type(store).__name__} cannot add a lexical channel to an existing index: rebuild the index"
-            )
-        adder(settings)
-        keeper = store.owner
-        if isinstance(keeper, ManifestKeeper):
-            # The store holds the channel first: a crash before this line leaves a dense manifest, and a re-run
-            # builds the channel again.
-            keeper.manifest = keeper.manifest.model_copy(update={"lexical": settings}).touched()
-            write_manifest(self._folder, keeper.manifest)
-        return settings
+        return add_lexical_channel(self._writable_store(), manifest, self._folder, settings)
 
     def delete(self, source: str) -> int:
         """Remove a source (a file path as indexed, or an `add` name) and its chunks; the number of chunks removed."""
@@ -583,13 +513,9 @@ class Index:
             new = self._pending()
             from tempscale_rag.encoder import TempScaleEncoder
 
-            encoder = TempScaleEncoder(config=new.config)
-            chunker = self._chunker_for(encoder)
-            if new.chunking is not None and new.size_temperatures:
-                n_special = encoder.count_tokens([""])[0]
-                config = chunked_index_config(new.config, new.chunking, n_special)
-                encoder = encoder.with_config(**config.model_dump())
-            self._chunker = chunker
+            loaded = TempScaleEncoder(config=new.config)
+            self._chunker = self._chunker_for(loaded)
+            encoder = new.routed(loaded)
             self._create_store(encoder.config, encoder.model_name, encoder.dimension, show_progress)
             self._encoder = encoder
         store = self._require_store()
@@ -607,17 +533,7 @@ class Index:
     def _create_store(self, config: TempScaleConfig, model_name: str, dimension: int, show_progress: bool) -> None:
         from tempscale_rag.ingest.indexer import progress_printer
 
-        new = self._pending()
-        digest = None if model_name == BUNDLED_MODEL else model_digest(model_name)
-        manifest = IndexManifest.new(
-            model=model_name,
-            dimension=dimension,
-            config=config,
-            backend=new.backend,
-            chunking=new.chunking,
-            model_digest=digest,
-            lexical=new.lexical,
-        )
+        manifest = self._pending().manifest(config, model_name, dimension)
         progress = progress_printer(show_progress)
         self._store = open_store(self._folder, manifest, progress=progress, **self._store_options)
         self._model = model_name
@@ -627,34 +543,43 @@ class Index:
         self, paths: Sequence[str | Path], settings: RaySettings, options: dict[str, Any], *, prune: bool
     ) -> IndexSummary:
         """`index_folder` on a Ray cluster: the model is loaded in the actors, never in this process."""
-        from tempscale_rag.distributed.cluster import connect, require_ray
-        from tempscale_rag.distributed.embedding import RayEmbedder
-        from tempscale_rag.distributed.indexing import RayIndexer, routing_config
+        from tempscale_rag.distributed.indexing import index_on_ray
 
-        started = connect(settings)
-        try:
+        if self._store is None:
+            new = self._pending()
+            planned = (new.config, new.chunking, new.size_temperatures)
+        else:
+            planned = (self.config, self._require_manifest().chunking, False)
+
+        def store_for(model_name: str, dimension: int, config: TempScaleConfig) -> VectorStore:
             if self._store is None:
-                new = self._pending()
-                config = new.config
-                if new.chunking is not None and new.size_temperatures:
-                    config = routing_config(config, new.chunking)
-                chunking = new.chunking
+                self._create_store(config, model_name, dimension, options["show_progress"])
             else:
-                config = self.config
-                chunking = self._require_manifest().chunking
-            with RayEmbedder(config, settings) as embedder:
-                if self._store is None:
-                    self._create_store(
-                        embedder.config, embedder.model_name, embedder.dimension, options["show_progress"]
-                    )
-                else:
-                    check_dimension(self._require_manifest(), embedder.model_name, embedder.dimension, self._folder)
-                store = self._writable_store()
-                indexer = RayIndexer(embedder, store, chunking=chunking, **options)
-                return indexer.run(list(paths), prune=prune)
-        finally:
-            if started:
-                require_ray().shutdown()
+                check_dimension(self._require_manifest(), model_name, dimension, self._folder)
+            return self._writable_store()
+
+        return index_on_ray(paths, settings, options, planned, store_for, prune=prune)
+
+
+def check_before_opening(
+    folder: Path,
+    model: str | None,
+    expected_settings: Mapping[str, Any] | None,
+    expected_chunking: Mapping[str, Any] | None,
+) -> str:
+    """`Index.open`'s checks, from the manifest alone (no model, no store): returns the model to load.
+
+    Raises:
+        IndexNotFoundError, IndexCorruptError, IndexMismatchError, SettingMismatchError, SettingError: As
+            `Index.open` says.
+    """
+    manifest = read_manifest(folder)  # no index, or a damaged manifest: raised here
+    differences = config_differences(manifest.config, expected_settings or {})
+    differences += chunking_differences(manifest.chunking, expected_chunking or {})
+    refuse_differences(folder, differences)
+    model_name = check_model_setting(manifest, model, folder)
+    check_declared_dimension(manifest, model_name, folder)
+    return model_name
 
 
 def describe_index(store: VectorStore, manifest: IndexManifest, folder: Path) -> dict[str, Any]:

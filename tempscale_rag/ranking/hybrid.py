@@ -172,7 +172,7 @@ def search_documents_hybrid(
     lexical_on = fusion.retrieval != "dense" and has_lexical(store)
     if fusion.retrieval == "lexical" and not has_lexical(store):
         raise ValueError("this index has no lexical channel; search it with retrieval 'dense' or 'hybrid'")
-    depth = max(k, fusion.depth)
+    depth = max(k, fusion.depth) if lexical_on else k  # dense alone: exactly `search_documents_many`
     dense: list[Ranked] = (
         rank_ranked(store, query_vectors, depth, scoring, evidence)
         if fusion.retrieval != "lexical"
