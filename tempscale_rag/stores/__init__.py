@@ -263,6 +263,7 @@ def _open_backend(
             create=not read_only,
             read_only=read_only,
             use_gpu=use_gpu,
+            lexical=manifest.lexical,
         )
     if backend.url is None and backend.engine == "edge":
         from tempscale_rag.stores.qdrant.edge import EdgeStore

@@ -5,6 +5,7 @@ and is never reused), table `sources` (source -> fingerprint, written in the sam
 chunks), table `groups` (each (source, chunk size) group's mean unit chunk vector, which `mean` and `hybrid` rank by,
 derived from `chunks` in the same transaction) and table `meta` (schema version, store uuid, dimension, FAISS settings,
 and a `generation` counter bumped by every transaction that changes the chunks). WAL journal, `synchronous=NORMAL`.
+The optional lexical (BM25) tables and their meta keys are described in `lexical.py`.
 """
 
 from __future__ import annotations
@@ -86,6 +87,8 @@ class Change:
     removed: list[int] = field(default_factory=list)
     added_ids: list[int] = field(default_factory=list)
     added_vectors: list[npt.NDArray[np.float32]] = field(default_factory=list)
+    # The inserted records, parallel to `added_ids` (the lexical index analyses their texts in the same transaction).
+    added_records: list[ChunkRecord] = field(default_factory=list)
     generation: int | None = None
     # Sources that lost a chunk to a record of another source with the same id: their groups need refreshing.
     displaced_sources: set[str] = field(default_factory=set)
@@ -315,6 +318,7 @@ def write_records(db: sqlite3.Connection, batch: list[ChunkRecord]) -> Change:
             raise RuntimeError(f"SQLite returned no row id for chunk {record.id}")
         change.added_ids.append(cursor.lastrowid)
         change.added_vectors.append(record.vector)
+        change.added_records.append(record)
     return change
 
 

@@ -2,12 +2,14 @@
 
 `tempscale-rag repair` calls `repair_faiss_index`. Under the index's writer lock it:
 
-1. checks `chunks.sqlite` page by page (`PRAGMA quick_check`). An intact database only gets `vectors.faiss` rebuilt.
+1. checks `chunks.sqlite` page by page (`PRAGMA quick_check`). An intact database only gets `vectors.faiss` and its
+   lexical tables (when it has a lexical channel) rebuilt, the latter from the stored chunk texts.
 2. otherwise reads every row it still can through a read-only connection: the `sources` table up to the first bad
    page, and the chunks by ranges of their integer id, narrowing a range that fails down to single rows, so one bad
    page costs only the rows on it.
 3. writes a new store in a temporary folder beside the index holding each file whose chunks all survived (with its
-   fingerprint, so the next `index` run skips it), then swaps it in. The damaged database is kept beside it as
+   fingerprint, so the next `index` run skips it; the lexical channel the manifest records is rebuilt with the
+   chunks), then swaps it in. The damaged database is kept beside it as
    `chunks.sqlite.damaged-<UTC time>` for the user to inspect or delete.
 
 Files that lost any chunk are dropped, fingerprint and all, so the next `tempscale-rag index` on the same folders
@@ -121,8 +123,13 @@ def repair_faiss_index(folder: str | Path, manifest: IndexManifest) -> RepairRep
         if problem is None:
             (folder / FAISS_NAME).unlink(missing_ok=True)
             lock.close()  # the store takes the lock itself
-            with FaissStore(folder, dimension=manifest.dimension, settings=manifest.backend, create=True) as store:
+            with FaissStore(
+                folder, dimension=manifest.dimension, settings=manifest.backend, create=True, lexical=manifest.lexical
+            ) as store:
                 kept = store.count()
+                if store.lexical is not None:
+                    # quick_check sees pages, not meaning: the lexical tables are rebuilt from the chunk texts anyway.
+                    store.add_lexical(store.lexical)
                 store.commit()
             return RepairReport(folder=str(folder), database_damaged=False, chunks_kept=kept)
         report = RepairReport(folder=str(folder), database_damaged=True, problem=problem)
@@ -133,7 +140,9 @@ def repair_faiss_index(folder: str | Path, manifest: IndexManifest) -> RepairRep
         report.chunks_before = max(sum(before.values()), _total_before(db_path) if db_path.exists() else 0)
         scratch = Path(tempfile.mkdtemp(dir=folder, prefix=".repair-"))
         try:
-            with FaissStore(scratch, dimension=manifest.dimension, settings=manifest.backend, create=True) as store:
+            with FaissStore(
+                scratch, dimension=manifest.dimension, settings=manifest.backend, create=True, lexical=manifest.lexical
+            ) as store:
                 for source in sorted(set(sources) | set(rows)):
                     records = rows.get(source, [])
                     fingerprint, expected = sources.get(source, ("", -1))

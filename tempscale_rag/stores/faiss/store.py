@@ -24,6 +24,7 @@ from typing import IO, Any
 import numpy as np
 import numpy.typing as npt
 
+from tempscale_rag.config import LexicalSettings
 from tempscale_rag.ranking.candidates import CandidatePolicy, ChunkTable
 from tempscale_rag.stores.base import (
     ChunkRecord,
@@ -36,10 +37,11 @@ from tempscale_rag.stores.base import (
     check_records,
     check_source,
 )
-from tempscale_rag.stores.errors import IndexNotFoundError
+from tempscale_rag.stores.errors import IndexCorruptError, IndexNotFoundError
 from tempscale_rag.stores.faiss import database as sql
 from tempscale_rag.stores.faiss.database import DB_NAME, Change, reports_damage
 from tempscale_rag.stores.faiss.documents import DocumentView, build_view, chunk_documents
+from tempscale_rag.stores.faiss.lexical import LexicalIndex, open_lexical
 from tempscale_rag.stores.faiss.locking import acquire_lock
 from tempscale_rag.stores.faiss.vector_file import FAISS_NAME, file_problem, read_index_file, write_index_file
 from tempscale_rag.stores.faiss.vectors import FaissVectors, loaded_index_problem, new_index, resolve_gpu
@@ -68,11 +70,16 @@ class FaissStore(VectorStore):
         read_only: Open for searching only: nothing in the folder is written, no lock is taken.
         use_gpu: None uses all GPUs when faiss has GPU support and the index is flat; True requires that; False
             stays on the CPU. The GPU holds a search copy; the CPU index stays the master.
+        lexical: The lexical (BM25) channel the index manifest records (see `lexical.py`): chunks of its size are
+            indexed by their terms in the same transactions as their rows. None keeps what the database holds (an
+            index built before the channel: dense only). A writable open builds or rebuilds the channel from the
+            stored texts when the database lacks it or holds other settings; a read-only one refuses.
 
     Raises:
         IndexNotFoundError: If the folder holds no store and `create` is False (or `read_only`).
         IndexCorruptError: If the database is corrupt or not a tempscale-rag store; nothing is modified.
-        IndexMismatchError: If the existing store has another dimension or index kind.
+        IndexMismatchError: If the existing store has another dimension or index kind, or (read-only) other
+            lexical settings.
         StoreUnavailableError: If another process holds the writer lock.
     """
 
@@ -87,6 +94,7 @@ class FaissStore(VectorStore):
         create: bool = False,
         read_only: bool = False,
         use_gpu: bool | None = None,
+        lexical: LexicalSettings | None = None,
     ) -> None:
         self.folder = Path(folder)
         self.db_path = self.folder / DB_NAME
@@ -108,6 +116,8 @@ class FaissStore(VectorStore):
             self._document_view: DocumentView | None = None
             self._has_groups_table = sql.ensure_groups_table(self._db, self.db_path, read_only=read_only)
             self._generation = sql.read_meta(self._db, self.db_path).generation
+            self._lexical, built = open_lexical(self._db, self.db_path, lexical, read_only=read_only)
+            self._modified = built
             index, self._file_generation = self._load_index()
             self._vectors = FaissVectors(index, self._settings, self._rebuild_index, use_gpu=use)
         except BaseException:
@@ -146,6 +156,11 @@ class FaissStore(VectorStore):
         return self._settings
 
     @property
+    def lexical(self) -> LexicalSettings | None:
+        """The lexical channel's settings; None when the store is dense only."""
+        return None if self._lexical is None else self._lexical.settings
+
+    @property
     def generation(self) -> int:
         """Counter bumped by every committed change to the chunks."""
         return self._generation
@@ -166,7 +181,43 @@ class FaissStore(VectorStore):
         Raises:
             IndexCorruptError: If the database is damaged; the message names the file and how to repair it.
         """
-        sql.quick_check(self._connection(), self.db_path)
+        db = self._connection()
+        sql.quick_check(db, self.db_path)
+        if self._lexical is not None:
+            with sql.snapshot(db):
+                problem = self._lexical.problem(db)
+            if problem is not None:
+                raise IndexCorruptError(
+                    f"the lexical index in {self.db_path} is out of step with its chunks ({problem}); run "
+                    f"`tempscale-rag repair --out {self.folder}` to rebuild it from the stored chunk texts"
+                )
+
+    @reports_damage
+    def add_lexical(self, settings: LexicalSettings) -> int:
+        """Give the store a lexical channel (or rebuild it) from the stored texts, in one transaction, no embedding.
+
+        Every stored chunk of `settings.chunk_size` is analysed; the dense side is untouched. The caller records
+        `settings` in the index manifest afterwards.
+
+        Args:
+            settings: The channel to build.
+
+        Returns:
+            The number of chunks indexed lexically.
+
+        Raises:
+            ValueError: If `settings` names an analyser this version does not have.
+            StoreUnavailableError: If the store is read-only.
+        """
+        self._check_writable()
+        if not isinstance(settings, LexicalSettings):
+            raise TypeError(f"settings must be LexicalSettings, got {type(settings).__name__}")
+        index = LexicalIndex(settings)
+        with sql.transaction(self._connection()) as db:
+            count = index.rebuild(db)
+        self._lexical = index
+        self._modified = True
+        return count
 
     @reports_damage
     def replace_source(self, source: str, fingerprint: str, records: Iterable[ChunkRecord]) -> None:
@@ -197,6 +248,7 @@ class FaissStore(VectorStore):
             sql.write_groups(db, source, batch)
             for other in change.displaced_sources:
                 sql.refresh_groups(db, other)
+            self._write_lexical(db, change)
             db.execute(
                 "INSERT OR REPLACE INTO sources (source, fingerprint, chunks, updated_at) VALUES (?, ?, ?, ?)",
                 (source, fingerprint, len(batch), datetime.now(UTC).isoformat()),
@@ -219,6 +271,7 @@ class FaissStore(VectorStore):
             change = sql.write_records(db, batch)
             for source in {record.source for record in batch} | change.displaced_sources:
                 sql.refresh_groups(db, source)
+            self._write_lexical(db, change)
             sql.bump_generation(db, change, self._generation)
         self._apply_change(change)
 
@@ -240,6 +293,7 @@ class FaissStore(VectorStore):
             db.execute("DELETE FROM sources WHERE source = ?", (source,))
             db.execute("DELETE FROM groups WHERE source = ?", (source,))
             change = Change(removed=vids)
+            self._write_lexical(db, change)
             sql.bump_generation(db, change, self._generation)
         self._apply_change(change)
         return len(vids)
@@ -284,6 +338,32 @@ class FaissStore(VectorStore):
             ]
             for score_row, id_row in zip(scores.tolist(), ids.tolist(), strict=True)
         ]
+
+    @reports_damage
+    def lexical_chunks(self, query: tuple[list[int], list[float]], n: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """The best `n` chunks of the lexical channel for one query, by `PivotBM25` over the stored lexical chunks.
+
+        Args:
+            query: (term ids, counts), as `SparseEncoder().query(text)` returns.
+            n: How many chunks at most; None: every chunk that holds a query term.
+
+        Returns:
+            (keys, scores): the chunks' FAISS ids (int64, the keys of `ChunkTable.keys` and `evidence_hits`) and
+            their float32 scores, best first, ties by key; both empty for an empty query or a dense-only store.
+
+        Raises:
+            ValueError: If the ids and counts differ in length, an id is not 32-bit unsigned, or `n` < 0.
+            IndexMismatchError: If the channel was built with another analyser than this version's.
+        """
+        self._check_open()
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0):
+            raise ValueError(f"n must be None or an integer >= 0, got {n!r}")
+        if self._lexical is None:
+            return np.zeros(0, np.int64), np.zeros(0, np.float32)
+        self._lexical.check_analyzer(self.folder)
+        db = self._connection()
+        with sql.snapshot(db):
+            return self._lexical.search(db, query, None if n is None else int(n))
 
     # --- the document-ranking contract (`tempscale_rag.ranking.candidates.DocumentSource`) ---------------------------
 
@@ -353,6 +433,7 @@ class FaissStore(VectorStore):
             "path": str(self.folder),
             "gpu": self.uses_gpu,
             "read_only": self.read_only,
+            "lexical": None if self._lexical is None else self._lexical.describe(db),
         }
         if self._settings.index == "hnsw":
             summary["hnsw"] = {
@@ -372,6 +453,11 @@ class FaissStore(VectorStore):
             write_index_file(self.faiss_path, vectors.index, self._uuid, self._generation)
             self._file_generation = self._generation
             self._changed_since_file = 0
+
+    def _write_lexical(self, db: sqlite3.Connection, change: Change) -> None:
+        """Inside the chunks' transaction: mirror the change in the lexical tables."""
+        if self._lexical is not None:
+            self._lexical.apply(db, change.removed, change.added_ids, change.added_records)
 
     def _file_refresh_due(self) -> bool:
         # An indexer commits after every batch; rewriting the whole file each time would make a long run quadratic in
