@@ -123,6 +123,8 @@ class LexicalIndex:
     """
 
     def __init__(self, settings: LexicalSettings) -> None:
+        if not isinstance(settings, LexicalSettings):
+            raise TypeError(f"lexical settings must be LexicalSettings, got {type(settings).__name__}")
         self.settings = settings
         self._analyzer = LexicalAnalyzer()
 
@@ -193,12 +195,13 @@ class LexicalIndex:
         terms = self._analyzer.terms(text)
         s = self.settings
         norm = s.k1 * (1.0 - s.b + s.b * len(terms) / s.pivot)
-        merged: dict[int, float] = {}
-        for term, tf in Counter(terms).items():
-            tid = term_id(term)
-            merged[tid] = merged.get(tid, 0.0) + tf / (tf + norm)
-        ids = np.fromiter(sorted(merged), dtype=np.int64, count=len(merged))
-        return ids, np.fromiter((merged[i] for i in ids.tolist()), dtype=np.float64, count=len(ids)), len(terms)
+        counts = Counter(terms)
+        tf = np.fromiter(counts.values(), dtype=np.float64, count=len(counts))
+        ids = np.fromiter(map(term_id, counts), dtype=np.int64, count=len(counts))
+        # Distinct terms with one CRC-32 share an id: their values add up, as in `SparseEncoder`.
+        unique, inverse = np.unique(ids, return_inverse=True)
+        values = np.bincount(inverse, weights=tf / (tf + norm), minlength=len(unique)).astype(np.float64)
+        return unique, values, len(terms)
 
     def _add(self, db: sqlite3.Connection, vids: list[int], texts: list[str]) -> None:
         slots = _allocate_slots(db, len(vids))
@@ -209,23 +212,20 @@ class LexicalIndex:
             rows.append((vid, slot, length, ids.astype("<u4").tobytes() + vals.astype("<f4").tobytes()))
             all_ids.append(ids)
             all_slots.append(np.full(len(ids), slot, dtype=np.int64))
-            all_vals.append(vals.astype(np.float32))
+            all_vals.append(vals)
         db.executemany("INSERT INTO lexical_chunks (vid, slot, length, terms) VALUES (?, ?, ?, ?)", rows)
         _set_block_vids(db, np.asarray(slots, dtype=np.int64), np.asarray(vids, dtype=np.int64))
         ids = np.concatenate(all_ids) if all_ids else np.zeros(0, np.int64)
         slot_of = np.concatenate(all_slots) if all_slots else np.zeros(0, np.int64)
-        vals = np.concatenate(all_vals) if all_vals else np.zeros(0, np.float32)
+        vals = np.concatenate(all_vals) if all_vals else np.zeros(0, np.float64)
         order = np.lexsort((slot_of, slot_of // BLOCK, ids))
         ids, slot_of, vals = ids[order], slot_of[order], vals[order]
+        offsets = (slot_of % BLOCK).astype("<u2").tobytes()
+        values = vals.astype("<f4").tobytes()
         db.executemany(
             _APPEND_POSTINGS,
             (
-                (
-                    tid,
-                    block,
-                    (slot_of[lo:hi] - block * BLOCK).astype("<u2").tobytes(),
-                    vals[lo:hi].astype("<f4").tobytes(),
-                )
+                (tid, block, offsets[2 * lo : 2 * hi], values[4 * lo : 4 * hi])
                 for tid, block, lo, hi in _groups(ids, slot_of // BLOCK)
             ),
         )
@@ -283,13 +283,16 @@ class LexicalIndex:
     # --- reading --------------------------------------------------------------------------------------------------
 
     def search(
-        self, db: sqlite3.Connection, query: tuple[Sequence[int], Sequence[float]], n: int | None
+        self, db: sqlite3.Connection, query: tuple[Sequence[int], Sequence[float]], n: int | None, folder: Path
     ) -> tuple[Keys, Scores]:
         """The best `n` lexical chunks for a sparse query (term ids, counts); call inside one read snapshot.
 
         Returns:
             (FAISS ids, float32 scores), best first, ties by id; empty when no chunk holds a query term.
         """
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0):
+            raise ValueError(f"n must be None or an integer >= 0, got {n!r}")
+        self.check_analyzer(folder)
         ids, counts = _check_query(query)
         empty = (np.zeros(0, np.int64), np.zeros(0, np.float32))
         if len(ids) == 0 or n == 0:
@@ -342,6 +345,15 @@ class LexicalIndex:
             "chunks": self.count(db),
             "terms": int(db.execute("SELECT COUNT(*) FROM lexical_terms").fetchone()[0]),
         }
+
+    def check(self, db: sqlite3.Connection, db_path: Path) -> None:
+        """Raise `IndexCorruptError`, naming the repair, if the lexical tables are out of step with the chunks."""
+        problem = self.problem(db)
+        if problem is not None:
+            raise IndexCorruptError(
+                f"the lexical index in {db_path} is out of step with its chunks ({problem}); run `tempscale-rag "
+                f"repair --out {db_path.parent}` to rebuild it from the stored chunk texts"
+            )
 
     def problem(self, db: sqlite3.Connection) -> str | None:
         """What is out of step between the lexical tables and the chunk rows, or None (scans every lexical row)."""

@@ -37,7 +37,7 @@ from tempscale_rag.stores.base import (
     check_records,
     check_source,
 )
-from tempscale_rag.stores.errors import IndexCorruptError, IndexNotFoundError
+from tempscale_rag.stores.errors import IndexNotFoundError
 from tempscale_rag.stores.faiss import database as sql
 from tempscale_rag.stores.faiss.database import DB_NAME, Change, reports_damage
 from tempscale_rag.stores.faiss.documents import DocumentView, build_view, chunk_documents
@@ -70,10 +70,8 @@ class FaissStore(VectorStore):
         read_only: Open for searching only: nothing in the folder is written, no lock is taken.
         use_gpu: None uses all GPUs when faiss has GPU support and the index is flat; True requires that; False
             stays on the CPU. The GPU holds a search copy; the CPU index stays the master.
-        lexical: The lexical (BM25) channel the index manifest records (see `lexical.py`): chunks of its size are
-            indexed by their terms in the same transactions as their rows. None keeps what the database holds (an
-            index built before the channel: dense only). A writable open builds or rebuilds the channel from the
-            stored texts when the database lacks it or holds other settings; a read-only one refuses.
+        lexical: The lexical (BM25) channel the manifest records (`lexical.py`), None: whatever the database holds
+            (none: dense only). A writable open builds it from the stored texts if missing or different.
 
     Raises:
         IndexNotFoundError: If the folder holds no store and `create` is False (or `read_only`).
@@ -185,22 +183,13 @@ class FaissStore(VectorStore):
         sql.quick_check(db, self.db_path)
         if self._lexical is not None:
             with sql.snapshot(db):
-                problem = self._lexical.problem(db)
-            if problem is not None:
-                raise IndexCorruptError(
-                    f"the lexical index in {self.db_path} is out of step with its chunks ({problem}); run "
-                    f"`tempscale-rag repair --out {self.folder}` to rebuild it from the stored chunk texts"
-                )
+                self._lexical.check(db, self.db_path)
 
     @reports_damage
     def add_lexical(self, settings: LexicalSettings) -> int:
-        """Give the store a lexical channel (or rebuild it) from the stored texts, in one transaction, no embedding.
+        """Give the store a lexical channel (or rebuild it) from the stored texts of the chunks of its size.
 
-        Every stored chunk of `settings.chunk_size` is analysed; the dense side is untouched. The caller records
-        `settings` in the index manifest afterwards.
-
-        Args:
-            settings: The channel to build.
+        One transaction, no embedding: the vectors are untouched. The caller records `settings` in the manifest.
 
         Returns:
             The number of chunks indexed lexically.
@@ -210,8 +199,6 @@ class FaissStore(VectorStore):
             StoreUnavailableError: If the store is read-only.
         """
         self._check_writable()
-        if not isinstance(settings, LexicalSettings):
-            raise TypeError(f"settings must be LexicalSettings, got {type(settings).__name__}")
         index = LexicalIndex(settings)
         with sql.transaction(self._connection()) as db:
             count = index.rebuild(db)
@@ -355,15 +342,11 @@ class FaissStore(VectorStore):
             ValueError: If the ids and counts differ in length, an id is not 32-bit unsigned, or `n` < 0.
             IndexMismatchError: If the channel was built with another analyser than this version's.
         """
-        self._check_open()
-        if n is not None and (isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0):
-            raise ValueError(f"n must be None or an integer >= 0, got {n!r}")
+        db = self._connection()
         if self._lexical is None:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        self._lexical.check_analyzer(self.folder)
-        db = self._connection()
         with sql.snapshot(db):
-            return self._lexical.search(db, query, None if n is None else int(n))
+            return self._lexical.search(db, query, n, self.folder)
 
     # --- the document-ranking contract (`tempscale_rag.ranking.candidates.DocumentSource`) ---------------------------
 
