@@ -1,6 +1,6 @@
 """The FAISS store's lexical channel at scale: query latency, `add_lexical` and the cost it adds to writes.
 
-Chunks are ~370-word windows of the QMSum transcripts (`/work/shared/data/qmsum`, else random common words), repeated
+Chunks are ~370-word windows of the QMSum transcripts (`--qmsum`, else Zipf-distributed `wordN` tokens), repeated
 with 10% of their words swapped to reach `--chunks`; every chunk is of the lexical size (the worst case: with several
 chunk sizes only one size is analysed). Vectors are random 16-d unit vectors (the dense side is not measured here).
 Queries are the first 15 distinct analysed terms of QMSum's summary queries.
@@ -9,7 +9,7 @@ Queries are the first 15 distinct analysed terms of QMSum's summary queries.
 2. `lexical_chunks` is timed for `--queries` queries with n = 100 and n = None (median and p90, warm page cache);
 3. 200 more files are written into a lexical and a dense-only store, timed, for the per-chunk write overhead.
 
-    PYTHONPATH=. python benchmarks/faiss_lexical.py --chunks 100000 [--out /tmp/lexbench]
+    PYTHONPATH=. python benchmarks/faiss_lexical.py --chunks 100000 [--qmsum ../shared/data/qmsum] [--out DIR]
 """
 
 from __future__ import annotations
@@ -32,12 +32,12 @@ SETTINGS = LexicalSettings.for_chunks(499)
 PER_FILE = 20
 
 
-def corpus(n: int, seed: int = 0) -> tuple[list[str], list[str]]:
-    """`n` chunk texts and the query texts."""
+def corpus(n: int, qmsum: Path = QMSUM, seed: int = 0) -> tuple[list[str], list[str]]:
+    """`n` chunk texts and the query texts (QMSum's, else Zipf-distributed `wordN` tokens)."""
     rng = np.random.default_rng(seed)
-    if (QMSUM / "corpus.jsonl").exists():
-        docs = [json.loads(line)["text"] for line in (QMSUM / "corpus.jsonl").open(encoding="utf-8")]
-        queries = [json.loads(line)["text"] for line in (QMSUM / "queries.jsonl").open(encoding="utf-8")]
+    if (qmsum / "corpus.jsonl").exists():
+        docs = [json.loads(line)["text"] for line in (qmsum / "corpus.jsonl").open(encoding="utf-8")]
+        queries = [json.loads(line)["text"] for line in (qmsum / "queries.jsonl").open(encoding="utf-8")]
     else:
         vocabulary = [f"word{i}" for i in range(20000)]
         weights = 1.0 / np.arange(1, len(vocabulary) + 1)
@@ -83,9 +83,11 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=100)
     parser.add_argument("--out", type=Path, default=None, help="Folder for the stores (default: a temp folder).")
+    parser.add_argument("--qmsum", type=Path, default=QMSUM, help="The QMSum folder (missing: a Zipf corpus).")
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="lexbench-"))
-    texts, query_texts = corpus(args.chunks + 2 * 200 * PER_FILE)
+    texts, query_texts = corpus(args.chunks + 2 * 200 * PER_FILE, args.qmsum)
+    print(f"corpus: {'QMSum' if (args.qmsum / 'corpus.jsonl').exists() else 'Zipf wordN (no QMSum)'}")
     bulk, extra = texts[: args.chunks], texts[args.chunks :]
     analyzer = LexicalAnalyzer()
     encoder = SparseEncoder()

@@ -407,3 +407,16 @@ def test_kill_9_mid_write_then_a_rerun_leaves_chunks_vectors_and_postings_consis
         with FaissStore(tmp_path / "clean", dimension=DIM, create=True, lexical=SETTINGS) as clean:
             _final_writes(clean)
             assert _state(crashed) == _state(clean)
+
+
+@pytest.mark.parametrize("big_ids", [False, True])
+def test_best_first_orders_by_score_then_id(big_ids: bool) -> None:
+    """The packed-key sort (ids < 2**32) and the lexsort fallback agree with (-score, id) order, ties included."""
+    from tempscale_rag.stores.faiss.lexical import _best_first
+
+    rng = np.random.default_rng(3)
+    scores = (rng.integers(1, 50, 5000) / 7.0).astype(np.float32)
+    vids = rng.choice(10**6, 5000, replace=False).astype(np.int64) + (2**40 if big_ids else 1)
+    keys, ranked = _best_first(scores, vids)
+    order = sorted(range(len(vids)), key=lambda i: (-float(scores[i]), int(vids[i])))
+    assert keys.tolist() == vids[order].tolist() and ranked.tolist() == scores[order].tolist()

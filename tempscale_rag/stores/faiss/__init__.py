@@ -5,6 +5,7 @@
 - `vectors.py`: the in-memory FAISS index: queued changes, rebuilds, the GPU search copy.
 - `vector_file.py`: `vectors.faiss`, the checksummed cache of the FAISS index.
 - `documents.py`: the indexed chunks grouped by (source, chunk size) for document ranking.
+- `lexical.py`: the lexical (BM25) channel: postings of the chunks of one size, in `chunks.sqlite`'s transactions.
 - `locking.py`: the writer lock.
 - `repair.py`: salvaging a damaged `chunks.sqlite` (`tempscale-rag repair`).
 """
