@@ -25,8 +25,14 @@ Tables (all written inside the transaction that writes the chunk rows, so a `kil
 - `meta` keys `lexical` (the `LexicalSettings` the tables were built with), `lexical_chunks` (N) and `lexical_slots`
   (the next unused slot).
 
+Values are stored rather than term counts because terms that share an id add their values (a sum of counts would
+give another number) and because they are what Qdrant's sparse vectors hold, so both backends score alike.
+
 A query reads N and the query terms' df (one row each), their postings, and the block maps of the chunks it returns;
-scores are summed with `numpy.bincount` over the slot range: nothing is recomputed over the corpus.
+scores are summed with `numpy.bincount` over the slot range: nothing is recomputed over the corpus. Measured with
+`benchmarks/faiss_lexical.py` at 100,000 chunks of QMSum text on a loaded 2-core CPU: a 15-term query ~10 ms for the
+best 100, ~14 ms for every match (86,000 chunks); `add_lexical` ~0.6 ms and a `replace_source` ~2 ms per lexical
+chunk (one upsert per (term, block); blocks of 64 to 1024 slots wrote alike).
 """
 
 from __future__ import annotations
