@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -62,9 +63,19 @@ def index_copy(built: tuple[Path, Path], tmp_path: Path) -> tuple[Path, Path]:
 
 
 def garble(path: Path, size: int = 4096) -> None:
-    """Overwrite `size` bytes in the middle of `path` with garbage, as a bad disk sector or a stray write would."""
+    """Overwrite `size` bytes of `path` with garbage, as a bad disk sector or a stray write would.
+
+    The bytes are those of the middle page of the chunk rows, which every command below reads (the middle of the file
+    can be a page of the group vectors or the lexical tables, which a chunk search does not read).
+    """
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+    try:
+        pages = [n for (n,) in db.execute("SELECT pageno FROM dbstat WHERE name = 'chunks' AND pagetype = 'leaf'")]
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+    finally:
+        db.close()
     data = path.read_bytes()
-    middle = len(data) // 2
+    middle = (sorted(pages)[len(pages) // 2] - 1) * page_size
     garbage = bytes((i * 73 + 41) % 256 for i in range(size))
     path.write_bytes(data[:middle] + garbage + data[middle + size :])
 
