@@ -50,6 +50,14 @@ def beir(folder: Path, queries: str) -> RetrievalDataset:
         return load_beir(tmp, name=folder.name)
 
 
+WEIGHTS = (0.5, 1.5, 2.0, 3.0)
+
+
+def weighted(lists: list[np.ndarray], weights: list[float]) -> np.ndarray:
+    """DBSF over every document with per-list weights."""
+    return np.sum([wt * normalise(s, "dbsf") for wt, s in zip(weights, lists, strict=True)], axis=0)
+
+
 def fused(lists: list[np.ndarray], depth: int | None) -> np.ndarray:
     """DBSF of per-document score arrays (one query), over all documents or the union of each list's top `depth`."""
     n = lists[0].size
@@ -152,6 +160,9 @@ def run_part(
             put(f"D+W+C {tag}", qid, fused([d, w, chans["C"]], depth))
             put(f"D+W+Cp {tag}", qid, fused([d, w, chans["Cp"]], depth))
             if depth is None:
+                for weight in WEIGHTS:
+                    put(f"D+{weight:g}Cp", qid, weighted([d, chans["Cp"]], [1.0, weight]))
+                    put(f"D+{weight:g}(W+Cp)", qid, weighted([d, w, chans["Cp"]], [1.0, weight, weight]))
                 put("D+Csum", qid, fused([d, chans["Csum"]], None))
                 put("D+Cmean", qid, fused([d, chans["Cmean"]], None))
                 put("D+Ctop2", qid, fused([d, chans["Ctop2"]], None))

@@ -108,10 +108,10 @@ def fuse_ranked(
         (key, fused score), best first; ties keep the dense list's order, then the lexical list's.
     """
     dense, lexical = list(dense)[: fusion.depth], list(lexical)[: fusion.depth]
+    if fusion.retrieval == "lexical" or (lexical and not dense):
+        return [(key, float(score)) for key, score in lexical]
     if fusion.retrieval == "dense" or not lexical:
         return [(key, float(score)) for key, score in dense]
-    if fusion.retrieval == "lexical" or not dense:
-        return [(key, float(score)) for key, score in lexical]
     keys = list(dict.fromkeys([key for key, _ in dense] + [key for key, _ in lexical]))
     total = np.zeros(len(keys), dtype=np.float64)
     for ranked, weight in ((dense, 1.0), (lexical, fusion.lexical_weight)):
