@@ -134,6 +134,9 @@ def test_eval_default_is_the_product_pipeline_and_writes_nothing(
     printed = capsys.readouterr().out
     assert "| tau=1 | softmax 24,48,192,499 |" in printed
     assert "| taus 24:1,48:1,192:0.9,499:0.9 | softmax 24,48,192,499 |" in printed
+    # BM25 alone and the hybrid rows (what `search` does) beside the dense ones, on the same chunks.
+    assert "| BM25 | BM25 499 |" in printed
+    assert "| hybrid taus 24:1,48:1,192:0.9,499:0.9 | softmax 24,48,192,499 + BM25 |" in printed
     assert "tokens/src" in printed and "Wrote" not in printed
     assert list(tmp_path.iterdir()) == []  # no ./tempscale-eval/ without --out
 
@@ -142,7 +145,7 @@ def test_eval_axes_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFix
     tiny = ["passkey", "--lengths", "96", "--n-docs", "6", "--n-queries", "3", "--device", "cpu"]
     argv = ["-q", "eval", *tiny, "--doc-score", "max", "vector", "--chunk-tokens", "16", "16:1,32:0.8"]
     argv += ["--max-seq-length", "64", "--temperature", "0.8", "--queries", "plain", "--json", "--no-per-query"]
-    assert main(argv) == 0
+    assert main([*argv, "--retrieval", "dense"]) == 0
     document = json.loads(capsys.readouterr().out)
     assert document["outputs"] == {}
     entries = {c["name"]: c for c in document["configurations"]}
@@ -187,7 +190,7 @@ def test_calibrate_per_chunk_size_and_evaluate_with_it(
     assert Calibration.load(calibration).chunking == chunking
     # eval --calibration chunks at the file's sizes when --chunk-tokens is not given.
     argv = ["-q", "eval", *TINY_PASSKEY, "--max-seq-length", "64", "--calibration", str(calibration), "--json"]
-    assert main([*argv, "--no-per-query"]) == 0
+    assert main([*argv, "--no-per-query", "--retrieval", "dense"]) == 0
     entries = json.loads(capsys.readouterr().out)["configurations"]
     assert [e["name"] for e in entries] == ["tau=1", "calibrated sizes"]
     assert entries[1]["chunk_tokens"] == [16, 32] and entries[1]["chunk_temperatures"] == list(taus)

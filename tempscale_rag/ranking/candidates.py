@@ -191,20 +191,29 @@ def rank_source(
 
 
 def rank_ranked(
-    store: DocumentSource, queries: npt.NDArray[np.float32], k: int, scoring: DocumentScoring, evidence: int
+    store: DocumentSource,
+    queries: npt.NDArray[np.float32],
+    k: int,
+    scoring: DocumentScoring,
+    evidence: int,
+    evidence_documents: int | None = None,
 ) -> list[Ranked]:
-    """`rank_source` without reading the evidence records: per query, (source, score, chunk keys, chunk scores)."""
+    """`rank_source` without reading the evidence records: per query, (source, score, chunk keys, chunk scores).
+
+    `evidence_documents`: only the best this many documents get evidence chunks (None: all `k`).
+    """
     if store.unit_queries:
         norms = np.linalg.norm(queries, axis=1, keepdims=True)
         queries = (queries / np.where(norms > 0, norms, 1.0)).astype(np.float32)
     policy = store.candidate_policy
+    shown = {"evidence": evidence, "evidence_documents": evidence_documents}
     if policy is None:
-        return _rank_exact(store, queries, k, scoring, evidence)
-    return _rank_candidates(store, policy, queries, k, scoring, evidence)
+        return _rank_exact(store, queries, k, scoring, shown)
+    return _rank_candidates(store, policy, queries, k, scoring, shown)
 
 
 def _rank_exact(
-    store: DocumentSource, queries: npt.NDArray[np.float32], k: int, scoring: DocumentScoring, evidence: int
+    store: DocumentSource, queries: npt.NDArray[np.float32], k: int, scoring: DocumentScoring, shown: dict[str, Any]
 ) -> list[Ranked]:
     table = store.document_table(None)
     if table is None:
@@ -214,7 +223,7 @@ def _rank_exact(
     for start in range(0, queries.shape[0], _EXACT_BLOCK):
         for row, scores in enumerate(table.scores(queries[start : start + _EXACT_BLOCK]), start):
             mean = None if group_scores is None else group_scores[row]
-            found = rank_documents(scores, table.groups, scoring, k, evidence=evidence, group_scores=mean)
+            found = rank_documents(scores, table.groups, scoring, k, group_scores=mean, **shown)
             out.append(_ranked(table, found, scores))
     return out
 
@@ -225,7 +234,7 @@ def _rank_candidates(
     queries: npt.NDArray[np.float32],
     k: int,
     scoring: DocumentScoring,
-    evidence: int,
+    shown: dict[str, Any],
 ) -> list[Ranked]:
     documents = None if policy.documents is None else k * policy.documents
     candidates = store.chunk_candidates(queries, k * policy.chunk_overfetch, documents)
@@ -246,7 +255,7 @@ def _rank_candidates(
         sub = table.subset([table.number[name] for name in names])
         scores = sub.vectors(np.arange(sub.groups.n_chunks)) @ query
         mean = sub.group_vectors @ query if scoring.needs_group_vectors else None
-        found_documents = rank_documents(scores, sub.groups, scoring, k, evidence=evidence, group_scores=mean)
+        found_documents = rank_documents(scores, sub.groups, scoring, k, group_scores=mean, **shown)
         out.append(_ranked(sub, found_documents, scores))
     return out
 

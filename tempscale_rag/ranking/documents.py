@@ -305,6 +305,7 @@ def rank_documents(
     *,
     evidence: int = 3,
     group_scores: npt.ArrayLike | None = None,
+    evidence_documents: int | None = None,
 ) -> list[RankedDocument]:
     """The `k` best documents for one query, with exact scores (`score_documents`) and their best chunks.
 
@@ -320,6 +321,8 @@ def rank_documents(
         k: How many documents at most.
         evidence: Best chunks returned per document.
         group_scores: (n_groups,) cosines with the groups' mean vectors (`mean`, `hybrid`).
+        evidence_documents: Only the best this many documents get their evidence (None: all `k`): a hybrid search
+            ranks deep but shows few.
 
     Returns:
         Up to `k` documents, best first (ties broken by document number).
@@ -333,10 +336,12 @@ def rank_documents(
         chosen = [(int(d), float(doc_scores[d])) for d in best]
     else:
         chosen = _top_bounded(scores, groups, scoring, k)
-    return [
+    shown = len(chosen) if evidence_documents is None else min(len(chosen), evidence_documents)
+    with_chunks = [
         RankedDocument(document=d, score=s, chunks=_best_chunks(scores, chunks, evidence))
-        for (d, s), chunks in zip(chosen, document_chunks(groups, [d for d, _ in chosen]), strict=True)
+        for (d, s), chunks in zip(chosen[:shown], document_chunks(groups, [d for d, _ in chosen[:shown]]), strict=True)
     ]
+    return with_chunks + [RankedDocument(document=d, score=s, chunks=[]) for d, s in chosen[shown:]]
 
 
 def _top(values: npt.NDArray[np.float32], ids: npt.NDArray[np.int64], k: int) -> npt.NDArray[np.int64]:

@@ -174,7 +174,9 @@ def search_documents_hybrid(
         raise ValueError("this index has no lexical channel; search it with retrieval 'dense' or 'hybrid'")
     depth = max(k, fusion.depth) if lexical_on else k  # dense alone: exactly `search_documents_many`
     dense: list[Ranked] = (
-        rank_ranked(store, query_vectors, depth, scoring, evidence)
+        # Evidence for the dense top k only: a fused top-k document below it is one the lexical list found (a
+        # document absent from that list is beaten by the k dense ones), shown with its best lexical chunk.
+        rank_ranked(store, query_vectors, depth, scoring, evidence, evidence_documents=k)
         if fusion.retrieval != "lexical"
         else [[] for _ in range(len(sparse_queries))]
     )
@@ -190,7 +192,7 @@ def search_documents_hybrid(
         by_lexical = {source: (key, score) for source, score, key in lexical}
         ranked: Ranked = []
         for source, score in fused:
-            if source in by_dense:
+            if source in by_dense and (len(by_dense[str(source)][0]) or source not in by_lexical):
                 keys, scores = by_dense[str(source)]
                 ranked.append((str(source), score, keys, scores))
             else:
