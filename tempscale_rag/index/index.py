@@ -482,10 +482,8 @@ class Index:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        if isinstance(exc, KeyboardInterrupt) and self._store is not None:
-            # Ctrl-C: every write is committed already. The final commit's extra work (rewriting a big vectors.faiss,
-            # Edge's optimizers) would delay the exit by seconds; what it skips is redone at the next open.
-            self._store.close(commit=False)
+        if isinstance(exc, KeyboardInterrupt) and self._store is not None:  # Ctrl-C: writes are committed already;
+            self._store.close(commit=False)  # a big vectors.faiss or Edge's optimizers would delay the exit by seconds
         self.close()
 
     # -- internals -------------------------------------------------------------------------------------------------

@@ -373,9 +373,7 @@ class VectorStore(ABC):
             records: The new chunks; each must have `record.source == source`.
         """
 
-    def replace_source_batches(
-        self, source: str, fingerprint: str, batches: Iterable[Iterable[ChunkRecord]]
-    ) -> int:
+    def replace_source_batches(self, source: str, fingerprint: str, batches: Iterable[Iterable[ChunkRecord]]) -> int:
         """Replace every chunk of `source` by the records of `batches`, as `replace_source` does with their list.
 
         The indexer stores a big file's chunks through this, a staged batch at a time. A store that can write them

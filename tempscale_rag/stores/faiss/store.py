@@ -245,9 +245,7 @@ class FaissStore(VectorStore):
         self._apply_change(change)
 
     @reports_damage
-    def replace_source_batches(
-        self, source: str, fingerprint: str, batches: Iterable[Iterable[ChunkRecord]]
-    ) -> int:
+    def replace_source_batches(self, source: str, fingerprint: str, batches: Iterable[Iterable[ChunkRecord]]) -> int:
         """`replace_source` from a stream of batches, in one transaction, holding one batch at a time (`streaming`).
 
         Args:
