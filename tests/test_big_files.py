@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from tempscale_rag.ingest import readers
 from tempscale_rag.ingest.chunking import WindowChunker
 from tempscale_rag.ingest.indexer import STAGING_DIR, FolderIndexer
 from tempscale_rag.stores import ChunkRecord, FaissSettings, IndexManifest, open_store
-from tempscale_rag.stores.faiss import FaissStore
+from tempscale_rag.stores.faiss import FaissStore, streaming
 from tempscale_rag.stores.qdrant import MEMORY, QdrantStore
 
 DIM = 16
@@ -154,6 +155,49 @@ def test_other_stores_take_the_batches_whole() -> None:
     with QdrantStore(dimension=DIM, path=MEMORY) as store:
         assert store.replace_source_batches("big.txt", "fp", in_batches(new, 10)) == 25
         assert store.count() == 25 and store.sources() == {"big.txt": "fp"}
+
+
+def test_replace_source_batches_holds_one_batch_not_the_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # 100 batches of 128 records of 384-dimensional vectors: 19.7 MB of vectors, made as the batches are asked for.
+    # Python's allocations (numpy's included; FAISS's own storage is not traced) peak at a few batches' worth.
+    monkeypatch.setattr(streaming, "READ_BACK_ROWS", 512)
+    dim, n_batches, size = 384, 100, 128
+    rng = np.random.default_rng(0)
+
+    def batches() -> Iterator[list[ChunkRecord]]:
+        for b in range(n_batches):
+            vectors = rng.normal(size=(size, dim)).astype(np.float32)
+            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+            yield [
+                ChunkRecord.create(
+                    text=f"chunk {b * size + i}",
+                    vector=vectors[i],
+                    source="big.txt",
+                    position=b * size + i,
+                    token_length=9,
+                    bucket="short",
+                    metadata={"chunk_tokens": 48},
+                )
+                for i in range(size)
+            ]
+
+    total_mb = n_batches * size * dim * 4 / 2**20
+    with FaissStore(tmp_path / "batched", dimension=dim, create=True) as store:
+        tracemalloc.start()
+        try:
+            store.replace_source_batches("big.txt", "fp", batches())
+            batched_mb = tracemalloc.get_traced_memory()[1] / 2**20
+        finally:
+            tracemalloc.stop()
+        assert store.count() == n_batches * size
+    with FaissStore(tmp_path / "listed", dimension=dim, create=True) as store:
+        tracemalloc.start()
+        try:
+            store.replace_source("big.txt", "fp", [record for batch in batches() for record in batch])
+            listed_mb = tracemalloc.get_traced_memory()[1] / 2**20
+        finally:
+            tracemalloc.stop()
+    assert batched_mb < total_mb / 4 < listed_mb, (batched_mb, total_mb, listed_mb)
 
 
 # The indexer: a big file goes to the store one staged batch at a time ---------------------------------------------
