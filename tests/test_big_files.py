@@ -25,10 +25,12 @@ import numpy as np
 import pytest
 
 from tempscale_rag import TempScaleEncoder
+from tempscale_rag.config import LexicalSettings
 from tempscale_rag.ingest import indexer as indexer_module
 from tempscale_rag.ingest import readers
 from tempscale_rag.ingest.chunking import WindowChunker
 from tempscale_rag.ingest.indexer import STAGING_DIR, FolderIndexer
+from tempscale_rag.ranking.lexical import SparseEncoder
 from tempscale_rag.stores import ChunkRecord, FaissSettings, IndexManifest, open_store
 from tempscale_rag.stores.faiss import FaissStore, streaming
 from tempscale_rag.stores.qdrant import MEMORY, QdrantStore
@@ -81,16 +83,17 @@ def queries() -> np.ndarray:
 # The store: batches in one transaction ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("index", ["flat", "hnsw"])
+@pytest.mark.parametrize("index", ["flat", "hnsw", "flat+lexical"])
 def test_replace_source_batches_stores_what_replace_source_stores(tmp_path: Path, index: str) -> None:
-    settings = FaissSettings(index=index)  # type: ignore[arg-type]
+    settings = FaissSettings(index=index.split("+")[0])  # type: ignore[arg-type]
+    lexical = LexicalSettings(chunk_size=48, pivot=6.0) if "lexical" in index else None
     listed, batched = tmp_path / "listed", tmp_path / "batched"
     old = records("big.txt", 40, seed=1) + records("other.txt", 5, seed=2)
     # The new version keeps chunks 0-19 as they are, changes 20-29 and drops the rest; 30 more chunks follow.
     new = records("big.txt", 20, seed=1) + records("big.txt", 40, seed=3, version="v2", first=20)
     with (
-        FaissStore(listed, dimension=DIM, settings=settings, create=True) as one,
-        FaissStore(batched, dimension=DIM, settings=settings, create=True) as two,
+        FaissStore(listed, dimension=DIM, settings=settings, create=True, lexical=lexical) as one,
+        FaissStore(batched, dimension=DIM, settings=settings, create=True, lexical=lexical) as two,
     ):
         for store in (one, two):
             store.replace_source("big.txt", "fp1", old[:40])
@@ -100,6 +103,14 @@ def test_replace_source_batches_stores_what_replace_source_stores(tmp_path: Path
         assert two.replace_source_batches("big.txt", "fp2", in_batches(new, 7)) == len(new)
         assert two.count() == one.count() == 65
         assert search_ids(two, queries()) == search_ids(one, queries())
+        two.check_integrity()  # the lexical tables (when on) are in step with the chunks
+        for words in ("chunk 25 v2", "big.txt chunk 3 v1", "other.txt chunk 2"):
+            found, expected = (
+                two.lexical_chunks(SparseEncoder().query(words), None),
+                one.lexical_chunks(SparseEncoder().query(words), None),
+            )
+            assert found[0].tolist() == expected[0].tolist() and np.allclose(found[1], expected[1]), words
+            assert len(found[0]) > 0 or lexical is None
         # Repeating it changes nothing (identical rows keep their FAISS id, the generation stays).
         generation = two.generation
         two.replace_source_batches("big.txt", "fp2", in_batches(new, 3))

@@ -261,7 +261,13 @@ class FaissStore(VectorStore):
         check_fingerprint(fingerprint)
         db = self._connection()
         done = streaming.write_batches(
-            db, source, fingerprint, batches, dimension=self.dimension, generation=self._generation
+            db,
+            source,
+            fingerprint,
+            batches,
+            dimension=self.dimension,
+            generation=self._generation,
+            lexical=self._lexical,
         )
         self._modified = True
         if done.generation is None:

@@ -3,11 +3,12 @@
 `FaissStore.replace_source` takes a list: a 50 MB text file at four chunk sizes is about a million records (1.5 GB of
 vectors alone), which it would hold at once, twice over (the records, then the vectors queued for FAISS).
 `FaissStore.replace_source_batches` writes the same rows through `write_batches` instead: every batch is checked and
-written inside one SQLite transaction, so a crash (even `kill -9`) or Ctrl-C leaves the state before the call or after
-it, exactly as `replace_source`. What the transaction did is kept in SQLite temporary tables (on disk, not in Python
-lists): the ids it wanted, the vids it added and those it removed. Only after the commit does `apply_to_index` read
-the added vectors back in batches into the FAISS index, which is a cache of the database: an interruption there leaves
-a committed database and an index to rebuild.
+written (chunk rows, and lexical postings when the store has that channel) inside one SQLite transaction, so a crash
+(even `kill -9`) or Ctrl-C leaves the state before the call or after it, exactly as `replace_source`. What the
+transaction did is kept in SQLite temporary tables (on disk, not in Python lists): the ids it wanted, the vids it
+added and those it removed. Only after the commit does `apply_to_index` read the added vectors back in batches into
+the FAISS index, which is a cache of the database: an interruption there leaves a committed database and an index to
+rebuild.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy.typing as npt
 
 from tempscale_rag.stores.base import ChunkRecord, check_records, chunk_size_of
 from tempscale_rag.stores.faiss import database as sql
+from tempscale_rag.stores.faiss.lexical import LexicalIndex
 from tempscale_rag.stores.faiss.vectors import FaissVectors
 
 READ_BACK_ROWS = 4096
@@ -93,6 +95,7 @@ def write_batches(
     *,
     dimension: int,
     generation: int,
+    lexical: LexicalIndex | None = None,
 ) -> BatchedReplace:
     """In one transaction: replace every chunk of `source` by the records of `batches`, then record its fingerprint.
 
@@ -105,6 +108,7 @@ def write_batches(
         batches: The records, a batch at a time; each batch is checked as `replace_source` checks its records.
         dimension: The store's vector dimension.
         generation: The store's current generation.
+        lexical: The store's lexical index, updated batch by batch in the same transaction (None: dense only).
 
     Raises:
         ValueError, TypeError: A record is invalid, or an id appears twice; nothing is written.
@@ -126,6 +130,8 @@ def write_batches(
             except sqlite3.IntegrityError:
                 raise ValueError(f"a chunk id of {source!r} appears in two batches; nothing was written") from None
             change = sql.write_records(db, batch)
+            if lexical is not None:
+                lexical.apply(db, change.removed, change.added_ids, change.added_records)
             db.executemany(
                 "INSERT OR IGNORE INTO temp.replace_removed (vid) VALUES (?)", [(v,) for v in change.removed]
             )
@@ -133,11 +139,16 @@ def write_batches(
             displaced |= change.displaced_sources
             groups.add(batch)
             out.chunks += len(batch)
-        # The source's rows no batch asked for: the same predicate selects them, then deletes them.
-        db.execute(
-            f"INSERT OR IGNORE INTO temp.replace_removed (vid) SELECT vid FROM chunks WHERE {_NOT_WANTED}", (source,)
+        # The source's rows no batch asked for (8 bytes each here, a part at a time for the lexical index).
+        stale = np.fromiter(
+            (vid for (vid,) in db.execute(f"SELECT vid FROM chunks WHERE {_NOT_WANTED}", (source,))), np.int64
         )
-        db.execute(f"DELETE FROM chunks WHERE {_NOT_WANTED}", (source,))
+        for start in range(0, len(stale), READ_BACK_ROWS):
+            part = stale[start : start + READ_BACK_ROWS].tolist()
+            sql.delete_vids(db, part)
+            db.executemany("INSERT OR IGNORE INTO temp.replace_removed (vid) VALUES (?)", [(v,) for v in part])
+            if lexical is not None:
+                lexical.apply(db, part, [], [])
         db.execute("DELETE FROM groups WHERE source = ?", (source,))
         db.executemany(
             "INSERT INTO groups (source, chunk_tokens, chunks, vector) VALUES (?, ?, ?, ?)", groups.rows(source)
