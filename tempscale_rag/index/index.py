@@ -482,6 +482,8 @@ class Index:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
+        if isinstance(exc, KeyboardInterrupt) and self._store is not None:  # Ctrl-C: writes are committed already;
+            self._store.close(commit=False)  # a big vectors.faiss or Edge's optimizers would delay the exit by seconds
         self.close()
 
     # -- internals -------------------------------------------------------------------------------------------------

@@ -7,10 +7,11 @@ progress bar counts chunks (with the tokens embedded so far), so its ETA follows
 
 Each file is replaced atomically: its new chunks and its fingerprint are written in one store transaction
 (`replace_source`) once all of its chunks are embedded, so the file's old chunks stay searchable until then and a
-mix of old and new chunks is never stored. Finished files are committed after every batch. Batches that end inside a
-file are saved to a staging folder in the index (`.partial/`, numpy arrays and JSON, no pickle), so a kill loses at
-most one batch of work: the next run resumes the file from its saved batches when its content and the embedding
-settings are unchanged, and redoes it otherwise.
+mix of old and new chunks is never stored. A big text file (read in blocks) goes to the store through
+`replace_source_batches`, one staged batch at a time: memory holds a block and a batch, never the file's records.
+Finished files are committed after every batch. Batches that end inside a file are saved to a staging folder in the
+index (`.partial/`, numpy arrays and JSON, no pickle), so a kill loses at most one batch of work: the next run resumes
+the file from its saved batches when its content and the embedding settings are unchanged, and redoes it otherwise.
 
 What happens to each file, and where the summary reports it:
 
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -653,12 +655,17 @@ class FolderIndexer:
         bar.set_postfix(tokens=summary.tokens, files=summary.files_indexed)
 
     def _finish(self, job: FileJob, chunks: list[Chunk], summary: IndexSummary) -> None:
-        records = self._records(job, chunks)
-        if job.base and self._staging is not None:  # a file read in blocks: its first chunks are staged
-            records = self._staging.records(job) + records
         # One transaction: the old chunks stay searchable until the new ones and the fingerprint are all in.
-        self.store.replace_source(job.source, job.fingerprint, records)
-        self._finished(job, len(records), summary)
+        records = self._records(job, chunks)
+        if job.base and self._staging is not None:
+            # A file read in blocks: its first chunks are staged. They go to the store a staged batch at a time (a
+            # 50 MB file is about a million records), followed by the few still in memory.
+            batches = itertools.chain(self._staging.record_batches(job), [records])
+            stored = self.store.replace_source_batches(job.source, job.fingerprint, batches)
+        else:
+            self.store.replace_source(job.source, job.fingerprint, records)
+            stored = len(records)
+        self._finished(job, stored, summary)
 
     def _records(self, job: FileJob, chunks: list[Chunk]) -> list[ChunkRecord]:
         """The store records of a file whose chunks all have their vectors."""
@@ -870,17 +877,15 @@ class _Staging:
         for number in range(parts):
             yield from json.loads((folder / f"{number:06d}.json").read_text(encoding="utf-8"))["texts"]
 
-    def records(self, job: FileJob) -> list[ChunkRecord]:
-        """The store records of the chunks staged for a file read in blocks, in order."""
+    def record_batches(self, job: FileJob) -> Iterator[list[ChunkRecord]]:
+        """The store records of the chunks staged for a file read in blocks, in order, one saved batch at a time."""
         folder = self._dir(job.source)
-        out: list[ChunkRecord] = []
         for number in range(job.saved_parts):
             part = json.loads((folder / f"{number:06d}.json").read_text(encoding="utf-8"))
             vectors = np.load(folder / f"{number:06d}.npy", allow_pickle=False).astype(np.float32)
             chunks = [Chunk(t, p, z) for t, p, z in zip(part["texts"], part["positions"], part["sizes"], strict=True)]
             tokens, buckets = [int(t) for t in part["tokens"]], [str(b) for b in part["buckets"]]
-            out += chunk_records(job.source, chunks, list(vectors), tokens, buckets)
-        return out
+            yield chunk_records(job.source, chunks, list(vectors), tokens, buckets)
 
     def resume(self, job: FileJob, chunks: list[Chunk]) -> int:
         """Load the saved batches of `job` if they match its content and settings; the number of chunks loaded."""

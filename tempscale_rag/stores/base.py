@@ -373,6 +373,25 @@ class VectorStore(ABC):
             records: The new chunks; each must have `record.source == source`.
         """
 
+    def replace_source_batches(self, source: str, fingerprint: str, batches: Iterable[Iterable[ChunkRecord]]) -> int:
+        """Replace every chunk of `source` by the records of `batches`, as `replace_source` does with their list.
+
+        The indexer stores a big file's chunks through this, a staged batch at a time. A store that can write them
+        batch by batch inside one transaction (FAISS) holds one batch at a time; this default gathers them and calls
+        `replace_source`.
+
+        Args:
+            source: The file path as indexed.
+            fingerprint: The source's content fingerprint.
+            batches: The new chunks, in batches; each record must have `record.source == source`.
+
+        Returns:
+            The number of chunks the source has now.
+        """
+        records = [record for batch in batches for record in batch]
+        self.replace_source(source, fingerprint, records)
+        return len(records)
+
     @abstractmethod
     def upsert(self, records: Iterable[ChunkRecord]) -> None:
         """Add records, replacing any stored record with the same id. Does not change `sources()`.

@@ -39,6 +39,7 @@ from tempscale_rag.stores.base import (
 )
 from tempscale_rag.stores.errors import IndexNotFoundError
 from tempscale_rag.stores.faiss import database as sql
+from tempscale_rag.stores.faiss import streaming
 from tempscale_rag.stores.faiss.database import DB_NAME, Change, reports_damage
 from tempscale_rag.stores.faiss.documents import DocumentView, build_view, chunk_documents
 from tempscale_rag.stores.faiss.lexical import LexicalIndex, open_lexical
@@ -242,6 +243,44 @@ class FaissStore(VectorStore):
             )
             sql.bump_generation(db, change, self._generation)
         self._apply_change(change)
+
+    @reports_damage
+    def replace_source_batches(self, source: str, fingerprint: str, batches: Iterable[Iterable[ChunkRecord]]) -> int:
+        """`replace_source` from a stream of batches, in one transaction, holding one batch at a time (`streaming`).
+
+        Args:
+            source: The file path as indexed.
+            fingerprint: The source's content fingerprint.
+            batches: The new chunks, in batches; each record must have `record.source == source`.
+
+        Returns:
+            The number of chunks the source has now.
+        """
+        self._check_writable()
+        check_source(source)
+        check_fingerprint(fingerprint)
+        db = self._connection()
+        done = streaming.write_batches(
+            db,
+            source,
+            fingerprint,
+            batches,
+            dimension=self.dimension,
+            generation=self._generation,
+            lexical=self._lexical,
+        )
+        self._modified = True
+        if done.generation is None:
+            return done.chunks
+        self._generation = done.generation
+        self._changed_since_file += done.added + done.removed
+        try:
+            streaming.apply_to_index(db, self._index(), self.dimension, hnsw=self._settings.index == "hnsw")
+        except BaseException:
+            # Committed, but mirrored in FAISS only in part (Ctrl-C): the index is rebuilt from the database.
+            self._index().rebuild_later()
+            raise
+        return done.chunks
 
     @reports_damage
     def upsert(self, records: Iterable[ChunkRecord]) -> None:

@@ -110,6 +110,13 @@ class FaissVectors:
             self._pending_ids.append(np.asarray(added_ids, dtype=np.int64))
             self._pending_vectors.append(np.stack(added_vectors))
 
+    def rebuild_later(self) -> None:
+        """Rebuild the index from the database at the next search or commit (it missed part of a committed change)."""
+        self._needs_rebuild = True
+        self._pending_ids.clear()
+        self._pending_vectors.clear()
+        self._pending_removals.clear()
+
     def _queue_removals(self, vids: list[int]) -> None:
         if self._settings.index == "hnsw":
             # HNSW graphs cannot remove nodes (faiss raises); rebuild once, at the next search or commit.
