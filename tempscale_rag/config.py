@@ -515,7 +515,7 @@ class ChunkingConfig(BaseModel):
         json_schema_extra=shapes("queries"),
     )
     fusion_depth: int = Field(
-        default=100,
+        default=1000,
         ge=1,
         description="Results of each channel (documents, or chunks for chunk search) that hybrid search fuses.",
         json_schema_extra=shapes("queries"),

@@ -30,8 +30,10 @@ from tempscale_rag.ranking.fusion import FusionMethod, check_fusion, normalise
 from tempscale_rag.ranking.lexical import SparseVector
 from tempscale_rag.stores.base import DocumentHit, SearchHit
 
-DEFAULT_FUSION_DEPTH = 100
-"""Results of each channel that take part in the fusion."""
+DEFAULT_FUSION_DEPTH = 1000
+"""Results of each channel that take part in the fusion. Measured (research/hybrid/fused.log): on QMSum (197
+meetings) fusing every document beats fusing each channel's best 100 by 2.1 nDCG@10 and its best 50 by 2.5; 1000
+covers every document of the shared sets while keeping the normalisation to the head of a large corpus."""
 
 LEXICAL_OVERFETCH = 10
 """An approximate store's lexical chunks fetched per wanted document (documents repeat among the best chunks)."""
