@@ -17,6 +17,7 @@ import numpy.typing as npt
 from tempscale_rag.ranking.candidates import ChunkTable
 from tempscale_rag.ranking.documents import ChunkGroups, group_vectors
 from tempscale_rag.stores.faiss.database import CHUNK_SIZE_SQL, snapshot
+from tempscale_rag.stores.faiss.vectors import FaissVectors
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,23 @@ def build_view(
     return DocumentView(key, positions, vids, groups, vectors, all_positions)
 
 
+def current_view(
+    db: sqlite3.Connection,
+    vectors: FaissVectors,
+    dimension: int,
+    generation: int,
+    cached: DocumentView | None,
+    *,
+    has_groups_table: bool,
+) -> tuple[DocumentView, npt.NDArray[np.float32]]:
+    """The view of the synced index `vectors` at `generation` (`cached` while fresh) and its current storage matrix."""
+    key = (vectors.index, generation, vectors.ntotal)
+    matrix = vectors.storage_matrix(dimension)
+    if cached is not None and cached.fresh(key):
+        return cached, matrix
+    return build_view(db, key, vectors.id_map(), matrix, has_groups_table=has_groups_table), matrix
+
+
 def chunk_documents(view: DocumentView, ids: npt.NDArray[np.int64], limit: int | None) -> list[str]:
     """The distinct sources of the chunks `ids` (vids, -1 padded), best first, at most `limit`."""
     groups = view.groups
@@ -114,3 +132,20 @@ def chunk_documents(view: DocumentView, ids: npt.NDArray[np.int64], limit: int |
     numbers = dict.fromkeys(groups.group_document[groups.chunk_group[chunk_index]].tolist())
     names = [str(groups.documents[d]) for d in numbers]
     return names if limit is None else names[:limit]
+
+
+def candidate_sources(
+    view: DocumentView | None,
+    vectors: FaissVectors,
+    queries: npt.NDArray[np.float32],
+    fetch: int,
+    limit: int | None,
+) -> list[list[str]]:
+    """The sources of the best `fetch` chunks of the FAISS search, per query, at most `limit` each.
+
+    `view` must describe the current state of `vectors` (the caller has just built or checked it).
+    """
+    if view is None:  # pragma: no cover - the caller built it
+        raise RuntimeError("document view missing")
+    _, ids = vectors.search(queries, fetch)
+    return [chunk_documents(view, row, limit) for row in ids]

@@ -53,7 +53,7 @@ from tempscale_rag.config import LexicalSettings
 from tempscale_rag.ranking.lexical import ANALYZER_NAME, LexicalAnalyzer, term_id
 from tempscale_rag.stores.base import ChunkRecord, chunk_size_of
 from tempscale_rag.stores.errors import IndexCorruptError, IndexMismatchError
-from tempscale_rag.stores.faiss.database import CHUNK_SIZE_SQL, SQL_BATCH, transaction
+from tempscale_rag.stores.faiss.database import CHUNK_SIZE_SQL, SQL_BATCH, snapshot, transaction
 
 logger = logging.getLogger(__name__)
 
@@ -557,3 +557,44 @@ def open_lexical(
         count = index.rebuild(db)
     logger.info("built the lexical index of %s over %d chunks of size %d", db_path, count, wanted.chunk_size)
     return index, True
+
+
+def build_lexical(db: sqlite3.Connection, settings: LexicalSettings) -> tuple[LexicalIndex, int]:
+    """A lexical channel with `settings`, (re)built from the stored chunk texts in one transaction.
+
+    Returns:
+        The channel and the number of chunks it indexes.
+
+    Raises:
+        ValueError: If `settings` names an analyser this version does not have.
+    """
+    index = LexicalIndex(settings)
+    with transaction(db):
+        count = index.rebuild(db)
+    return index, count
+
+
+def search_lexical(
+    index: LexicalIndex | None,
+    db: sqlite3.Connection,
+    query: tuple[list[int], list[float]],
+    n: int | None,
+    folder: Path,
+) -> tuple[Keys, Scores]:
+    """`LexicalIndex.search` in one snapshot of the database; both arrays empty for a dense-only store (None)."""
+    if index is None:
+        return np.zeros(0, np.int64), np.zeros(0, np.float32)
+    with snapshot(db):
+        return index.search(db, query, n, folder)
+
+
+def check_lexical(index: LexicalIndex | None, db: sqlite3.Connection, db_path: Path) -> None:
+    """`LexicalIndex.check` in one snapshot of the database; nothing to check for a dense-only store."""
+    if index is not None:
+        with snapshot(db):
+            index.check(db, db_path)
+
+
+def describe_lexical(index: LexicalIndex | None, db: sqlite3.Connection) -> dict[str, Any] | None:
+    """`LexicalIndex.describe`, None for a dense-only store."""
+    return None if index is None else index.describe(db)

@@ -17,7 +17,6 @@ import json
 import logging
 import sqlite3
 from collections.abc import Hashable, Iterable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -39,13 +38,19 @@ from tempscale_rag.stores.base import (
 )
 from tempscale_rag.stores.errors import IndexNotFoundError
 from tempscale_rag.stores.faiss import database as sql
-from tempscale_rag.stores.faiss import streaming
+from tempscale_rag.stores.faiss import streaming, writes
 from tempscale_rag.stores.faiss.database import DB_NAME, Change, reports_damage
-from tempscale_rag.stores.faiss.documents import DocumentView, build_view, chunk_documents
-from tempscale_rag.stores.faiss.lexical import LexicalIndex, open_lexical
+from tempscale_rag.stores.faiss.documents import DocumentView, candidate_sources, current_view
+from tempscale_rag.stores.faiss.lexical import (
+    build_lexical,
+    check_lexical,
+    describe_lexical,
+    open_lexical,
+    search_lexical,
+)
 from tempscale_rag.stores.faiss.locking import acquire_lock
 from tempscale_rag.stores.faiss.vector_file import FAISS_NAME, file_problem, read_index_file, write_index_file
-from tempscale_rag.stores.faiss.vectors import FaissVectors, loaded_index_problem, new_index, resolve_gpu
+from tempscale_rag.stores.faiss.vectors import FaissVectors, hnsw_summary, loaded_index_problem, new_index, resolve_gpu
 from tempscale_rag.stores.manifest import FaissSettings, remove_stale_temp_files
 
 logger = logging.getLogger(__name__)
@@ -182,9 +187,7 @@ class FaissStore(VectorStore):
         """
         db = self._connection()
         sql.quick_check(db, self.db_path)
-        if self._lexical is not None:
-            with sql.snapshot(db):
-                self._lexical.check(db, self.db_path)
+        check_lexical(self._lexical, db, self.db_path)
 
     @reports_damage
     def add_lexical(self, settings: LexicalSettings) -> int:
@@ -200,10 +203,7 @@ class FaissStore(VectorStore):
             StoreUnavailableError: If the store is read-only.
         """
         self._check_writable()
-        index = LexicalIndex(settings)
-        with sql.transaction(self._connection()) as db:
-            count = index.rebuild(db)
-        self._lexical = index
+        self._lexical, count = build_lexical(self._connection(), settings)
         self._modified = True
         return count
 
@@ -223,26 +223,10 @@ class FaissStore(VectorStore):
         check_source(source)
         check_fingerprint(fingerprint)
         batch = check_records(records, self.dimension, source=source)
-        wanted = {record.id for record in batch}
-        with sql.transaction(self._connection()) as db:
-            stale = [
-                vid
-                for vid, chunk_id in db.execute("SELECT vid, chunk_id FROM chunks WHERE source = ?", (source,))
-                if chunk_id not in wanted
-            ]
-            sql.delete_vids(db, stale)
-            change = sql.write_records(db, batch)
-            change.removed.extend(stale)
-            sql.write_groups(db, source, batch)
-            for other in change.displaced_sources:
-                sql.refresh_groups(db, other)
-            self._write_lexical(db, change)
-            db.execute(
-                "INSERT OR REPLACE INTO sources (source, fingerprint, chunks, updated_at) VALUES (?, ?, ?, ?)",
-                (source, fingerprint, len(batch), datetime.now(UTC).isoformat()),
-            )
-            sql.bump_generation(db, change, self._generation)
-        self._apply_change(change)
+        db = self._connection()
+        self._apply_change(
+            writes.replace_rows(db, source, fingerprint, batch, generation=self._generation, lexical=self._lexical)
+        )
 
     @reports_damage
     def replace_source_batches(self, source: str, fingerprint: str, batches: Iterable[Iterable[ChunkRecord]]) -> int:
@@ -270,16 +254,10 @@ class FaissStore(VectorStore):
             lexical=self._lexical,
         )
         self._modified = True
-        if done.generation is None:
-            return done.chunks
-        self._generation = done.generation
-        self._changed_since_file += done.added + done.removed
-        try:
-            streaming.apply_to_index(db, self._index(), self.dimension, hnsw=self._settings.index == "hnsw")
-        except BaseException:
-            # Committed, but mirrored in FAISS only in part (Ctrl-C): the index is rebuilt from the database.
-            self._index().rebuild_later()
-            raise
+        if done.generation is not None:
+            self._generation = done.generation
+            self._changed_since_file += done.added + done.removed
+            streaming.mirror_in_index(db, self._index(), self.dimension, hnsw=self._settings.index == "hnsw")
         return done.chunks
 
     @reports_damage
@@ -291,15 +269,9 @@ class FaissStore(VectorStore):
         """
         self._check_writable()
         batch = check_records(records, self.dimension)
-        if not batch:
-            return
-        with sql.transaction(self._connection()) as db:
-            change = sql.write_records(db, batch)
-            for source in {record.source for record in batch} | change.displaced_sources:
-                sql.refresh_groups(db, source)
-            self._write_lexical(db, change)
-            sql.bump_generation(db, change, self._generation)
-        self._apply_change(change)
+        if batch:
+            db = self._connection()
+            self._apply_change(writes.upsert_rows(db, batch, generation=self._generation, lexical=self._lexical))
 
     @reports_damage
     def delete_source(self, source: str) -> int:
@@ -313,16 +285,9 @@ class FaissStore(VectorStore):
         """
         self._check_writable()
         check_source(source)
-        with sql.transaction(self._connection()) as db:
-            vids = [vid for (vid,) in db.execute("SELECT vid FROM chunks WHERE source = ?", (source,))]
-            sql.delete_vids(db, vids)
-            db.execute("DELETE FROM sources WHERE source = ?", (source,))
-            db.execute("DELETE FROM groups WHERE source = ?", (source,))
-            change = Change(removed=vids)
-            self._write_lexical(db, change)
-            sql.bump_generation(db, change, self._generation)
+        change = writes.delete_rows(self._connection(), source, generation=self._generation, lexical=self._lexical)
         self._apply_change(change)
-        return len(vids)
+        return len(change.removed)
 
     @reports_damage
     def sources(self) -> dict[str, str]:
@@ -381,11 +346,7 @@ class FaissStore(VectorStore):
             ValueError: If the ids and counts differ in length, an id is not 32-bit unsigned, or `n` < 0.
             IndexMismatchError: If the channel was built with another analyser than this version's.
         """
-        db = self._connection()
-        if self._lexical is None:
-            return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        with sql.snapshot(db):
-            return self._lexical.search(db, query, n, self.folder)
+        return search_lexical(self._lexical, self._connection(), query, n, self.folder)
 
     # --- the document-ranking contract (`tempscale_rag.ranking.candidates.DocumentSource`) ---------------------------
 
@@ -403,15 +364,15 @@ class FaissStore(VectorStore):
     def document_table(self, sources: Sequence[str] | None) -> ChunkTable | None:
         """Every indexed chunk (a superset of any `sources`) over the current FAISS storage matrix."""
         vectors = self._synced()
-        key = (vectors.index, self._generation, vectors.ntotal)
-        matrix = vectors.storage_matrix(self.dimension)
-        view = self._document_view
-        if view is None or not view.fresh(key):
-            view = build_view(
-                self._connection(), key, vectors.id_map(), matrix, has_groups_table=self._has_groups_table
-            )
-            self._document_view = view
-        return view.table(matrix)
+        self._document_view, matrix = current_view(
+            self._connection(),
+            vectors,
+            self.dimension,
+            self._generation,
+            self._document_view,
+            has_groups_table=self._has_groups_table,
+        )
+        return self._document_view.table(matrix)
 
     def chunk_candidates(
         self, queries: npt.NDArray[np.float32], n_chunks: int, n_documents: int | None
@@ -422,11 +383,7 @@ class FaissStore(VectorStore):
         if fetch == 0:
             return [[] for _ in range(queries.shape[0])]
         self.document_table(None)
-        view = self._document_view
-        if view is None:  # pragma: no cover - document_table built it
-            raise RuntimeError("document view missing")
-        _, ids = vectors.search(queries, fetch)
-        return [chunk_documents(view, row, n_documents) for row in ids]
+        return candidate_sources(self._document_view, vectors, queries, fetch, n_documents)
 
     def mean_candidates(self, queries: npt.NDArray[np.float32], n: int) -> list[list[str]]:
         """The `n` documents with the best exact `mean` score, per query (one product with the group vectors)."""
@@ -444,7 +401,7 @@ class FaissStore(VectorStore):
     @reports_damage
     def _describe_backend(self) -> dict[str, Any]:
         db = self._connection()
-        summary: dict[str, Any] = {
+        return {
             "backend": self.backend,
             "index": self._settings.index,
             "metric": "inner_product",
@@ -455,15 +412,9 @@ class FaissStore(VectorStore):
             "path": str(self.folder),
             "gpu": self.uses_gpu,
             "read_only": self.read_only,
-            "lexical": None if self._lexical is None else self._lexical.describe(db),
+            "lexical": describe_lexical(self._lexical, db),
+            **hnsw_summary(self._settings),
         }
-        if self._settings.index == "hnsw":
-            summary["hnsw"] = {
-                "m": self._settings.hnsw_m,
-                "ef_construction": self._settings.hnsw_ef_construction,
-                "ef_search": self._settings.hnsw_ef_search,
-            }
-        return summary
 
     @reports_damage
     def _commit_backend(self, *, final: bool) -> None:
@@ -475,11 +426,6 @@ class FaissStore(VectorStore):
             write_index_file(self.faiss_path, vectors.index, self._uuid, self._generation)
             self._file_generation = self._generation
             self._changed_since_file = 0
-
-    def _write_lexical(self, db: sqlite3.Connection, change: Change) -> None:
-        """Inside the chunks' transaction: mirror the change in the lexical tables."""
-        if self._lexical is not None:
-            self._lexical.apply(db, change.removed, change.added_ids, change.added_records)
 
     def _file_refresh_due(self) -> bool:
         # An indexer commits after every batch; rewriting the whole file each time would make a long run quadratic in

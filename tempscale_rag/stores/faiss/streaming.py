@@ -188,3 +188,13 @@ def apply_to_index(db: sqlite3.Connection, vectors: FaissVectors, dimension: int
         vectors.sync()
     db.execute("DELETE FROM temp.replace_added")
     db.execute("DELETE FROM temp.replace_removed")
+
+
+def mirror_in_index(db: sqlite3.Connection, vectors: FaissVectors, dimension: int, *, hnsw: bool) -> None:
+    """`apply_to_index`; if interrupted, the index is left to be rebuilt from the database at its next use."""
+    try:
+        apply_to_index(db, vectors, dimension, hnsw=hnsw)
+    except BaseException:
+        # Committed, but mirrored in FAISS only in part (Ctrl-C): the index is rebuilt from the database.
+        vectors.rebuild_later()
+        raise

@@ -187,3 +187,16 @@ class FaissVectors:
     def drop_gpu_copy(self) -> None:
         """Release the GPU copy (the next GPU search makes a new one)."""
         self._gpu_index = None
+
+
+def hnsw_summary(settings: FaissSettings) -> dict[str, Any]:
+    """The HNSW parameters for `describe()` (`{"hnsw": {...}}`), empty for a flat index."""
+    if settings.index != "hnsw":
+        return {}
+    return {
+        "hnsw": {
+            "m": settings.hnsw_m,
+            "ef_construction": settings.hnsw_ef_construction,
+            "ef_search": settings.hnsw_ef_search,
+        }
+    }
