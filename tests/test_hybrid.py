@@ -112,3 +112,26 @@ def test_pivot_bm25_scores_match_the_formula() -> None:
     first = idf["appl"] * 2 / (2 + norm) + idf["green"] * 1 / (1 + norm)
     assert scorer.scores(query)[0] == pytest.approx(first, rel=1e-5)
     assert scorer.scores(query)[2:].tolist() == [0.0, 0.0]
+
+
+def test_cli_dense_only_index_gains_the_lexical_channel(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "supply.md").write_text("Either party may terminate the supply agreement with ninety days notice. " * 8)
+    (docs / "bikes.txt").write_text("Clean the bicycle chain and lubricate it after riding in the rain. " * 8)
+    out = str(tmp_path / "index")
+    assert main(["-q", "index", str(docs), "--no-lexical", "--out", out]) == 0
+    assert main(["info", "--out", out]) == 0
+    assert "dense only: no lexical channel" in capsys.readouterr().out
+    assert main(["search", "ninety days notice", "--retrieval", "lexical", "--out", out]) == 1
+    assert "no lexical channel" in capsys.readouterr().err
+    # No re-embedding: the stored chunk texts are analysed.
+    assert main(["-q", "index", str(docs), "--add-lexical", "--out", out]) == 0
+    assert "lexical channel: BM25 over the 499-token chunks" in capsys.readouterr().err
+    assert main(["search", "ninety days notice", "--retrieval", "lexical", "--documents", "--out", out, "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert [d["source"] for d in found] == [str((docs / "supply.md").resolve())]
+    assert main(["search", "the and of", "--retrieval", "lexical", "--out", out]) == 0
+    assert "no indexed chunk contains a term of the query" in capsys.readouterr().out
+    assert main(["search", "ninety days notice", "--out", out, "--json", "-k", "1"]) == 0  # hybrid now
+    assert json.loads(capsys.readouterr().out)[0]["source"] == str((docs / "supply.md").resolve())

@@ -501,13 +501,20 @@ def run_search(args: argparse.Namespace) -> int:
         print(json.dumps(results, indent=2, ensure_ascii=False))
         return EXIT_OK
     if not results:
-        print(f"no results: the index at {args.out} is empty")
+        print(_no_results(args))
     for r in results:
         # Chunks of different sizes can start alike (a 192- and a 499-token chunk from one heading): say which is which.
         size = f", {r['chunk_tokens']}-token size" if r["chunk_tokens"] is not None else ""
         print(f"{r['rank']:>2}. {r['score']:.4f}  {r['source']}  [chunk {r['position']}{size}]")
         print(f"    {_snippet(r['text'])}")
     return EXIT_OK
+
+
+def _no_results(args: argparse.Namespace) -> str:
+    """Why a search found nothing: BM25 alone matched no term, or the index holds nothing."""
+    if args.retrieval == "lexical":
+        return "no results: no indexed chunk contains a term of the query (stop words are not searched)"
+    return f"no results: the index at {args.out} is empty"
 
 
 def _snippet(text: str, limit: int = 240) -> str:
@@ -528,7 +535,7 @@ def _print_documents(args: argparse.Namespace, documents: list[Any]) -> int:
         print(json.dumps(results, indent=2, ensure_ascii=False))
         return EXIT_OK
     if not results:
-        print(f"no results: the index at {args.out} is empty")
+        print(_no_results(args))
     for rank, doc in enumerate(results, 1):
         print(f"{rank:>2}. {doc['score']:.4f}  {doc['source']}")
         if doc["chunks"]:
