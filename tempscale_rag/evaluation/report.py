@@ -31,6 +31,9 @@ def _pct(value: float | None, *, signed: bool = False) -> str:
 
 def _temperatures(result: ConfigurationResult) -> str:
     """How the configuration sets temperatures, in a few characters."""
+    chunking = result.configuration.chunking
+    if chunking is not None and chunking.retrieval == "lexical":
+        return "– (BM25: nothing embedded)"
     config = result.configuration.config
     sizes = result.pipeline.get("chunk_tokens")
     taus = result.pipeline.get("chunk_temperatures")
