@@ -13,7 +13,7 @@ from sentence_transformers import SentenceTransformer
 
 from tempscale_rag.attention import AttentionTemperature, patch_attention_temperature
 from tempscale_rag.config import BUNDLED_MODEL
-from tempscale_rag.tokenizing import IdTokenizer, TokenizerPool, TokenizerPoolError
+from tempscale_rag.tokenizing import IdTokenizer, TokenizerPool, TokenizerPoolError, rust_tokenizer_copy
 
 logger = logging.getLogger(__name__)
 
@@ -203,16 +203,3 @@ class LoadedModel:
         if self._tokenizer_pool is not None:
             self._tokenizer_pool.close()
             self._tokenizer_pool = None
-
-
-def rust_tokenizer_copy(tokenizer: Any) -> Any:
-    """A copy of a fast tokenizer's Rust backend with truncation and padding off, or None for slow tokenizers."""
-    backend = getattr(tokenizer, "_tokenizer", None) or getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or not hasattr(backend, "encode_batch_fast"):
-        return None
-    from tokenizers import Tokenizer
-
-    copy = Tokenizer.from_str(backend.to_str())
-    copy.no_truncation()
-    copy.no_padding()
-    return copy

@@ -312,3 +312,24 @@ def _serve() -> None:
 
 if __name__ == "__main__":
     _serve()
+
+
+def rust_tokenizer_copy(tokenizer: Any) -> Any:
+    """A copy of the Rust tokenizer behind `tokenizer`, truncation and padding off; None for a slow tokenizer.
+
+    Args:
+        tokenizer: A `tokenizers.Tokenizer` or a fast transformers tokenizer.
+    """
+    from tokenizers import Tokenizer
+
+    backend = (
+        tokenizer
+        if isinstance(tokenizer, Tokenizer)
+        else getattr(tokenizer, "_tokenizer", None) or getattr(tokenizer, "backend_tokenizer", None)
+    )
+    if backend is None or not hasattr(backend, "encode_batch_fast"):
+        return None
+    copy = Tokenizer.from_str(backend.to_str())
+    copy.no_truncation()
+    copy.no_padding()
+    return copy

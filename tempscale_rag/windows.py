@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tempscale_rag.config import LongTextPolicy
+from tempscale_rag.tokenizing import rust_tokenizer_copy
 
 if TYPE_CHECKING:
     from tempscale_rag.config import TempScaleConfig
@@ -46,7 +47,7 @@ class TokenCounter:
         self.tokenizer = tokenizer
         self.window = window
         self.n_special = n_special
-        self._rust = _rust_backend(tokenizer)
+        self._rust = rust_tokenizer_copy(tokenizer)
 
     @property
     def capacity(self) -> int:
@@ -145,19 +146,6 @@ def _transformer_module(source: str) -> tuple[str, dict[str, Any], int | None]:
     tokenizer_args = dict(settings.get("tokenizer_args") or {})
     limit = settings.get("max_seq_length")
     return str(folder), tokenizer_args, limit if isinstance(limit, int) else None
-
-
-def _rust_backend(tokenizer: Any) -> Any:
-    """A copy of the Rust tokenizer behind `tokenizer` with truncation and padding off, or None for a slow one."""
-    from tokenizers import Tokenizer
-
-    backend = tokenizer if isinstance(tokenizer, Tokenizer) else getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None or not hasattr(backend, "encode_batch_fast"):
-        return None
-    copy = Tokenizer.from_str(backend.to_str())
-    copy.no_truncation()
-    copy.no_padding()
-    return copy
 
 
 @dataclass(frozen=True)

@@ -408,7 +408,8 @@ def tokenizer_json_of(model: str) -> str | None:
     from transformers import AutoTokenizer
 
     from tempscale_rag.config import BUNDLED_MODEL
-    from tempscale_rag.models import bundled_model_path, rust_tokenizer_copy
+    from tempscale_rag.models import bundled_model_path
+    from tempscale_rag.tokenizing import rust_tokenizer_copy
 
     source = bundled_model_path() if model == BUNDLED_MODEL else model
     rust = rust_tokenizer_copy(AutoTokenizer.from_pretrained(source))

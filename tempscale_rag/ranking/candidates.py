@@ -274,7 +274,7 @@ def with_evidence(store: DocumentSource, ranked: list[Ranked]) -> list[list[Docu
                 source=source,
                 score=score,
                 chunks=[
-                    _scored(hits[key], value)
+                    rescored(hits[key], value)
                     for key, value in zip(chunk_keys.tolist(), chunk_scores.tolist(), strict=True)
                     if key in hits
                 ],
@@ -285,7 +285,7 @@ def with_evidence(store: DocumentSource, ranked: list[Ranked]) -> list[list[Docu
     ]
 
 
-def _scored(hit: SearchHit, score: float) -> SearchHit:
+def rescored(hit: SearchHit, score: float) -> SearchHit:
     """`hit` with `score` (and its own metadata dict: a chunk can be evidence for several queries)."""
     return SearchHit(
         hit.id, float(score), hit.text, hit.source, hit.position, hit.token_length, hit.bucket, dict(hit.metadata)

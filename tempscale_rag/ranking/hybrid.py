@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tempscale_rag.config import RETRIEVALS, LexicalSettings, Retrieval
-from tempscale_rag.ranking.candidates import DocumentSource, Ranked, rank_ranked, with_evidence
+from tempscale_rag.ranking.candidates import DocumentSource, Ranked, rank_ranked, rescored, with_evidence
 from tempscale_rag.ranking.documents import DocumentScoring
 from tempscale_rag.ranking.fusion import FusionMethod, check_fusion, normalise
 from tempscale_rag.ranking.lexical import SparseVector
@@ -239,11 +239,5 @@ def search_chunks_hybrid(
             [(hit.id, score) for hit, score in lexical],
             Fusion(fusion.retrieval, fusion.method, fusion.lexical_weight, depth),
         )[:k]
-        out.append([_rescored(by_id[str(key)], score) for key, score in fused])
+        out.append([rescored(by_id[str(key)], score) for key, score in fused])
     return out
-
-
-def _rescored(hit: SearchHit, score: float) -> SearchHit:
-    return SearchHit(
-        hit.id, float(score), hit.text, hit.source, hit.position, hit.token_length, hit.bucket, dict(hit.metadata)
-    )
