@@ -86,7 +86,7 @@ def queries() -> np.ndarray:
 @pytest.mark.parametrize("index", ["flat", "hnsw", "flat+lexical"])
 def test_replace_source_batches_stores_what_replace_source_stores(tmp_path: Path, index: str) -> None:
     settings = FaissSettings(index=index.split("+")[0])  # type: ignore[arg-type]
-    lexical = LexicalSettings(chunk_size=48, pivot=6.0) if "lexical" in index else None
+    lexical = LexicalSettings(chunk_size=48, pivot=6.0, document_pivot=20.0) if "lexical" in index else None
     listed, batched = tmp_path / "listed", tmp_path / "batched"
     old = records("big.txt", 40, seed=1) + records("other.txt", 5, seed=2)
     # The new version keeps chunks 0-19 as they are, changes 20-29 and drops the rest; 30 more chunks follow.

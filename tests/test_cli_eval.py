@@ -135,7 +135,7 @@ def test_eval_default_is_the_product_pipeline_and_writes_nothing(
     assert "| tau=1 | softmax 24,48,192,499 |" in printed
     assert "| taus 24:1,48:1,192:0.9,499:0.9 | softmax 24,48,192,499 |" in printed
     # BM25 alone and the hybrid rows (what `search` does) beside the dense ones, on the same chunks.
-    assert "| BM25 | BM25 499 |" in printed and "– (BM25: nothing embedded) |" in printed
+    assert "| BM25 | BM25 499+doc |" in printed and "– (BM25: nothing embedded) |" in printed
     assert "| hybrid taus 24:1,48:1,192:0.9,499:0.9 | softmax 24,48,192,499 + BM25 |" in printed
     assert "tokens/src" in printed and "Wrote" not in printed
     assert list(tmp_path.iterdir()) == []  # no ./tempscale-eval/ without --out

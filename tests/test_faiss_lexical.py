@@ -30,7 +30,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DIM = 16
 SIZE = 64
 OTHER = 16
-SETTINGS = LexicalSettings(chunk_size=SIZE, pivot=12.0)
+SETTINGS = LexicalSettings(chunk_size=SIZE, pivot=12.0, document_pivot=40.0)
 _VOCABULARY = (
     "budget remote control design buttons rubber cheaper marketing trend fruit vegetables meeting decided project "
     "manager industrial designer running runs runner river bank money loan quickly fox lazy dog jumps the of and "
@@ -80,14 +80,40 @@ def records(source: str, version: int, n: int = 6) -> list[ChunkRecord]:
 
 def lexical_texts(store: FaissStore) -> dict[int, str]:
     """The stored chunks of the lexical size, by FAISS id, read straight from the database."""
+    return {vid: text for vid, (text, _) in lexical_rows(store).items()}
+
+
+def lexical_rows(store: FaissStore) -> dict[int, tuple[str, str]]:
+    """(text, source) of the stored chunks of the lexical size, by FAISS id, read straight from the database."""
     db = sqlite3.connect(f"{(store.folder / DB_NAME).resolve().as_uri()}?mode=ro", uri=True)
     try:
         rows = db.execute(
-            "SELECT vid, text FROM chunks WHERE json_extract(metadata, '$.chunk_tokens') = ?", (SIZE,)
+            "SELECT vid, text, source FROM chunks WHERE json_extract(metadata, '$.chunk_tokens') = ?", (SIZE,)
         ).fetchall()
     finally:
         db.close()
-    return {int(vid): str(text) for vid, text in rows}
+    return {int(vid): (str(text), str(source)) for vid, text, source in rows}
+
+
+def assert_documents_match_reference(store: FaissStore, settings: LexicalSettings = SETTINGS) -> None:
+    """`lexical_documents` equals `PivotBM25` over documents whose terms are their lexical chunks' terms."""
+    analyzer = LexicalAnalyzer()
+    terms_of: dict[str, list[str]] = {}
+    for text, source in lexical_rows(store).values():
+        terms_of.setdefault(source, []).extend(analyzer.terms(text))
+    sources = sorted(terms_of)
+    assert settings.document_pivot is not None
+    assert store.describe()["lexical"]["documents"] == len(sources)
+    reference = PivotBM25([terms_of[s] for s in sources], settings.document_pivot, settings.k1, settings.b)
+    for query in QUERIES:
+        expected = reference.scores(analyzer.terms(query)) if sources else np.zeros(0, np.float32)
+        want = {s: float(v) for s, v in zip(sources, expected.tolist(), strict=True) if v > 0}
+        got_sources, got_scores = store.lexical_documents(SparseEncoder().query(query), None)
+        assert sorted(got_sources.tolist()) == sorted(want), query
+        np.testing.assert_allclose(got_scores, [want[s] for s in got_sources.tolist()], rtol=1e-5, atol=1e-6)
+        pairs = list(zip((-got_scores).tolist(), got_sources.tolist(), strict=True))
+        assert pairs == sorted(pairs)  # best first, ties by source
+        assert store.lexical_documents(SparseEncoder().query(query), 2)[0].tolist() == got_sources[:2].tolist()
 
 
 def assert_matches_reference(store: FaissStore, settings: LexicalSettings = SETTINGS) -> None:
@@ -113,6 +139,8 @@ def assert_matches_reference(store: FaissStore, settings: LexicalSettings = SETT
         for n in (1, 3):
             top_keys, top_scores = store.lexical_chunks(encoder.query(query), n)
             assert top_keys.tolist() == keys[:n].tolist() and top_scores.tolist() == scores[:n].tolist()
+    if settings.document_pivot is not None:
+        assert_documents_match_reference(store, settings)
 
 
 def test_scores_equal_pivot_bm25_through_adds_reindex_upsert_delete_and_reopen(tmp_path: Path) -> None:
@@ -263,6 +291,12 @@ def test_describe_integrity_check_and_repair(tmp_path: Path) -> None:
         "UPDATE chunks SET metadata = json_set(metadata, '$.chunk_tokens', 16) WHERE vid = "
         "(SELECT MIN(vid) FROM lexical_chunks)",
         "UPDATE lexical_blocks SET vids = zeroblob(8192)",
+        "UPDATE lexical_document_postings SET tf = tf + 1 WHERE term_id = "
+        "(SELECT MIN(term_id) FROM lexical_document_postings)",
+        "DELETE FROM lexical_chunk_terms WHERE vid = (SELECT MIN(vid) FROM lexical_chunk_terms)",
+        "UPDATE lexical_document_terms SET df = df + 1 WHERE term_id = (SELECT MAX(term_id) FROM "
+        "lexical_document_terms)",
+        "UPDATE lexical_documents SET length = length + 1 WHERE doc = (SELECT MIN(doc) FROM lexical_documents)",
     ]
     for statement in tampering:
         db = sqlite3.connect(folder / DB_NAME)

@@ -10,7 +10,7 @@ import pytest
 
 from tempscale_rag.cli import main
 from tempscale_rag.config import ChunkingConfig, LexicalSettings
-from tempscale_rag.evaluation.runner import fuse_runs
+from tempscale_rag.evaluation.runner import LexicalLists, fuse_runs
 from tempscale_rag.ranking.fusion import normalise
 from tempscale_rag.ranking.hybrid import Fusion, check_retrieval, fuse_ranked
 from tempscale_rag.ranking.lexical import LexicalAnalyzer, PivotBM25
@@ -51,10 +51,35 @@ def test_fuse_ranked_channels_alone_and_a_query_without_terms() -> None:
 
 def test_fuse_runs_applies_the_chunking_settings() -> None:
     dense = {"q": {"a": 0.9, "b": 0.8, "x": 0.1}}
-    lexical = {"q": [("b", 9.0), ("c", 1.0), ("e", 0.5)]}
+    lexical = {"q": LexicalLists([("b", 9.0), ("c", 1.0), ("e", 0.5)], [("c", 4.0), ("b", 3.0)])}
     fused = fuse_runs(dense, lexical, ChunkingConfig(retrieval="hybrid"))
     assert max(fused["q"], key=fused["q"].__getitem__) == "b"
     assert fuse_runs(dense, lexical, ChunkingConfig(retrieval="dense"))["q"] == dense["q"]
+    # The two lexical lists alone: their DBSF sum (c is first of one, second of the other, and above b's floor).
+    only = fuse_runs(dense, lexical, ChunkingConfig(retrieval="lexical"))["q"]
+    chunk = dict(zip("bce", normalise(np.array([9.0, 1.0, 0.5]), "dbsf"), strict=True))
+    whole = dict(zip("cb", normalise(np.array([4.0, 3.0]), "dbsf"), strict=True))
+    assert only == pytest.approx({d: chunk[d] + whole.get(d, min(whole.values())) for d in "bce"})
+
+
+def test_fuse_ranked_adds_the_whole_document_list() -> None:
+    dense = [("a", 0.9), ("b", 0.8), ("c", 0.5)]
+    chunks = [("c", 12.0), ("d", 3.0)]
+    whole = [("d", 7.0), ("c", 6.0), ("b", 1.0)]
+    fused = dict(fuse_ranked(dense, chunks, Fusion(lexical_weight=2.0), whole))
+    norm = {
+        name: dict(zip([k for k, _ in xs], normalise(np.array([v for _, v in xs]), "dbsf"), strict=True))
+        for name, xs in (("d", dense), ("c", chunks), ("w", whole))
+    }
+
+    def part(name: str, key: str) -> float:
+        return norm[name].get(key, min(norm[name].values()))
+
+    expected = {k: part("d", k) + 2 * part("c", k) + 2 * part("w", k) for k in "abcd"}
+    assert fused == pytest.approx(expected)
+    # Dense alone ignores both lexical lists; a query whose terms no document holds leaves the dense ranking.
+    assert fuse_ranked(dense, chunks, Fusion(retrieval="dense"), whole) == dense
+    assert fuse_ranked(dense, [], Fusion(), []) == dense
 
 
 def _beir(folder: Path) -> Path:

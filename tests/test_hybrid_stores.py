@@ -16,7 +16,13 @@ import pytest
 
 from tempscale_rag.config import LexicalSettings
 from tempscale_rag.ranking.documents import ChunkGroups, DocumentScoring, score_documents
-from tempscale_rag.ranking.hybrid import Fusion, fuse_ranked, search_chunks_hybrid, search_documents_hybrid
+from tempscale_rag.ranking.hybrid import (
+    Fusion,
+    fuse_ranked,
+    has_whole_documents,
+    search_chunks_hybrid,
+    search_documents_hybrid,
+)
 from tempscale_rag.ranking.lexical import LexicalAnalyzer, PivotBM25, SparseEncoder
 from tempscale_rag.stores import ChunkRecord, VectorStore
 from tempscale_rag.stores.faiss import FaissStore
@@ -126,9 +132,17 @@ def stores(tmp_path: Path, corpus: dict[str, list[ChunkRecord]]) -> Iterator[dic
 
 
 def _reference(
-    corpus: dict[str, list[ChunkRecord]], query_vector: np.ndarray, text: str, fusion: Fusion, k: int
+    corpus: dict[str, list[ChunkRecord]],
+    query_vector: np.ndarray,
+    text: str,
+    fusion: Fusion,
+    k: int,
+    whole: bool = True,
 ) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
-    """(documents, chunks) of the brute-force hybrid ranking: (source, fused score) and (chunk id, fused score)."""
+    """(documents, chunks) of the brute-force hybrid ranking: (source, fused score) and (chunk id, fused score).
+
+    Documents fuse three lists (`whole`: with whole-document BM25 over each document's lexical chunk terms) or two.
+    """
     records = [r for rs in corpus.values() for r in rs]
     vectors = np.stack([r.vector for r in records])
     cosines = vectors @ query_vector
@@ -144,9 +158,16 @@ def _reference(
         if score > 0 and score > best.get(record.source, 0.0):
             best[record.source] = score
     lexical_docs = sorted(best.items(), key=lambda p: -p[1])
+    whole_docs: list[tuple[str, float]] = []
+    if whole and LEXICAL.document_pivot is not None:
+        sources = sorted({r.source for r in lexical_records})
+        terms = {s: [t for r in lexical_records if r.source == s for t in analyzer.terms(r.text)] for s in sources}
+        scorer = PivotBM25([terms[s] for s in sources], LEXICAL.document_pivot, LEXICAL.k1, LEXICAL.b)
+        scored = zip(sources, scorer.scores(analyzer.terms(text)).tolist(), strict=True)
+        whole_docs = sorted(((s, v) for s, v in scored if v > 0), key=lambda p: (-p[1], p[0]))
     depth = max(k, fusion.depth)
     wide = Fusion(fusion.retrieval, fusion.method, fusion.lexical_weight, depth)
-    fused_docs = [(str(d), s) for d, s in fuse_ranked(dense_docs, lexical_docs, wide)[:k]]
+    fused_docs = [(str(d), s) for d, s in fuse_ranked(dense_docs, lexical_docs, wide, whole_docs)[:k]]
     dense_chunks = sorted(((r.id, float(c)) for r, c in zip(records, cosines, strict=True)), key=lambda p: -p[1])
     lexical_chunks = sorted(
         ((r.id, float(s)) for r, s in zip(lexical_records, chunk_scores, strict=True) if s > 0), key=lambda p: -p[1]
@@ -160,13 +181,15 @@ def test_hybrid_equals_the_brute_force_reference_on_every_backend(
     stores: dict[str, VectorStore], corpus: dict[str, list[ChunkRecord]], retrieval: str
 ) -> None:
     rng = np.random.default_rng(11)
+    assert has_whole_documents(stores["faiss-flat"])  # the three-list document fusion is what is compared there
     fusion = Fusion(retrieval, depth=8)  # type: ignore[arg-type]
     k = 5
     for text in QUERIES:
         vector = rng.standard_normal(DIM).astype(np.float32)
         vector /= np.linalg.norm(vector)
-        want_docs, want_chunks = _reference(corpus, vector, text, fusion, k)
         for name, store in stores.items():
+            # The whole-document list is the FAISS store's so far (Qdrant: dense and best chunk).
+            want_docs, want_chunks = _reference(corpus, vector, text, fusion, k, has_whole_documents(store))
             sparse = [SparseEncoder().query(text)]
             docs = search_documents_hybrid(store, vector[None, :], sparse, k, SCORING, 2, fusion)[0]  # type: ignore[arg-type]
             assert [d.source for d in docs] == [d for d, _ in want_docs], f"{name}: {text!r}"

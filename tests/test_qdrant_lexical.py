@@ -385,7 +385,9 @@ def test_index_api_add_lexical_then_hybrid_search_on_edge(tmp_path: Path) -> Non
         assert index.manifest is not None and index.manifest.lexical is None
         assert index.search("what is the pass key 71432", k=1, retrieval="dense")[0].source == "passkey.txt"
         settings = index.add_lexical()
-        assert settings == LexicalSettings.for_chunks(128) and index.manifest.lexical == settings
+        # The whole-document list is the FAISS store's so far: Edge's channel is the chunk list.
+        expected = LexicalSettings.for_chunks(128).model_copy(update={"document_pivot": None})
+        assert settings == expected and index.manifest.lexical == settings
         store = index._require_store()
         assert isinstance(store, EdgeStore) and store.lexical == settings
         texts = {

@@ -8,6 +8,7 @@ and lexically over the same chunks:
   W: BM25 over whole documents (Lucene, the corpus's average length)
   C: each document's best chunk of the largest size, pivot BM25 (`PivotBM25`, pivot = the chunks' mean length)
   Cp: the same with a fixed pivot (`--pivot`)
+  WpP: BM25 over whole documents with the fixed length pivot P (`WHOLE_PIVOTS`)
 Fusions are DBSF with equal weights, over every document (`all`) or over the union of each channel's top N.
 Prints nDCG@10 (passkey/needle: mean acc@1 over the 8 lengths; the minimum length in brackets).
 """
@@ -40,6 +41,9 @@ PIPELINES = {
     "499 tau1": ((499,), (1.0,), 1.0),
 }
 DEPTHS = (None, 100, 50)
+WHOLE_PIVOTS: tuple[float, ...] = (1000.0, 1500.0, 2000.0)
+"""Fixed length pivots (analysed terms) of whole-document BM25 (`Wp`): what a vector database's values can hold."""
+FOCUSED = False
 
 
 def beir(folder: Path, queries: str) -> RetrievalDataset:
@@ -110,7 +114,9 @@ def run_part(
     order = {d: i for i, d in enumerate(chunked.groups.documents)}
     perm = np.array([order[d] for d in doc_ids])
     dense = dense[:, perm]
-    whole = BM25Scorer(analyzer.terms_many(texts))
+    whole_terms = analyzer.terms_many(texts)
+    whole = BM25Scorer(whole_terms)
+    whole_fixed = {p: PivotBM25(whole_terms, pivot=p) for p in WHOLE_PIVOTS}
     big = max(chunking.sizes)
     lex_rows = [i for i, s in enumerate(chunked.sizes) if s == big]
     doc_index = {d: i for i, d in enumerate(doc_ids)}
@@ -149,6 +155,16 @@ def run_part(
                 chans["Ctop2"] = (best + np.where(np.isfinite(top2), top2, best)) / 2
         d = dense[qi].astype(np.float64)
         put("dense", qid, d)
+        for p, scorer in whole_fixed.items():
+            wp = scorer.scores(terms).astype(np.float64)
+            put(f"Wp{p:g}", qid, wp)
+            put(f"D+Wp{p:g}", qid, fused([d, wp], None))
+            put(f"D+Wp{p:g}+Cp", qid, fused([d, wp, chans["Cp"]], None))
+            put(f"Wp{p:g}+Cp", qid, fused([wp, chans["Cp"]], None))
+        if FOCUSED:
+            put("D+Cp", qid, fused([d, chans["Cp"]], None))
+            put("D+W+Cp", qid, fused([d, w, chans["Cp"]], None))
+            continue
         put("W", qid, w)
         put("C", qid, chans["C"])
         put("W+C", qid, fused([w, chans["C"]], None))
@@ -180,7 +196,10 @@ def main() -> None:
     parser.add_argument("--sets", default="qmsum,qmsum-questions,bamboo,passkey,needle")
     parser.add_argument("--pipelines", default=",".join(PIPELINES))
     parser.add_argument("--pivot", type=float, default=200.0)
+    parser.add_argument("--focused", action="store_true", help="only dense, W, C, the Wp fusions, D+Cp and D+W+Cp")
     args = parser.parse_args()
+    global FOCUSED
+    FOCUSED = args.focused
     started = time.time()
     analyzer = LexicalAnalyzer()
     model = {"model": args.model} if args.model else {}

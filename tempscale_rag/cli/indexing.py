@@ -405,7 +405,11 @@ def run_index(args: argparse.Namespace) -> int:
         index = _open_index(args, writable=True, **expected)
         if args.add_lexical:
             settings = index.add_lexical()
-            print(f"lexical channel: BM25 over the {settings.chunk_size}-token chunks", file=sys.stderr)
+            print(
+                f"lexical channel: BM25 over the {settings.chunk_size}-token chunks"
+                + (" and over whole documents" if settings.document_pivot is not None else ""),
+                file=sys.stderr,
+            )
     else:
         from tempscale_rag.ingest.indexer import nothing_to_index
 

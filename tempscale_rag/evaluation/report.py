@@ -61,7 +61,7 @@ def pipeline_label(result: ConfigurationResult) -> str:
     sizes = ",".join(map(str, configuration.chunking.sizes))
     retrieval = configuration.chunking.retrieval
     if retrieval == "lexical":
-        return f"BM25 {LexicalSettings.for_chunks(max(configuration.chunking.sizes)).chunk_size}"
+        return f"BM25 {LexicalSettings.for_chunks(max(configuration.chunking.sizes)).chunk_size}+doc"
     return f"{configuration.doc_score} {sizes}" + (" + BM25" if retrieval == "hybrid" else "")
 
 

@@ -41,7 +41,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -834,7 +834,7 @@ class RetrievalEvaluator:
         self._chunkers: dict[tuple[Any, ...], MultiSizeChunker] = {}
         self._chunked: dict[tuple[Any, ...], _ChunkedPart] = {}
         self._splits: dict[tuple[Any, ...], tuple[list[list[str]], list[list[str]]]] = {}
-        self._lexical_runs: dict[tuple[Any, ...], dict[str, list[tuple[str, float]]]] = {}
+        self._lexical_runs: dict[tuple[Any, ...], dict[str, LexicalLists]] = {}
         if chunk_workers is not None and (isinstance(chunk_workers, bool) or chunk_workers < 0):
             raise ValueError(f"chunk_workers must be None or an integer >= 0, got {chunk_workers!r}")
         self.chunk_workers = chunk_workers
@@ -1148,11 +1148,12 @@ class RetrievalEvaluator:
         doc_ids: list[str],
         query_ids: list[str],
         query_texts: list[str],
-    ) -> dict[str, list[tuple[str, float]]]:
-        """Per query, the lexical channel's documents (best chunk's BM25), best first, as an index's store ranks them.
+    ) -> dict[str, LexicalLists]:
+        """Per query, the lexical channel's two document lists, best first, as an index's store ranks them.
 
-        BM25 (`PivotBM25`, the stores' exact formula) over the part's chunks of the lexical size, the index default
-        (`LexicalSettings.for_chunks` of the largest size); cached per part and query set, whatever the temperatures.
+        BM25 (`PivotBM25`, the stores' exact formula) with the index default (`LexicalSettings.for_chunks` of the
+        largest size): each document's best chunk of the lexical size, and the whole document (its lexical chunks'
+        terms, `document_pivot`). Cached per part and query set, whatever the temperatures.
         """
         lexical = LexicalSettings.for_chunks(max(chunking.sizes))
         key = (label, text_key("\x00".join(chunked.keys)), text_key("\x00".join(query_texts)), lexical)
@@ -1161,17 +1162,33 @@ class RetrievalEvaluator:
             return cached
         analyzer = LexicalAnalyzer()
         rows = [i for i, size in enumerate(chunked.sizes) if size == lexical.chunk_size]
-        scorer = PivotBM25(analyzer.terms_many([chunked.texts[i] for i in rows]), lexical.pivot, lexical.k1, lexical.b)
+        chunk_terms = analyzer.terms_many([chunked.texts[i] for i in rows])
+        scorer = PivotBM25(chunk_terms, lexical.pivot, lexical.k1, lexical.b)
         number = {doc_id: i for i, doc_id in enumerate(doc_ids)}
         owners = np.array([number[chunked.documents[i]] for i in rows], dtype=np.int64)
+        # A store's documents are those with lexical chunks (every document has one chunk of each size at least).
+        whole_terms: list[list[str]] = [[] for _ in doc_ids]
+        for owner, terms in zip(owners.tolist(), chunk_terms, strict=True):
+            whole_terms[owner].extend(terms)
+        listed = np.zeros(len(doc_ids), dtype=bool)
+        listed[owners] = True
+        pivot = lexical.document_pivot if lexical.document_pivot is not None else lexical.pivot
+        whole = PivotBM25([whole_terms[j] for j in np.flatnonzero(listed)], pivot, lexical.k1, lexical.b)
         depth = min(len(doc_ids), max(RETRIEVAL_DEPTH, *self.k_values))
-        out: dict[str, list[tuple[str, float]]] = {}
+
+        def ranked(scores: npt.NDArray[np.float64]) -> list[tuple[str, float]]:
+            matched = np.flatnonzero(scores > 0)  # a store lists only documents with a matching term
+            order = matched[np.argsort(-scores[matched], kind="stable")][:depth]
+            return [(doc_ids[j], float(scores[j])) for j in order]
+
+        out: dict[str, LexicalLists] = {}
         for qid, text in zip(query_ids, query_texts, strict=True):
+            terms = analyzer.terms(text)
             best = np.zeros(len(doc_ids), dtype=np.float64)
-            np.maximum.at(best, owners, scorer.scores(analyzer.terms(text)))
-            matched = np.flatnonzero(best > 0)  # a store lists only documents with a matching term
-            order = matched[np.argsort(-best[matched], kind="stable")][:depth]
-            out[qid] = [(doc_ids[j], float(best[j])) for j in order]
+            np.maximum.at(best, owners, scorer.scores(terms))
+            whole_scores = np.zeros(len(doc_ids), dtype=np.float64)
+            whole_scores[listed] = whole.scores(terms)
+            out[qid] = LexicalLists(ranked(best), ranked(whole_scores))
         self._lexical_runs[key] = out
         return out
 
@@ -1203,15 +1220,23 @@ class RetrievalEvaluator:
         return run
 
 
+class LexicalLists(NamedTuple):
+    """One query's lexical document lists, best first: each document's best lexical chunk, and the whole document."""
+
+    chunks: list[tuple[str, float]]
+    whole: list[tuple[str, float]]
+
+
 def fuse_runs(
-    dense: Mapping[str, Mapping[str, float]], lexical: Mapping[str, list[tuple[str, float]]], chunking: ChunkingConfig
+    dense: Mapping[str, Mapping[str, float]], lexical: Mapping[str, LexicalLists], chunking: ChunkingConfig
 ) -> dict[str, dict[str, float]]:
     """Each query's dense and lexical rankings fused as an index fuses them (`tempscale_rag.ranking.hybrid`)."""
     fusion = Fusion(chunking.retrieval, chunking.fusion, chunking.lexical_weight, chunking.fusion_depth)
     out: dict[str, dict[str, float]] = {}
     for qid, scores in dense.items():
         ranked = sorted(scores.items(), key=lambda item: -item[1])
-        out[qid] = {str(doc): score for doc, score in fuse_ranked(ranked, lexical.get(qid, []), fusion)}
+        lists = lexical.get(qid, LexicalLists([], []))
+        out[qid] = {str(doc): score for doc, score in fuse_ranked(ranked, lists.chunks, fusion, lists.whole)}
     return out
 
 

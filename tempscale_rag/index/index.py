@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from tempscale_rag.config import (
     BUNDLED_MODEL,
+    DOCUMENT_PIVOT,
     ChunkingConfig,
     LexicalSettings,
     TempScaleConfig,
@@ -93,6 +94,9 @@ class _NewIndex:
             )
         if lexical is True:
             lexical = LexicalSettings.for_chunks(largest)
+            if not isinstance(backend or FaissSettings(), FaissSettings):
+                # The whole-document list exists in the FAISS store only so far: Qdrant ranks with the chunk list.
+                lexical = lexical.model_copy(update={"document_pivot": None})
         elif isinstance(lexical, LexicalSettings) and lexical.chunk_size not in chunking.sizes:
             raise ValueError(
                 f"the lexical channel indexes chunks of size {lexical.chunk_size}, which is not one of the chunk sizes "
@@ -445,7 +449,8 @@ class Index:
         """Give a dense-only index (built before hybrid retrieval, or with `lexical=False`) its lexical channel.
 
         The store analyses the chunk texts it already holds (nothing is embedded again), then the manifest records
-        the channel; an index that has one is left as it is.
+        the channel. An index whose channel lacks the whole-document list (built before it) gets it the same way; an
+        index with a complete channel is left as it is.
 
         Args:
             settings: The channel (default: the largest chunk size, `LexicalSettings.for_chunks`).
@@ -460,8 +465,12 @@ class Index:
         from tempscale_rag.index.retrieval import add_lexical_channel
 
         manifest = self._require_manifest()
-        if manifest.lexical is not None:
-            return manifest.lexical
+        current = manifest.lexical
+        if current is not None:
+            has_whole = callable(getattr(self._require_store(), "lexical_documents", None))
+            if current.document_pivot is not None or settings == current or not has_whole:
+                return current
+            settings = settings or current.model_copy(update={"document_pivot": DOCUMENT_PIVOT})
         return add_lexical_channel(self._writable_store(), manifest, self._folder, settings)
 
     def delete(self, source: str) -> int:
@@ -625,9 +634,14 @@ def describe_retrieval(manifest: IndexManifest) -> str:
         if chunking is not None and retrieval == "hybrid"
         else ""
     )
+    whole = (
+        f" and over whole documents (pivot {lexical.document_pivot:g} terms)"
+        if lexical.document_pivot is not None
+        else " (no whole-document list: built before it; `tempscale-rag index --add-lexical` adds it)"
+    )
     return (
-        f"{retrieval}{fused}; BM25 over the {lexical.chunk_size}-token chunks "
-        f"(pivot {lexical.pivot:g} terms, k1 {lexical.k1:g}, b {lexical.b:g}, analyser {lexical.analyzer})"
+        f"{retrieval}{fused}; BM25 over the {lexical.chunk_size}-token chunks (pivot {lexical.pivot:g} terms, "
+        f"k1 {lexical.k1:g}, b {lexical.b:g}, analyser {lexical.analyzer}){whole}"
     )
 
 

@@ -53,15 +53,24 @@ from tempscale_rag.config import LexicalSettings
 from tempscale_rag.ranking.lexical import ANALYZER_NAME, LexicalAnalyzer, term_id
 from tempscale_rag.stores.base import ChunkRecord, chunk_size_of
 from tempscale_rag.stores.errors import IndexCorruptError, IndexMismatchError
+from tempscale_rag.stores.faiss import lexical_documents
 from tempscale_rag.stores.faiss.database import CHUNK_SIZE_SQL, SQL_BATCH, snapshot, transaction
+from tempscale_rag.stores.faiss.lexical_documents import DocumentTerms
 
 logger = logging.getLogger(__name__)
 
 BLOCK = 1024
 """Slots per postings block (offsets are stored as uint16, so at most 65,536)."""
 
-TABLES = ("lexical_chunks", "lexical_postings", "lexical_blocks", "lexical_free", "lexical_terms")
-_META_KEYS = ("lexical", "lexical_chunks", "lexical_slots")
+TABLES = (
+    "lexical_chunks",
+    "lexical_postings",
+    "lexical_blocks",
+    "lexical_free",
+    "lexical_terms",
+    *lexical_documents.TABLES,
+)
+_META_KEYS = ("lexical", "lexical_chunks", "lexical_slots", lexical_documents.META_KEY)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS lexical_chunks (
@@ -133,6 +142,8 @@ class LexicalIndex:
             raise TypeError(f"lexical settings must be LexicalSettings, got {type(settings).__name__}")
         self.settings = settings
         self._analyzer = LexicalAnalyzer()
+        # Whole-document BM25 (`lexical_documents.py`), absent from channels built before it.
+        self.documents = DocumentTerms(settings) if settings.document_pivot is not None else None
 
     def check_analyzer(self, folder: Path) -> None:
         """Raise `IndexMismatchError` unless the channel's terms come from this version's analyser."""
@@ -163,7 +174,12 @@ class LexicalIndex:
         _create_tables(db)
         db.executemany(
             "INSERT INTO meta (key, value) VALUES (?, ?)",
-            [("lexical", self.settings.model_dump_json()), ("lexical_chunks", "0"), ("lexical_slots", "0")],
+            [
+                ("lexical", self.settings.model_dump_json()),
+                ("lexical_chunks", "0"),
+                ("lexical_slots", "0"),
+                (lexical_documents.META_KEY, "0"),
+            ],
         )
         vids = [
             int(vid)
@@ -174,8 +190,13 @@ class LexicalIndex:
         for start in range(0, len(vids), SQL_BATCH):
             part = vids[start : start + SQL_BATCH]
             marks = ",".join("?" * len(part))
-            texts = dict(db.execute(f"SELECT vid, text FROM chunks WHERE vid IN ({marks})", part))
-            self._add(db, part, [str(texts[vid]) for vid in part])
+            rows = {
+                vid: (text, source)
+                for vid, text, source in db.execute(
+                    f"SELECT vid, text, source FROM chunks WHERE vid IN ({marks})", part
+                )
+            }
+            self._add(db, part, [str(rows[vid][0]) for vid in part], [str(rows[vid][1]) for vid in part])
         return len(vids)
 
     def apply(
@@ -192,12 +213,12 @@ class LexicalIndex:
         if removed:
             self._remove(db, list(removed))
         size = self.settings.chunk_size
-        picked = [(vid, r.text) for vid, r in zip(added_ids, added, strict=True) if chunk_size_of(r.metadata) == size]
+        picked = [(vid, r) for vid, r in zip(added_ids, added, strict=True) if chunk_size_of(r.metadata) == size]
         if picked:
-            self._add(db, [vid for vid, _ in picked], [text for _, text in picked])
+            self._add(db, [vid for vid, _ in picked], [r.text for _, r in picked], [r.source for _, r in picked])
 
-    def analyse(self, text: str) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], int]:
-        """A chunk's term ids (sorted), their `SparseEncoder` document values, and its length in analysed terms."""
+    def analyse(self, text: str) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], int, npt.NDArray[np.int64]]:
+        """A chunk's term ids (sorted), `SparseEncoder` values, length in analysed terms and the ids' term counts."""
         terms = self._analyzer.terms(text)
         s = self.settings
         norm = s.k1 * (1.0 - s.b + s.b * len(terms) / s.pivot)
@@ -207,14 +228,17 @@ class LexicalIndex:
         # Distinct terms with one CRC-32 share an id: their values add up, as in `SparseEncoder`.
         unique, inverse = np.unique(ids, return_inverse=True)
         values = np.bincount(inverse, weights=tf / (tf + norm), minlength=len(unique)).astype(np.float64)
-        return unique, values, len(terms)
+        summed = np.bincount(inverse, weights=tf, minlength=len(unique)).astype(np.int64)
+        return unique, values, len(terms), summed
 
-    def _add(self, db: sqlite3.Connection, vids: list[int], texts: list[str]) -> None:
+    def _add(self, db: sqlite3.Connection, vids: list[int], texts: list[str], sources: list[str]) -> None:
         slots = _allocate_slots(db, len(vids))
         rows = []
         all_ids, all_slots, all_vals = [], [], []
+        chunk_counts = []
         for vid, slot, text in zip(vids, slots, texts, strict=True):
-            ids, vals, length = self.analyse(text)
+            ids, vals, length, counts = self.analyse(text)
+            chunk_counts.append((ids, counts))
             rows.append((vid, slot, length, ids.astype("<u4").tobytes() + vals.astype("<f4").tobytes()))
             all_ids.append(ids)
             all_slots.append(np.full(len(ids), slot, dtype=np.int64))
@@ -238,8 +262,12 @@ class LexicalIndex:
         terms, df = np.unique(ids, return_counts=True)
         db.executemany(_ADD_DF, zip(terms.tolist(), df.tolist(), strict=True))
         _add_meta(db, "lexical_chunks", len(vids))
+        if self.documents is not None:
+            self.documents.add(db, vids, sources, chunk_counts)
 
     def _remove(self, db: sqlite3.Connection, vids: list[int]) -> None:
+        if self.documents is not None:
+            self.documents.remove(db, vids)
         found: list[tuple[int, int, bytes]] = []
         for start in range(0, len(vids), SQL_BATCH):
             part = vids[start : start + SQL_BATCH]
@@ -340,6 +368,23 @@ class LexicalIndex:
         vids, scores = _best_first(scores, _vids_of_slots(db, matched))
         return (vids, scores) if n is None else (vids[:n], scores[:n])
 
+    def search_documents(
+        self, db: sqlite3.Connection, query: tuple[Sequence[int], Sequence[float]], n: int | None, folder: Path
+    ) -> tuple[npt.NDArray[np.object_], npt.NDArray[np.float32]]:
+        """The best `n` documents by whole-document BM25 for a sparse query; call inside one read snapshot.
+
+        Returns:
+            (sources, float32 scores), best first, ties by source; empty when no document holds a query term or the
+            channel has no whole-document list.
+        """
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0):
+            raise ValueError(f"n must be None or an integer >= 0, got {n!r}")
+        self.check_analyzer(folder)
+        ids, counts = _check_query(query)
+        if self.documents is None:
+            return np.empty(0, dtype=object), np.zeros(0, np.float32)
+        return self.documents.search(db, ids[counts > 0], counts[counts > 0], n)
+
     def count(self, db: sqlite3.Connection) -> int:
         """N, the number of lexical chunks."""
         return _meta_int(db, "lexical_chunks")
@@ -350,6 +395,7 @@ class LexicalIndex:
             **self.settings.model_dump(),
             "chunks": self.count(db),
             "terms": int(db.execute("SELECT COUNT(*) FROM lexical_terms").fetchone()[0]),
+            **(self.documents.describe(db) if self.documents is not None else {}),
         }
 
     def check(self, db: sqlite3.Connection, db_path: Path) -> None:
@@ -399,11 +445,13 @@ class LexicalIndex:
             return "its slot map differs from its chunks"
         if int(np.count_nonzero(mapped)) != len(slots):
             return "its slot map lists chunks it does not hold"
+        if self.documents is not None:
+            return self.documents.problem(db)
         return None
 
 
 def _create_tables(db: sqlite3.Connection) -> None:
-    for statement in _SCHEMA.split(";"):
+    for statement in (_SCHEMA + lexical_documents.SCHEMA).split(";"):
         if statement.strip():
             db.execute(statement)
 
@@ -586,6 +634,20 @@ def search_lexical(
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     with snapshot(db):
         return index.search(db, query, n, folder)
+
+
+def search_lexical_documents(
+    index: LexicalIndex | None,
+    db: sqlite3.Connection,
+    query: tuple[list[int], list[float]],
+    n: int | None,
+    folder: Path,
+) -> tuple[npt.NDArray[np.object_], npt.NDArray[np.float32]]:
+    """`LexicalIndex.search_documents` in one snapshot; both arrays empty for a dense-only store (None)."""
+    if index is None:
+        return np.empty(0, dtype=object), np.zeros(0, np.float32)
+    with snapshot(db):
+        return index.search_documents(db, query, n, folder)
 
 
 def check_lexical(index: LexicalIndex | None, db: sqlite3.Connection, db_path: Path) -> None:

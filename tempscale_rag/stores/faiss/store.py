@@ -47,6 +47,7 @@ from tempscale_rag.stores.faiss.lexical import (
     describe_lexical,
     open_lexical,
     search_lexical,
+    search_lexical_documents,
 )
 from tempscale_rag.stores.faiss.locking import acquire_lock
 from tempscale_rag.stores.faiss.vector_file import FAISS_NAME, file_problem, read_index_file, write_index_file
@@ -347,6 +348,20 @@ class FaissStore(VectorStore):
             IndexMismatchError: If the channel was built with another analyser than this version's.
         """
         return search_lexical(self._lexical, self._connection(), query, n, self.folder)
+
+    @reports_damage
+    def lexical_documents(self, query: tuple[list[int], list[float]], n: int | None) -> tuple[np.ndarray, np.ndarray]:
+        """The best `n` documents by whole-document BM25 (`lexical_documents.py`) for one query.
+
+        Args:
+            query: (term ids, counts), as `SparseEncoder().query(text)` returns.
+            n: How many documents at most; None: every document that holds a query term.
+
+        Returns:
+            (sources, float32 scores), best first, ties by source; both empty for an empty query, a dense-only store
+            or a lexical channel built without the whole-document list.
+        """
+        return search_lexical_documents(self._lexical, self._connection(), query, n, self.folder)
 
     # --- the document-ranking contract (`tempscale_rag.ranking.candidates.DocumentSource`) ---------------------------
 
