@@ -13,7 +13,7 @@ from tempscale_rag.config import ChunkingConfig, LexicalSettings
 from tempscale_rag.evaluation.runner import LexicalLists, fuse_runs
 from tempscale_rag.ranking.fusion import normalise
 from tempscale_rag.ranking.hybrid import Fusion, check_retrieval, fuse_ranked
-from tempscale_rag.ranking.lexical import LexicalAnalyzer, PivotBM25
+from tempscale_rag.ranking.lexical import LexicalAnalyzer, PivotBM25, SparseEncoder
 
 
 def test_fuse_ranked_is_dbsf_over_each_lists_head_with_the_list_floor_for_the_absent() -> None:
@@ -160,3 +160,42 @@ def test_cli_dense_only_index_gains_the_lexical_channel(tmp_path: Path, capsys: 
     assert "no indexed chunk contains a term of the query" in capsys.readouterr().out
     assert main(["search", "ninety days notice", "--out", out, "--json", "-k", "1"]) == 0  # hybrid now
     assert json.loads(capsys.readouterr().out)[0]["source"] == str((docs / "supply.md").resolve())
+
+
+def test_an_index_without_the_whole_document_list_gains_it_with_add_lexical(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An index built before whole-document BM25 (its manifest's channel has no document pivot) keeps searching with
+    dense + best chunk, says so, and `index --add-lexical` adds the list without re-embedding."""
+    from tempscale_rag.index.index import Index
+    from tempscale_rag.stores.manifest import read_manifest, write_manifest
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "supply.md").write_text("Either party may terminate the supply agreement with ninety days notice. " * 8)
+    (docs / "bikes.txt").write_text("Clean the bicycle chain and lubricate it after riding in the rain. " * 8)
+    out = tmp_path / "index"
+    assert main(["-q", "index", str(docs), "--out", str(out)]) == 0
+    assert main(["info", "--out", str(out)]) == 0
+    assert "and over whole documents (pivot 1500 terms)" in capsys.readouterr().out
+    # As the previous version wrote it: the manifest's channel without a document pivot.
+    manifest = read_manifest(out)
+    assert manifest.lexical is not None and manifest.lexical.document_pivot == 1500.0
+    old = manifest.model_copy(update={"lexical": manifest.lexical.model_copy(update={"document_pivot": None})})
+    write_manifest(out, old)
+    with Index.open(out, writable=True) as index:  # a writable open keeps the store in step with the manifest
+        store = index._require_store()
+        assert store.lexical is not None and store.lexical.document_pivot is None
+        hits = index.search_documents("ninety days notice", k=1, retrieval="lexical")
+        assert hits[0].source == str((docs / "supply.md").resolve())
+    assert main(["info", "--out", str(out)]) == 0
+    assert "no whole-document list" in capsys.readouterr().out
+    assert main(["-q", "index", str(docs), "--add-lexical", "--out", str(out)]) == 0
+    assert "and over whole documents" in capsys.readouterr().err
+    upgraded = read_manifest(out).lexical
+    assert upgraded is not None and upgraded.document_pivot == 1500.0
+    with Index.open(out) as index:
+        store = index._require_store()
+        assert store.lexical_documents(SparseEncoder().query("bicycle chain rain"), None)[0].tolist() == [
+            str((docs / "bikes.txt").resolve())
+        ]

@@ -137,11 +137,11 @@ def _reference(
     text: str,
     fusion: Fusion,
     k: int,
-    whole: bool = True,
 ) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
     """(documents, chunks) of the brute-force hybrid ranking: (source, fused score) and (chunk id, fused score).
 
-    Documents fuse three lists (`whole`: with whole-document BM25 over each document's lexical chunk terms) or two.
+    Documents fuse three lists: dense, best lexical chunk, and whole-document BM25 over each document's lexical
+    chunk terms.
     """
     records = [r for rs in corpus.values() for r in rs]
     vectors = np.stack([r.vector for r in records])
@@ -159,7 +159,7 @@ def _reference(
             best[record.source] = score
     lexical_docs = sorted(best.items(), key=lambda p: -p[1])
     whole_docs: list[tuple[str, float]] = []
-    if whole and LEXICAL.document_pivot is not None:
+    if LEXICAL.document_pivot is not None:
         sources = sorted({r.source for r in lexical_records})
         terms = {s: [t for r in lexical_records if r.source == s for t in analyzer.terms(r.text)] for s in sources}
         scorer = PivotBM25([terms[s] for s in sources], LEXICAL.document_pivot, LEXICAL.k1, LEXICAL.b)
@@ -181,15 +181,14 @@ def test_hybrid_equals_the_brute_force_reference_on_every_backend(
     stores: dict[str, VectorStore], corpus: dict[str, list[ChunkRecord]], retrieval: str
 ) -> None:
     rng = np.random.default_rng(11)
-    assert has_whole_documents(stores["faiss-flat"])  # the three-list document fusion is what is compared there
     fusion = Fusion(retrieval, depth=8)  # type: ignore[arg-type]
     k = 5
     for text in QUERIES:
         vector = rng.standard_normal(DIM).astype(np.float32)
         vector /= np.linalg.norm(vector)
         for name, store in stores.items():
-            # The whole-document list is the FAISS store's so far (Qdrant: dense and best chunk).
-            want_docs, want_chunks = _reference(corpus, vector, text, fusion, k, has_whole_documents(store))
+            assert has_whole_documents(store), name
+            want_docs, want_chunks = _reference(corpus, vector, text, fusion, k)
             sparse = [SparseEncoder().query(text)]
             docs = search_documents_hybrid(store, vector[None, :], sparse, k, SCORING, 2, fusion)[0]  # type: ignore[arg-type]
             assert [d.source for d in docs] == [d for d, _ in want_docs], f"{name}: {text!r}"

@@ -29,7 +29,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DIM = 16
 LEX_SIZE = 64
 SMALL = 16
-LEX = LexicalSettings(chunk_size=LEX_SIZE, pivot=9.0)
+LEX = LexicalSettings(chunk_size=LEX_SIZE, pivot=9.0, document_pivot=30.0)
 VOCABULARY = (
     "river bank money loan water fish boat bridge market stock price trade rain storm cloud tree "
     "forest mountain valley stone gold silver iron coal engine train station city harbour ship sail wind"
@@ -95,6 +95,28 @@ def assert_scores_match(store: QdrantStore, stored: dict[str, list[ChunkRecord]]
         top_keys, top_scores = store.lexical_chunks(SparseEncoder().query(text), 3)
         np.testing.assert_allclose(top_scores, sorted(want.values(), reverse=True)[:3], rtol=1e-5, atol=1e-5)
         assert all(want[key] == pytest.approx(score, rel=1e-5) for key, score in zip(top_keys, top_scores, strict=True))
+    if store.lexical is not None and store.lexical.document_pivot is not None:
+        assert_documents_match(store, stored, store.lexical)
+
+
+def assert_documents_match(store: QdrantStore, stored: dict[str, list[ChunkRecord]], lex: LexicalSettings) -> None:
+    """Whole-document BM25 (each document's lexical chunk terms) equals `PivotBM25` over the documents."""
+    assert lex.document_pivot is not None
+    terms = {
+        source: [t for r in recs if r.metadata["chunk_tokens"] == lex.chunk_size for t in ANALYZER.terms(r.text)]
+        for source, recs in stored.items()
+        if any(r.metadata["chunk_tokens"] == lex.chunk_size for r in recs)
+    }
+    sources = sorted(terms)
+    scorer = PivotBM25([terms[s] for s in sources], lex.document_pivot, lex.k1, lex.b) if sources else None
+    for text in QUERIES:
+        scores = scorer.scores(ANALYZER.terms(text)).tolist() if scorer is not None else []
+        want = {s: v for s, v in zip(sources, scores, strict=True) if v > 0}
+        got, got_scores = store.lexical_documents(SparseEncoder().query(text), None)
+        assert dict(zip(got.tolist(), got_scores.tolist(), strict=True)) == pytest.approx(want, rel=1e-5, abs=1e-5)
+        assert list(zip((-got_scores).tolist(), got.tolist(), strict=True)) == sorted(
+            zip((-got_scores).tolist(), got.tolist(), strict=True)
+        )
 
 
 Opener = Callable[..., QdrantStore]
@@ -385,9 +407,7 @@ def test_index_api_add_lexical_then_hybrid_search_on_edge(tmp_path: Path) -> Non
         assert index.manifest is not None and index.manifest.lexical is None
         assert index.search("what is the pass key 71432", k=1, retrieval="dense")[0].source == "passkey.txt"
         settings = index.add_lexical()
-        # The whole-document list is the FAISS store's so far: Edge's channel is the chunk list.
-        expected = LexicalSettings.for_chunks(128).model_copy(update={"document_pivot": None})
-        assert settings == expected and index.manifest.lexical == settings
+        assert settings == LexicalSettings.for_chunks(128) and index.manifest.lexical == settings
         store = index._require_store()
         assert isinstance(store, EdgeStore) and store.lexical == settings
         texts = {

@@ -94,9 +94,6 @@ class _NewIndex:
             )
         if lexical is True:
             lexical = LexicalSettings.for_chunks(largest)
-            if not isinstance(backend or FaissSettings(), FaissSettings):
-                # The whole-document list exists in the FAISS store only so far: Qdrant ranks with the chunk list.
-                lexical = lexical.model_copy(update={"document_pivot": None})
         elif isinstance(lexical, LexicalSettings) and lexical.chunk_size not in chunking.sizes:
             raise ValueError(
                 f"the lexical channel indexes chunks of size {lexical.chunk_size}, which is not one of the chunk sizes "

@@ -24,6 +24,8 @@ Tables (all written inside the transaction that writes the chunk rows, so a `kil
 - `lexical_terms (term_id PK, df)`: the number of lexical chunks holding each term id (BM25's n), kept incrementally.
 - `meta` keys `lexical` (the `LexicalSettings` the tables were built with), `lexical_chunks` (N) and `lexical_slots`
   (the next unused slot).
+- With `LexicalSettings.document_pivot`, the whole-document tables of `lexical_documents.py`, written by the same
+  calls.
 
 Values are stored rather than term counts because terms that share an id add their values (a sum of counts would
 give another number) and because they are what Qdrant's sparse vectors hold, so both backends score alike.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 from qdrant_client import models
@@ -23,6 +24,9 @@ from tempscale_rag.stores.qdrant.points import (
     document_point_id,
     source_in,
 )
+
+if TYPE_CHECKING:
+    from tempscale_rag.stores.qdrant.lexical import LexicalChannel
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +60,8 @@ class DocumentPoints:
         self._distance = distance
         self._batch_size = batch_size
         self.exists = False
+        # The lexical channel when its document points carry whole-document BM25 vectors (set by the store).
+        self.lexical: LexicalChannel | None = None
 
     def forget(self, sources: list[str]) -> None:
         """Delete the document points of `sources` (before their chunks change, so none is ever out of date)."""
@@ -82,12 +88,33 @@ class DocumentPoints:
                 source: [(i, v / n if (n := float(np.linalg.norm(v))) > 0 else v, size) for i, v, size in members]
                 for source, members in chunks.items()
             }
-        points = [document_point(source, members) for source, members in chunks.items() if members]
+        whole = self._whole_vectors(chunks)
+        points = [document_point(source, members, whole.get(source)) for source, members in chunks.items() if members]
         for start in range(0, len(points), self._batch_size):
             batch = points[start : start + self._batch_size]
             self._connection.call(
                 "write document entries", partial(self._connection.client.upsert, self.name, batch, wait=True)
             )
+
+    def _whole_vectors(self, chunks: dict[str, list[Chunk]]) -> dict[str, tuple[str, models.SparseVector]]:
+        """Each source's whole-document BM25 vector, from the stored texts of its lexical chunks (none: no list)."""
+        channel = self.lexical
+        if channel is None or not channel.whole_documents:
+            return {}
+        size = channel.settings.chunk_size
+        ids = [str(point) for members in chunks.values() for point, _, chunk_size in members if chunk_size == size]
+        texts: dict[str, list[str]] = {source: [] for source in chunks}
+        for record in self._connection.retrieve("read lexical chunk texts", self._chunks, ids):
+            payload = record.payload or {}
+            texts.setdefault(str(payload.get("source", "")), []).append(str(payload.get("text", "")))
+        out: dict[str, tuple[str, models.SparseVector]] = {}
+        for source, members in chunks.items():
+            # A document without chunks of the lexical size is not one of whole-document BM25's N (as in FAISS).
+            if any(chunk_size == size for _, _, chunk_size in members):
+                vector = channel.document_vector(texts.get(source, []))
+                if vector is not None:
+                    out[source] = vector
+        return out
 
     def read(self, sources: list[str]) -> dict[str, StoredDocument]:
         """The document points of `sources` that exist and can be decoded."""

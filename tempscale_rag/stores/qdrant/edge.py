@@ -249,7 +249,7 @@ class EdgeClient:
         query: models.SparseVector,
         using: str,
         limit: int = 10,
-        with_payload: bool = False,
+        with_payload: bool | list[str] = False,
         search_params: models.SearchParams | None = None,
     ) -> _Response:
         """A sparse query on the named vector `using`, with the IDF corpus of `search_params`, if any."""
@@ -262,7 +262,7 @@ class EdgeClient:
         request = qe.QueryRequest(
             limit=limit,
             query=qe.Query.Nearest(qe.SparseVector(list(query.indices), list(query.values)), using=using),
-            with_payload=with_payload,
+            with_payload=cast(Any, with_payload),
             params=params,
         )
         return _Response([_scored(p) for p in self._shard(collection).query(request)])

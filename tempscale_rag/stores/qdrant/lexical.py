@@ -19,6 +19,10 @@ A server must be recent enough to accept that parameter and to add the vector to
 (`create_vector_name`, for `add_lexical`); no server could be run here to check which version.
 
 A chunk of the lexical size without any term still carries an (empty) vector: it is one of PivotBM25's N units.
+
+Whole-document BM25 (`LexicalSettings.document_pivot`) is the same vector on the document points of
+`<collection>__documents`: `SparseEncoder(document_pivot).document` of the texts of the document's lexical chunks,
+written whenever `documents.py` writes the point (after the chunks), with the same IDF corpus restriction.
 """
 
 from __future__ import annotations
@@ -60,6 +64,8 @@ class LexicalChannel:
             raise TypeError(f"lexical must be a LexicalSettings or None, got {type(settings).__name__}")
         self.settings = settings
         self._encoder = SparseEncoder(avg_len=settings.pivot, k1=settings.k1, b=settings.b)
+        pivot = settings.document_pivot
+        self._whole = None if pivot is None else SparseEncoder(avg_len=pivot, k1=settings.k1, b=settings.b)
 
     def check_writable(self, location: str) -> None:
         """Refuse to add chunks analysed differently from those already indexed.
@@ -79,6 +85,21 @@ class LexicalChannel:
             return None
         ids, values = self._encoder.document(text)
         return models.SparseVector(indices=ids, values=values)
+
+    @property
+    def whole_documents(self) -> bool:
+        """Whether document points carry whole-document BM25 vectors (`LexicalSettings.document_pivot`)."""
+        return self._whole is not None
+
+    def document_vector(self, texts: list[str]) -> tuple[str, models.SparseVector] | None:
+        """(`bm25`, vector) of a document point from the texts of its lexical chunks; None without the list.
+
+        The texts are joined by line breaks, which no term crosses: the terms are those of the chunks, summed.
+        """
+        if self._whole is None:
+            return None
+        ids, values = self._whole.document("\n".join(texts))
+        return LEXICAL_VECTOR, models.SparseVector(indices=ids, values=values)
 
     def named_vector(self, record: ChunkRecord, location: str) -> tuple[str, models.SparseVector] | None:
         """(`bm25`, vector) of a chunk about to be written, or None for a chunk of another size.
@@ -255,3 +276,33 @@ def search_lexical(
     ).points
     keys = np.asarray([str(point.id) for point in found], dtype=object)
     return keys, np.asarray([point.score for point in found], dtype=np.float32)
+
+
+def search_lexical_documents(
+    connection: QdrantConnection, documents: str, query: models.SparseVector, n: int | None
+) -> tuple[npt.NDArray[Any], npt.NDArray[np.float32]]:
+    """(sources, scores) of the best `n` documents by whole-document BM25 (None: every one with a query term).
+
+    The document points' `bm25` vectors, IDF over the document points that carry one; ties by source, as FAISS.
+    """
+    client = connection.client
+    if n is None:
+        n = count_lexical(connection, documents)
+    if n == 0 or not query.indices:
+        return EMPTY_RESULT
+    limit = n
+    params = corpus_search_params()
+    found = connection.call(
+        "lexical document search",
+        lambda: client.query_points(
+            documents, query=query, using=LEXICAL_VECTOR, limit=limit, with_payload=["source"], search_params=params
+        ),
+    ).points
+    pairs = sorted(
+        ((np.float32(point.score), str((point.payload or {}).get("source", ""))) for point in found),
+        key=lambda pair: (-pair[0], pair[1]),
+    )
+    return (
+        np.asarray([source for _, source in pairs], dtype=object),
+        np.asarray([score for score, _ in pairs], dtype=np.float32),
+    )

@@ -183,12 +183,20 @@ class StoredDocument:
         return [(chunk_id, self.vectors[j], self.sizes[j]) for j, chunk_id in enumerate(self.ids)]
 
 
-def document_point(source: str, chunks: list[Chunk]) -> models.PointStruct:
-    """The document point of a source; its vector is the mean of its group vectors (so q . v is the `mean` score)."""
+def document_point(
+    source: str, chunks: list[Chunk], sparse: tuple[str, models.SparseVector] | None = None
+) -> models.PointStruct:
+    """The document point of a source; its vector is the mean of its group vectors (so q . v is the `mean` score).
+
+    `sparse` is (name, vector) of its whole-document BM25 vector, if the index has one.
+    """
     document = StoredDocument.from_chunks(source, chunks)
-    vector = np.mean(np.stack(list(document.group_vectors.values())).astype(np.float64), axis=0)
+    dense = np.mean(np.stack(list(document.group_vectors.values())).astype(np.float64), axis=0)
+    vector = dense.astype(np.float32).tolist()
     return models.PointStruct(
-        id=document_point_id(source), vector=vector.astype(np.float32).tolist(), payload=document.payload()
+        id=document_point_id(source),
+        vector=vector if sparse is None else {DENSE_VECTOR: vector, sparse[0]: sparse[1]},
+        payload=document.payload(),
     )
 
 

@@ -66,6 +66,7 @@ from tempscale_rag.stores.qdrant.lexical import (
     ensure_lexical_vector,
     fill_lexical,
     search_lexical,
+    search_lexical_documents,
     sparse_vector_params,
 )
 from tempscale_rag.stores.qdrant.points import (
@@ -176,6 +177,7 @@ class QdrantStore(VectorStore):
             distance=distance,
             batch_size=batch_size,
         )
+        self._documents.lexical = self._lexical
         try:
             self._ensure_collections(create=create and not read_only)
         except BaseException:
@@ -446,6 +448,25 @@ class QdrantStore(VectorStore):
             return EMPTY_RESULT
         return search_lexical(self._connection, self.collection, sparse, n)
 
+    def lexical_documents(
+        self, query: tuple[list[int], list[float]], n: int | None
+    ) -> tuple[npt.NDArray[Any], npt.NDArray[np.float32]]:
+        """The best `n` documents by whole-document BM25 (`PivotBM25` over documents), best first, ties by source.
+
+        Args:
+            query: `SparseEncoder().query(text)`: term ids and their counts in the query.
+            n: How many documents at most; None: every document that has a query term.
+
+        Returns:
+            (sources, float32 scores); empty without query terms or without the whole-document list.
+        """
+        self._check_open()
+        sparse = check_sparse_query(query)
+        n = check_limit(n)
+        if self._lexical is None or not self._lexical.whole_documents or not self._documents.exists:
+            return EMPTY_RESULT
+        return search_lexical_documents(self._connection, self.documents_collection, sparse, n)
+
     def add_lexical(self, settings: LexicalSettings) -> int:
         """Give an index the lexical channel (or rebuild it with other settings) without re-embedding anything.
 
@@ -467,6 +488,10 @@ class QdrantStore(VectorStore):
         self._modified = True
         filled = fill_lexical(self._connection, self.collection, channel, batch_size=self._batch_size, refresh=existed)
         self._lexical = channel
+        self._documents.lexical = channel
+        if channel.whole_documents and self._documents.exists:
+            ensure_lexical_vector(self._connection, self.documents_collection, create=True)
+            self._documents.refresh(None)
         return filled
 
     # --- commits, setup ------------------------------------------------------------------------------------------
@@ -516,10 +541,21 @@ class QdrantStore(VectorStore):
         if not self._has_sources_collection and create:
             connection.create("sources collection", self.sources_collection, {}, index_source=True)
             self._has_sources_collection = True
+        whole = self._lexical is not None and self._lexical.whole_documents
         self._documents.exists = connection.exists(self.documents_collection)
+        # An index whose document points predate whole-document BM25 gets the vectors when opened for writing.
+        if (
+            self._documents.exists
+            and whole
+            and not ensure_lexical_vector(connection, self.documents_collection, create=create)
+        ):
+            self._documents.refresh(None)
         if not self._documents.exists and create:
             vectors = models.VectorParams(size=self.dimension, distance=models.Distance.DOT)
-            connection.create("documents collection", self.documents_collection, vectors, index_source=False)
+            sparse = {LEXICAL_VECTOR: sparse_vector_params()} if whole else None
+            connection.create(
+                "documents collection", self.documents_collection, vectors, index_source=False, sparse=sparse
+            )
             self._documents.exists = True
             # An index written before document ranking existed: derive the document points once.
             if self.count():
