@@ -254,10 +254,10 @@ def fill_lexical(
     return filled
 
 
-def search_lexical(
-    connection: QdrantConnection, collection: str, query: models.SparseVector, n: int | None
-) -> tuple[npt.NDArray[Any], npt.NDArray[np.float32]]:
-    """(point ids, scores) of the best `n` chunks for a sparse query (None: every chunk with a query term).
+def _query_lexical(
+    connection: QdrantConnection, collection: str, query: models.SparseVector, n: int | None, payload: list[str]
+) -> list[Any]:
+    """The best `n` points of `collection` by its `bm25` vector (None: every point with a query term).
 
     IDF is computed over `LEXICAL_CORPUS`, the live points that carry the vector (see the module docstring).
     """
@@ -265,15 +265,31 @@ def search_lexical(
     if n is None:
         n = count_lexical(connection, collection)
     if n == 0 or not query.indices:
-        return EMPTY_RESULT
+        return []
     limit = n
     params = corpus_search_params()
-    found = connection.call(
-        "lexical search",
-        lambda: client.query_points(
-            collection, query=query, using=LEXICAL_VECTOR, limit=limit, with_payload=False, search_params=params
-        ),
-    ).points
+    return list(
+        connection.call(
+            "lexical search",
+            lambda: client.query_points(
+                collection,
+                query=query,
+                using=LEXICAL_VECTOR,
+                limit=limit,
+                with_payload=payload or False,
+                search_params=params,
+            ),
+        ).points
+    )
+
+
+def search_lexical(
+    connection: QdrantConnection, collection: str, query: models.SparseVector, n: int | None
+) -> tuple[npt.NDArray[Any], npt.NDArray[np.float32]]:
+    """(point ids, scores) of the best `n` chunks for a sparse query (None: every chunk with a query term)."""
+    found = _query_lexical(connection, collection, query, n, [])
+    if not found:
+        return EMPTY_RESULT
     keys = np.asarray([str(point.id) for point in found], dtype=object)
     return keys, np.asarray([point.score for point in found], dtype=np.float32)
 
@@ -285,19 +301,9 @@ def search_lexical_documents(
 
     The document points' `bm25` vectors, IDF over the document points that carry one; ties by source, as FAISS.
     """
-    client = connection.client
-    if n is None:
-        n = count_lexical(connection, documents)
-    if n == 0 or not query.indices:
+    found = _query_lexical(connection, documents, query, n, ["source"])
+    if not found:
         return EMPTY_RESULT
-    limit = n
-    params = corpus_search_params()
-    found = connection.call(
-        "lexical document search",
-        lambda: client.query_points(
-            documents, query=query, using=LEXICAL_VECTOR, limit=limit, with_payload=["source"], search_params=params
-        ),
-    ).points
     pairs = sorted(
         ((np.float32(point.score), str((point.payload or {}).get("source", ""))) for point in found),
         key=lambda pair: (-pair[0], pair[1]),
