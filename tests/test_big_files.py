@@ -3,14 +3,18 @@
 - `replace_source_batches` stores exactly what `replace_source` stores, one batch at a time, in one transaction: a
   failure or Ctrl-C part way leaves the store as it was;
 - the indexer hands a big file's staged batches to it one at a time (never a list of all the file's records);
+- a flat store never holds a streamed source's vectors: it releases its FAISS index, writes `vectors.faiss` from the
+  database (byte for byte faiss's file of the rebuilt index) and loads the index again at the next search; the
+  process's peak RSS stays below the vectors' size;
 - `tempscale-rag index` on a big file, interrupted by SIGINT while reading, splitting, embedding, writing the file to
-  the store and loading its vectors into FAISS, exits with 130 within 2 s each time, and the re-runs resume and end
-  with a clean run's index.
+  the store and writing `vectors.faiss`, exits with 130 within 2 s each time, and the re-runs resume and end with a
+  clean run's index.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sqlite3
 import subprocess
@@ -21,6 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 import pytest
 
@@ -33,6 +38,7 @@ from tempscale_rag.ingest.indexer import STAGING_DIR, FolderIndexer
 from tempscale_rag.ranking.lexical import SparseEncoder
 from tempscale_rag.stores import ChunkRecord, FaissSettings, IndexManifest, open_store
 from tempscale_rag.stores.faiss import FaissStore, streaming
+from tempscale_rag.stores.faiss.vector_file import HEADER_BYTES
 from tempscale_rag.stores.qdrant import MEMORY, QdrantStore
 
 DIM = 16
@@ -211,6 +217,107 @@ def test_replace_source_batches_holds_one_batch_not_the_source(tmp_path: Path, m
     assert batched_mb < total_mb / 4 < listed_mb, (batched_mb, total_mb, listed_mb)
 
 
+# A flat store does not hold a streamed source's vectors: it releases its FAISS index and writes vectors.faiss from
+# the database. The file is byte for byte the one faiss writes for the index rebuilt from the database.
+
+
+def test_a_streamed_source_is_written_to_vectors_faiss_from_the_database_byte_for_byte(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    listed, batched = tmp_path / "listed", tmp_path / "batched"
+    new = records("big.txt", 300, seed=3)
+    with (
+        FaissStore(listed, dimension=DIM, create=True) as one,
+        FaissStore(batched, dimension=DIM, create=True) as two,
+    ):
+        for store in (one, two):
+            store.replace_source("other.txt", "fp-o", records("other.txt", 20, seed=2))
+            store.commit()
+        one.replace_source("big.txt", "fp", new)
+        two.replace_source_batches("big.txt", "fp", in_batches(new, 32))
+        two.replace_source("small.txt", "fp-s", records("small.txt", 7, seed=4))  # while released
+        one.replace_source("small.txt", "fp-s", records("small.txt", 7, seed=4))
+        two.delete_source("other.txt")
+        one.delete_source("other.txt")
+        two.commit()
+    # Written from SQLite (`write_flat_file`): the payload is faiss's serialisation of the index rebuilt from it.
+    with sqlite3.connect(batched / "chunks.sqlite") as db:
+        rows = db.execute("SELECT vid, vector FROM chunks ORDER BY vid").fetchall()
+    rebuilt = faiss.IndexIDMap(faiss.IndexFlatIP(DIM))
+    rebuilt.add_with_ids(
+        np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), DIM),
+        np.asarray([r[0] for r in rows], dtype=np.int64),
+    )
+    payload = (batched / "vectors.faiss").read_bytes()[HEADER_BYTES:]
+    assert payload == faiss.serialize_index(rebuilt).tobytes() and len(rows) == 307
+    with caplog.at_level(logging.WARNING), FaissStore(batched, read_only=True) as reopened:
+        assert reopened.generation == two.generation
+        found = reopened.search_many(queries(), k=50)
+    assert not caplog.records, "the file was current and intact: loaded, not rebuilt"
+    with FaissStore(listed, read_only=True) as expected:
+        # Exact search over the same vectors: the same hits with bit-identical scores.
+        assert [[(h.id, h.score) for h in hits] for hits in found] == [
+            [(h.id, h.score) for h in hits] for hits in expected.search_many(queries(), k=50)
+        ]
+
+
+def test_a_search_after_a_streamed_source_loads_the_index_again(tmp_path: Path) -> None:
+    new = records("big.txt", 100, seed=3)
+    with FaissStore(tmp_path / "listed", dimension=DIM, create=True) as one:
+        one.replace_source("big.txt", "fp", new)
+        expected = search_ids(one, queries())
+        one.replace_source("more.txt", "fp-m", records("more.txt", 5, seed=6))
+        expected_more = search_ids(one, queries())
+    with FaissStore(tmp_path / "s", dimension=DIM, create=True) as store:
+        store.replace_source_batches("big.txt", "fp", in_batches(new, 16))
+        assert search_ids(store, queries()) == expected  # not committed: rebuilt from the database
+        store.replace_source("more.txt", "fp-m", records("more.txt", 5, seed=6))  # queued as before
+        assert search_ids(store, queries()) == expected_more
+        store.replace_source_batches("big.txt", "fp", in_batches(new, 16))  # unchanged: nothing released
+        store.commit()
+        assert search_ids(store, queries()) == expected_more
+
+
+_RSS_JOB = r"""
+import json, resource, sys
+import numpy as np
+from tempscale_rag.stores import ChunkRecord
+from tempscale_rag.stores.faiss import FaissStore, streaming
+dim, n_batches, size = 1024, 128, 256
+streaming.READ_BACK_ROWS = 1024  # 4 MB of vectors read back at a time, as 4,096 are at the default 384 dimensions
+def batches():
+    rng = np.random.default_rng(0)
+    for b in range(n_batches):
+        vectors = rng.normal(size=(size, dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        yield [ChunkRecord.create(text=f"chunk {b * size + i}", vector=vectors[i], source="big.txt",
+                                  position=b * size + i, token_length=9, bucket="short") for i in range(size)]
+with FaissStore(sys.argv[1], dimension=dim, create=True, use_gpu=False) as store:
+    for _ in batches():  # the generator's own peak (one batch) before measuring
+        break
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    store.replace_source_batches("big.txt", "fp", batches())
+    store.commit()
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"growth_mb": (peak - before) / 1024, "vectors_mb": n_batches * size * dim * 4 / 2**20}))
+"""
+
+
+def test_storing_a_big_source_and_writing_vectors_faiss_keep_the_process_peak_below_its_vectors(
+    tmp_path: Path,
+) -> None:
+    # 32,768 records of 1,024 dimensions: 128 MB of vectors. The old path held them all in the FAISS index (and wrote
+    # vectors.faiss from it): the process grew by more than their size (91 MB for 64 MB). Now it grows by a few
+    # batches and SQLite's cache, ~25 MB whatever the size (ru_maxrss, the kernel's peak RSS of the whole process:
+    # FAISS's C++ storage included).
+    done = subprocess.run([sys.executable, "-c", _RSS_JOB, str(tmp_path / "s")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["growth_mb"] < result["vectors_mb"] / 4, result
+    with FaissStore(tmp_path / "s", read_only=True) as store:
+        assert store.count() == 32_768
+
+
 # The indexer: a big file goes to the store one staged batch at a time ---------------------------------------------
 
 
@@ -288,7 +395,6 @@ from tempscale_rag.encoder import TempScaleEncoder
 from tempscale_rag.ingest import indexer, readers
 from tempscale_rag.ingest.chunking import MultiSizeChunker
 from tempscale_rag.stores.faiss import streaming
-from tempscale_rag.stores.faiss.vectors import FaissVectors
 indexer.STREAM_BYTES = 4096
 readers.TEXT_BLOCK_CHARS = 4096
 streaming.READ_BACK_ROWS = 4
@@ -311,14 +417,18 @@ elif point == "embed":
     hook(TempScaleEncoder, "encode")
 elif point == "write":
     hook(streaming, "check_records")
-elif point == "faiss":
-    hook(FaissVectors, "queue")
-    real_apply = streaming.apply_to_index
-    def apply(*args, **kwargs):
-        calls[0] = after - 1  # only the queue calls of this step
-        return real_apply(*args, **kwargs)
-    streaming.apply_to_index = apply
-    calls[0] = -10**9
+elif point == "file":
+    # vectors.faiss written from the database after the commit, a batch of READ_BACK_ROWS vectors at a time.
+    real_rows = streaming._stored_vectors
+    def rows(*args, **kwargs):
+        for item in real_rows(*args, **kwargs):
+            calls[0] += 1
+            if calls[0] >= after:
+                if not marker.exists():
+                    marker.write_text("reached")
+                time.sleep(0.05)
+            yield item
+    streaming._stored_vectors = rows
 sys.argv[1:] = sys.argv[4:]
 from tempscale_rag.cli import entrypoint
 entrypoint()  # as the console script: it skips the interpreter's slow teardown
@@ -330,11 +440,11 @@ def _stored(folder: Path) -> tuple[list[tuple[Any, ...]], np.ndarray]:
     return [r[:-1] for r in rows], np.frombuffer(b"".join(r[-1] for r in rows), dtype="<f4")
 
 
-# The default run interrupts embedding, the write and the FAISS load (5 processes, ~40 s on two busy cores); the slow
-# one also reading and splitting (7 processes).
+# The default run interrupts embedding, the write and the writing of vectors.faiss (5 processes, ~40 s on two busy
+# cores); the slow one also reading and splitting (7 processes).
 @pytest.mark.parametrize(
     "early",
-    [pytest.param(False, id="embed-write-faiss"), pytest.param(True, id="all-steps", marks=pytest.mark.slow)],
+    [pytest.param(False, id="embed-write-file"), pytest.param(True, id="all-steps", marks=pytest.mark.slow)],
 )
 def test_sigint_at_every_step_of_a_big_file_exits_130_at_once_and_the_reruns_finish_it(
     tmp_path: Path, early: bool
@@ -380,9 +490,10 @@ def test_sigint_at_every_step_of_a_big_file_exits_130_at_once_and_the_reruns_fin
     assert all(p.stat().st_mtime_ns == stamps[p] for p in parts), "the re-run resumed after the staged batches"
     with sqlite3.connect(index / "chunks.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0] == 0
-    interrupt("faiss", after=2)  # committed; FAISS had only part of it: the next open rebuilds it from SQLite
+    interrupt("file", after=2)  # committed; vectors.faiss half written: the next open rebuilds it from SQLite
     with sqlite3.connect(index / "chunks.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0] == total
+    assert not list(index.glob(".vectors.faiss.*")), "the torn file was removed"
     final = subprocess.run(command(index), capture_output=True, text=True, timeout=300)
     assert final.returncode == 0, final.stderr
     summary = json.loads(final.stdout)
@@ -392,7 +503,7 @@ def test_sigint_at_every_step_of_a_big_file_exits_130_at_once_and_the_reruns_fin
     assert rows == clean_rows and np.allclose(vectors, clean_vectors, atol=1e-5)
     assert table(index, "groups")[0][:3] == table(clean, "groups")[0][:3]
     with FaissStore(index, read_only=True) as resumed, FaissStore(clean, read_only=True) as expected:
-        # FAISS, rebuilt from SQLite after the interrupted load, finds what the clean run's finds.
+        # FAISS, rebuilt from SQLite after the interrupted file write, finds what the clean run's finds.
         probes = clean_vectors.reshape(total, -1)[:: max(1, total // 5)]
         assert [[h.id for h in hits] for hits in resumed.search_many(probes, k=20)] == [
             [h.id for h in hits] for hits in expected.search_many(probes, k=20)

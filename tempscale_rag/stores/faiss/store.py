@@ -8,7 +8,9 @@ Each `replace_source`/`upsert`/`delete_source` is one SQLite transaction, so a c
 state before the call or after it. `commit()` checkpoints the WAL (an fsync, which also makes the changes survive a
 power loss) and rewrites `vectors.faiss` when the index is small (<= 50,000 vectors) or a quarter of it changed since
 the last write; `close()` always rewrites a stale `vectors.faiss`. An out-of-date file only costs a rebuild from
-SQLite at the next open.
+SQLite at the next open. A flat store that streamed a big source (`replace_source_batches`) releases its in-memory
+index until the next search and writes `vectors.faiss` from SQLite instead (`streaming.py`), so that indexing never
+holds the vectors.
 """
 
 from __future__ import annotations
@@ -50,7 +52,13 @@ from tempscale_rag.stores.faiss.lexical import (
     search_lexical_documents,
 )
 from tempscale_rag.stores.faiss.locking import acquire_lock
-from tempscale_rag.stores.faiss.vector_file import FAISS_NAME, file_problem, read_index_file, write_index_file
+from tempscale_rag.stores.faiss.vector_file import (
+    FAISS_NAME,
+    file_problem,
+    flat_layout_matches,
+    read_index_file,
+    write_index_file,
+)
 from tempscale_rag.stores.faiss.vectors import FaissVectors, hnsw_summary, loaded_index_problem, new_index, resolve_gpu
 from tempscale_rag.stores.manifest import FaissSettings, remove_stale_temp_files
 
@@ -115,6 +123,7 @@ class FaissStore(VectorStore):
             self._generation = meta.generation
             use = resolve_gpu(use_gpu, self._settings)
             self._changed_since_file = 0
+            self._released_total = 0  # vectors in the database while the index is released (for `commit`)
             if not read_only:
                 remove_stale_temp_files(self.folder)
             self._db = sql.connect(self.db_path, read_only=read_only)
@@ -258,7 +267,18 @@ class FaissStore(VectorStore):
         if done.generation is not None:
             self._generation = done.generation
             self._changed_since_file += done.added + done.removed
-            streaming.mirror_in_index(db, self._index(), self.dimension, hnsw=self._settings.index == "hnsw")
+            vectors = self._index()
+            if self._settings.index == "flat" and flat_layout_matches(self.dimension):
+                # Mirroring a big source would hold all its vectors (and the rest of the index) in memory: release
+                # the index instead; commits write vectors.faiss from the database, a search loads it again.
+                if not vectors.released:
+                    vectors.release()
+                    self._released_total = self.count()
+                else:
+                    self._released_total += done.added - done.removed
+                streaming.forget_changes(db)
+            else:
+                streaming.mirror_in_index(db, vectors, self.dimension, hnsw=True)
         return done.chunks
 
     @reports_damage
@@ -434,18 +454,26 @@ class FaissStore(VectorStore):
     @reports_damage
     def _commit_backend(self, *, final: bool) -> None:
         db = self._connection()
-        vectors = self._synced()
+        released = self._index().released
+        vectors = None if released else self._synced()
         # Durable database first: vectors.faiss must never claim a generation the database could lose on power loss.
         db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         if self._file_generation != self._generation and (final or self._file_refresh_due()):
-            write_index_file(self.faiss_path, vectors.index, self._uuid, self._generation)
-            self._file_generation = self._generation
+            if vectors is None:
+                # Released (a big source was streamed in): write the file from the database, a batch at a time.
+                self._file_generation = streaming.write_vectors_file(
+                    db, self.db_path, self.faiss_path, self.dimension, self._uuid
+                )
+            else:
+                write_index_file(self.faiss_path, vectors.index, self._uuid, self._generation)
+                self._file_generation = self._generation
             self._changed_since_file = 0
 
     def _file_refresh_due(self) -> bool:
         # An indexer commits after every batch; rewriting the whole file each time would make a long run quadratic in
         # I/O. Rewriting once the changes reach a quarter of the index keeps the bytes written linear overall.
-        total = self._index().ntotal
+        vectors = self._index()
+        total = self._released_total if vectors.released else vectors.ntotal
         return total <= _ALWAYS_REFRESH_BELOW or self._changed_since_file >= _REFRESH_FRACTION * total
 
     def _close_backend(self) -> None:
@@ -465,7 +493,10 @@ class FaissStore(VectorStore):
             return
         self._generation = change.generation
         self._changed_since_file += len(change.removed) + len(change.added_ids)
-        self._index().queue(change.removed, change.added_ids, change.added_vectors)
+        vectors = self._index()
+        if vectors.released:
+            self._released_total += len(change.added_ids) - len(change.removed)
+        vectors.queue(change.removed, change.added_ids, change.added_vectors)
 
     def _index(self) -> FaissVectors:
         if self._vectors is None:
@@ -473,9 +504,16 @@ class FaissStore(VectorStore):
         return self._vectors
 
     def _synced(self) -> FaissVectors:
-        """The FAISS index with every queued change applied."""
+        """The FAISS index with every queued change applied (loaded again if it was released)."""
         self._check_open()
         vectors = self._index()
+        if vectors.released:
+            # vectors.faiss is current if a commit wrote it since the release; if not, it is known to be outdated.
+            if self._file_generation == self._generation:
+                index, self._file_generation = self._load_index()
+            else:
+                index = self._rebuild_index()
+            vectors.restore(index)
         vectors.sync()
         return vectors
 

@@ -9,21 +9,30 @@ transaction did is kept in SQLite temporary tables (on disk, not in Python lists
 added and those it removed. Only after the commit does `apply_to_index` read the added vectors back in batches into
 the FAISS index, which is a cache of the database: an interruption there leaves a committed database and an index to
 rebuild.
+
+A flat store does not mirror a streamed source at all: it releases its in-memory index instead (`FaissVectors.release`,
+loaded again from `vectors.faiss` or the database at the next search), and `write_vectors_file` writes `vectors.faiss`
+from the database a batch at a time. Indexing a big file then never holds its vectors, nor any other file's: the
+index process's memory is bounded by a batch (plus 8 bytes a vector for the ids of the file being written).
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from tempscale_rag.stores.base import ChunkRecord, check_records, chunk_size_of
+from tempscale_rag.stores.errors import IndexCorruptError
 from tempscale_rag.stores.faiss import database as sql
 from tempscale_rag.stores.faiss.lexical import LexicalIndex
+from tempscale_rag.stores.faiss.vector_file import write_flat_file
 from tempscale_rag.stores.faiss.vectors import FaissVectors
 
 READ_BACK_ROWS = 4096
@@ -186,6 +195,11 @@ def apply_to_index(db: sqlite3.Connection, vectors: FaissVectors, dimension: int
         matrix = np.frombuffer(b"".join(row[1] for row in rows), dtype="<f4").reshape(len(rows), dimension)
         vectors.queue([], [int(row[0]) for row in rows], list(matrix.astype(np.float32)))
         vectors.sync()
+    forget_changes(db)
+
+
+def forget_changes(db: sqlite3.Connection) -> None:
+    """Empty the record of `write_batches`' additions and removals (mirrored, or not needed: the index is released)."""
     db.execute("DELETE FROM temp.replace_added")
     db.execute("DELETE FROM temp.replace_removed")
 
@@ -198,3 +212,40 @@ def mirror_in_index(db: sqlite3.Connection, vectors: FaissVectors, dimension: in
         # Committed, but mirrored in FAISS only in part (Ctrl-C): the index is rebuilt from the database.
         vectors.rebuild_later()
         raise
+
+
+def write_vectors_file(db: sqlite3.Connection, db_path: Path, path: Path, dimension: int, store_uuid: uuid.UUID) -> int:
+    """Write `vectors.faiss` of a flat store from its database, a batch at a time, in one snapshot (`write_flat_file`).
+
+    The file holds the vectors in vid order, as the index `FaissStore` rebuilds from the database: loading it gives
+    the same index, and the same search results, as a rebuild.
+
+    Returns:
+        The generation the file reflects.
+
+    Raises:
+        IndexCorruptError: If the database is damaged or holds vectors of another size.
+    """
+    try:
+        with sql.snapshot(db):
+            generation = sql.read_meta(db, db_path).generation
+            ntotal = int(db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
+            write_flat_file(path, _stored_vectors(db, db_path, dimension), ntotal, dimension, store_uuid, generation)
+    except sqlite3.DatabaseError as exc:
+        raise IndexCorruptError(sql.damaged_database_message(db_path, str(exc))) from None
+    return generation
+
+
+def _stored_vectors(
+    db: sqlite3.Connection, db_path: Path, dimension: int
+) -> Iterator[tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]]:
+    cursor = db.execute("SELECT vid, vector FROM chunks ORDER BY vid")
+    while rows := cursor.fetchmany(READ_BACK_ROWS):
+        blob = b"".join(row[1] for row in rows)
+        if len(blob) != 4 * dimension * len(rows):
+            raise IndexCorruptError(
+                f"{db_path} holds vectors of the wrong size (expected {dimension} float32 values); "
+                f"delete {db_path.parent} and run `tempscale-rag index` again"
+            )
+        vectors = np.frombuffer(blob, dtype="<f4").reshape(len(rows), dimension)
+        yield vectors, np.fromiter((row[0] for row in rows), np.int64, len(rows))
