@@ -38,6 +38,7 @@ from tempscale_rag.ingest.indexer import STAGING_DIR, FolderIndexer
 from tempscale_rag.ranking.lexical import SparseEncoder
 from tempscale_rag.stores import ChunkRecord, FaissSettings, IndexManifest, open_store
 from tempscale_rag.stores.faiss import FaissStore, streaming
+from tempscale_rag.stores.faiss import store as faiss_store_module
 from tempscale_rag.stores.faiss.vector_file import HEADER_BYTES
 from tempscale_rag.stores.qdrant import MEMORY, QdrantStore
 
@@ -278,11 +279,35 @@ def test_a_search_after_a_streamed_source_loads_the_index_again(tmp_path: Path) 
         assert search_ids(store, queries()) == expected_more
 
 
+def test_a_faiss_with_another_file_layout_keeps_the_index_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Were faiss to write flat indexes differently, the store would not stream the file: it mirrors the source in the
+    # in-memory index and writes that, as before.
+    monkeypatch.setattr(faiss_store_module, "flat_layout_matches", lambda dimension: False)
+    new = records("big.txt", 60, seed=3)
+    with FaissStore(tmp_path / "listed", dimension=DIM, create=True) as one:
+        one.replace_source("gone.txt", "fp-g", records("gone.txt", 9, seed=8))
+        one.replace_source("big.txt", "fp", new)
+        one.delete_source("gone.txt")
+        expected = search_ids(one, queries())
+    with FaissStore(tmp_path / "s", dimension=DIM, create=True) as store:
+        store.replace_source("gone.txt", "fp-g", records("gone.txt", 9, seed=8))
+        store.replace_source("big.txt", "fp-old", records("big.txt", 30, seed=1, version="v0"))
+        store.commit()
+        store.replace_source_batches("big.txt", "fp", in_batches(new, 16))  # removes the 30, adds the 60
+        store.delete_source("gone.txt")
+        assert search_ids(store, queries()) == expected
+    with FaissStore(tmp_path / "s", read_only=True) as reopened:
+        assert search_ids(reopened, queries()) == expected
+
+
 _RSS_JOB = r"""
 import json, resource, sys
 import numpy as np
 from tempscale_rag.stores import ChunkRecord
 from tempscale_rag.stores.faiss import FaissStore, streaming
+from tempscale_rag.stores.faiss import store as faiss_store_module
 dim, n_batches, size = 1024, 128, 256
 streaming.READ_BACK_ROWS = 1024  # 4 MB of vectors read back at a time, as 4,096 are at the default 384 dimensions
 def batches():

@@ -278,7 +278,7 @@ class FaissStore(VectorStore):
                     self._released_total += done.added - done.removed
                 streaming.forget_changes(db)
             else:
-                streaming.mirror_in_index(db, vectors, self.dimension, hnsw=True)
+                streaming.mirror_in_index(db, vectors, self.dimension, hnsw=self._settings.index == "hnsw")
         return done.chunks
 
     @reports_damage
