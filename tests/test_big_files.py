@@ -38,7 +38,6 @@ from tempscale_rag.ingest.indexer import STAGING_DIR, FolderIndexer
 from tempscale_rag.ranking.lexical import SparseEncoder
 from tempscale_rag.stores import ChunkRecord, FaissSettings, IndexManifest, open_store
 from tempscale_rag.stores.faiss import FaissStore, streaming
-from tempscale_rag.stores.faiss import store as faiss_store_module
 from tempscale_rag.stores.faiss.vector_file import HEADER_BYTES
 from tempscale_rag.stores.qdrant import MEMORY, QdrantStore
 
@@ -284,7 +283,7 @@ def test_a_faiss_with_another_file_layout_keeps_the_index_in_memory(
 ) -> None:
     # Were faiss to write flat indexes differently, the store would not stream the file: it mirrors the source in the
     # in-memory index and writes that, as before.
-    monkeypatch.setattr(faiss_store_module, "flat_layout_matches", lambda dimension: False)
+    monkeypatch.setattr(streaming, "flat_layout_matches", lambda dimension: False)
     new = records("big.txt", 60, seed=3)
     with FaissStore(tmp_path / "listed", dimension=DIM, create=True) as one:
         one.replace_source("gone.txt", "fp-g", records("gone.txt", 9, seed=8))
@@ -307,7 +306,6 @@ import json, resource, sys
 import numpy as np
 from tempscale_rag.stores import ChunkRecord
 from tempscale_rag.stores.faiss import FaissStore, streaming
-from tempscale_rag.stores.faiss import store as faiss_store_module
 dim, n_batches, size = 1024, 128, 256
 streaming.READ_BACK_ROWS = 1024  # 4 MB of vectors read back at a time, as 4,096 are at the default 384 dimensions
 def batches():

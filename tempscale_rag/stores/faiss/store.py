@@ -52,13 +52,7 @@ from tempscale_rag.stores.faiss.lexical import (
     search_lexical_documents,
 )
 from tempscale_rag.stores.faiss.locking import acquire_lock
-from tempscale_rag.stores.faiss.vector_file import (
-    FAISS_NAME,
-    file_problem,
-    flat_layout_matches,
-    read_index_file,
-    write_index_file,
-)
+from tempscale_rag.stores.faiss.vector_file import FAISS_NAME, file_problem, read_index_file
 from tempscale_rag.stores.faiss.vectors import FaissVectors, hnsw_summary, loaded_index_problem, new_index, resolve_gpu
 from tempscale_rag.stores.manifest import FaissSettings, remove_stale_temp_files
 
@@ -123,7 +117,6 @@ class FaissStore(VectorStore):
             self._generation = meta.generation
             use = resolve_gpu(use_gpu, self._settings)
             self._changed_since_file = 0
-            self._released_total = 0  # vectors in the database while the index is released (for `commit`)
             if not read_only:
                 remove_stale_temp_files(self.folder)
             self._db = sql.connect(self.db_path, read_only=read_only)
@@ -267,18 +260,7 @@ class FaissStore(VectorStore):
         if done.generation is not None:
             self._generation = done.generation
             self._changed_since_file += done.added + done.removed
-            vectors = self._index()
-            if self._settings.index == "flat" and flat_layout_matches(self.dimension):
-                # Mirroring a big source would hold all its vectors (and the rest of the index) in memory: release
-                # the index instead; commits write vectors.faiss from the database, a search loads it again.
-                if not vectors.released:
-                    vectors.release()
-                    self._released_total = self.count()
-                else:
-                    self._released_total += done.added - done.removed
-                streaming.forget_changes(db)
-            else:
-                streaming.mirror_in_index(db, vectors, self.dimension, hnsw=self._settings.index == "hnsw")
+            streaming.settle(db, self._index(), done, self.dimension, self._settings)
         return done.chunks
 
     @reports_damage
@@ -454,26 +436,21 @@ class FaissStore(VectorStore):
     @reports_damage
     def _commit_backend(self, *, final: bool) -> None:
         db = self._connection()
-        released = self._index().released
-        vectors = None if released else self._synced()
+        vectors = self._index()
+        if not vectors.released:  # released (a big source was streamed in): the file is written from the database
+            vectors = self._synced()
         # Durable database first: vectors.faiss must never claim a generation the database could lose on power loss.
         db.execute("PRAGMA wal_checkpoint(PASSIVE)")
         if self._file_generation != self._generation and (final or self._file_refresh_due()):
-            if vectors is None:
-                # Released (a big source was streamed in): write the file from the database, a batch at a time.
-                self._file_generation = streaming.write_vectors_file(
-                    db, self.db_path, self.faiss_path, self.dimension, self._uuid
-                )
-            else:
-                write_index_file(self.faiss_path, vectors.index, self._uuid, self._generation)
-                self._file_generation = self._generation
+            self._file_generation = streaming.write_file(
+                db, self.db_path, self.faiss_path, vectors, self._uuid, self._generation
+            )
             self._changed_since_file = 0
 
     def _file_refresh_due(self) -> bool:
         # An indexer commits after every batch; rewriting the whole file each time would make a long run quadratic in
         # I/O. Rewriting once the changes reach a quarter of the index keeps the bytes written linear overall.
-        vectors = self._index()
-        total = self._released_total if vectors.released else vectors.ntotal
+        total = self._index().ntotal
         return total <= _ALWAYS_REFRESH_BELOW or self._changed_since_file >= _REFRESH_FRACTION * total
 
     def _close_backend(self) -> None:
@@ -493,10 +470,7 @@ class FaissStore(VectorStore):
             return
         self._generation = change.generation
         self._changed_since_file += len(change.removed) + len(change.added_ids)
-        vectors = self._index()
-        if vectors.released:
-            self._released_total += len(change.added_ids) - len(change.removed)
-        vectors.queue(change.removed, change.added_ids, change.added_vectors)
+        self._index().queue(change.removed, change.added_ids, change.added_vectors)
 
     def _index(self) -> FaissVectors:
         if self._vectors is None:
@@ -507,12 +481,9 @@ class FaissStore(VectorStore):
         """The FAISS index with every queued change applied (loaded again if it was released)."""
         self._check_open()
         vectors = self._index()
-        if vectors.released:
-            # vectors.faiss is current if a commit wrote it since the release; if not, it is known to be outdated.
-            if self._file_generation == self._generation:
-                index, self._file_generation = self._load_index()
-            else:
-                index = self._rebuild_index()
+        if vectors.released:  # vectors.faiss is current if a commit wrote it since the release, else outdated
+            fresh = self._file_generation == self._generation
+            index, self._file_generation = self._load_index() if fresh else (self._rebuild_index(), None)
             vectors.restore(index)
         vectors.sync()
         return vectors

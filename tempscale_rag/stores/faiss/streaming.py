@@ -32,8 +32,9 @@ from tempscale_rag.stores.base import ChunkRecord, check_records, chunk_size_of
 from tempscale_rag.stores.errors import IndexCorruptError
 from tempscale_rag.stores.faiss import database as sql
 from tempscale_rag.stores.faiss.lexical import LexicalIndex
-from tempscale_rag.stores.faiss.vector_file import write_flat_file
+from tempscale_rag.stores.faiss.vector_file import flat_layout_matches, write_flat_file, write_index_file
 from tempscale_rag.stores.faiss.vectors import FaissVectors
+from tempscale_rag.stores.manifest import FaissSettings
 
 READ_BACK_ROWS = 4096
 """Vectors read back from SQLite into FAISS at a time after the commit."""
@@ -204,6 +205,25 @@ def forget_changes(db: sqlite3.Connection) -> None:
     db.execute("DELETE FROM temp.replace_removed")
 
 
+def settle(
+    db: sqlite3.Connection, vectors: FaissVectors, done: BatchedReplace, dimension: int, settings: FaissSettings
+) -> None:
+    """After `write_batches` committed a change: release a flat index, else mirror the change in it.
+
+    Mirroring a big source would hold all its vectors, and the rest of the index, in memory. A released flat index
+    holds none: commits write `vectors.faiss` from the database (`write_vectors_file`), a search loads it again. An
+    HNSW graph cannot be written without building it, nor can a flat index whose file layout faiss changed.
+    """
+    if settings.index == "flat" and flat_layout_matches(dimension):
+        if vectors.released:
+            vectors.count_released(done.added, done.removed)
+        else:
+            vectors.release(int(db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]))
+        forget_changes(db)
+    else:
+        mirror_in_index(db, vectors, dimension, hnsw=settings.index == "hnsw")
+
+
 def mirror_in_index(db: sqlite3.Connection, vectors: FaissVectors, dimension: int, *, hnsw: bool) -> None:
     """`apply_to_index`; if interrupted, the index is left to be rebuilt from the database at its next use."""
     try:
@@ -212,6 +232,20 @@ def mirror_in_index(db: sqlite3.Connection, vectors: FaissVectors, dimension: in
         # Committed, but mirrored in FAISS only in part (Ctrl-C): the index is rebuilt from the database.
         vectors.rebuild_later()
         raise
+
+
+def write_file(
+    db: sqlite3.Connection, db_path: Path, path: Path, vectors: FaissVectors, store_uuid: uuid.UUID, generation: int
+) -> int:
+    """Write `vectors.faiss` of `generation`: from the index, or from the database when the index is released.
+
+    Returns:
+        The generation the file reflects.
+    """
+    if vectors.released:
+        return write_vectors_file(db, db_path, path, vectors.dimension, store_uuid)
+    write_index_file(path, vectors.index, store_uuid, generation)
+    return generation
 
 
 def write_vectors_file(db: sqlite3.Connection, db_path: Path, path: Path, dimension: int, store_uuid: uuid.UUID) -> int:

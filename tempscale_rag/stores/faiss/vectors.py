@@ -96,6 +96,8 @@ class FaissVectors:
         self._pending_removals: list[int] = []
         self._needs_rebuild = False
         self._released = False
+        self._released_total = 0
+        self.dimension = int(index.d)  # for writing vectors.faiss from the database while released
 
     @property
     def released(self) -> bool:
@@ -104,17 +106,14 @@ class FaissVectors:
 
     @property
     def ntotal(self) -> int:
-        """Vectors in the index (queued changes not applied).
+        """Vectors in the index (queued changes not applied); while released, in the database."""
+        return self._released_total if self._released else int(self.index.ntotal)
 
-        Raises:
-            RuntimeError: If the index is released.
-        """
-        if self._released:
-            raise RuntimeError("the FAISS index is released; restore it first")
-        return int(self.index.ntotal)
-
-    def release(self) -> None:
+    def release(self, total: int) -> None:
         """Drop the index and its queue: the database holds every change; `restore` gives it an index again.
+
+        Args:
+            total: The vectors in the database (`ntotal` while released).
 
         Raises:
             ValueError: If the index is not flat (an HNSW graph cannot be written without building it).
@@ -123,12 +122,17 @@ class FaissVectors:
             raise ValueError("only a flat index can be released")
         self.index = None
         self._released = True
+        self._released_total = total
         self._needs_rebuild = False
         self._pending_ids.clear()
         self._pending_vectors.clear()
         self._pending_removals.clear()
         self._gpu_index = None
         self._gpu_id_map = None
+
+    def count_released(self, added: int, removed: int) -> None:
+        """While released: count a committed change of the database (nothing is kept of it)."""
+        self._released_total += added - removed
 
     def restore(self, index: Any) -> None:
         """Use `index` (current with the database) after a `release`."""
@@ -143,6 +147,7 @@ class FaissVectors:
     def queue(self, removed: list[int], added_ids: list[int], added_vectors: list[npt.NDArray[np.float32]]) -> None:
         """Queue one committed transaction's changes (none while released: the index is loaded from the database)."""
         if self._released:
+            self.count_released(len(added_ids), len(removed))
             return
         if removed:
             self._queue_removals(removed)
