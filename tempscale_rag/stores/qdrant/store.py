@@ -71,9 +71,11 @@ from tempscale_rag.stores.qdrant.lexical import (
 )
 from tempscale_rag.stores.qdrant.points import (
     Chunk,
-    chunk_of,
+    ChunkPoint,
+    chunks_of,
     documents_table,
     payload_hit,
+    point_struct,
     scored_hit,
     source_is,
     source_point_id,
@@ -248,7 +250,8 @@ class QdrantStore(VectorStore):
         self._check_writable()
         check_source(source)
         check_fingerprint(fingerprint)
-        points = chunk_points(check_records(records, self.dimension, source=source), self._lexical, self.location)
+        checked = check_records(records, self.dimension, source=source)
+        points = chunk_points(checked, self._lexical, self.location)
         client = self._connection.client
         marker = source_point_id(source)
         self._connection.call(
@@ -257,17 +260,22 @@ class QdrantStore(VectorStore):
         )
         self._modified = True
         self._documents.forget([source])
+        may_have_chunks = self._may_have_chunks(source)
+        self._chunks_written([source])
         self._upload(points)
-        stale = models.Filter(
-            must=[source_is(source)],
-            must_not=[models.HasIdCondition(has_id=[p.id for p in points])] if points else None,
-        )
-        self._connection.call(
-            "delete stale chunks",
-            lambda: client.delete(self.collection, models.FilterSelector(filter=stale), wait=True),
-        )
+        if may_have_chunks:
+            stale = models.Filter(
+                must=[source_is(source)],
+                must_not=[models.HasIdCondition(has_id=[p.id for p in points])] if points else None,
+            )
+            self._connection.call(
+                "delete stale chunks",
+                lambda: client.delete(self.collection, models.FilterSelector(filter=stale), wait=True),
+            )
         if points:
-            self._documents.write({source: [chunk_of(p) for p in points]})
+            self._documents.write({source: chunks_of(checked, points)})
+        else:
+            self._chunks_deleted(source)
         entry = models.PointStruct(
             id=marker, vector={}, payload={"source": source, "fingerprint": fingerprint, "chunks": len(points)}
         )
@@ -280,16 +288,18 @@ class QdrantStore(VectorStore):
             records: The records.
         """
         self._check_writable()
-        points = chunk_points(check_records(records, self.dimension), self._lexical, self.location)
+        checked = check_records(records, self.dimension)
+        points = chunk_points(checked, self._lexical, self.location)
         if not points:
             return
         self._modified = True
         new_chunks: dict[str, list[Chunk]] = {}
-        for point in points:
-            new_chunks.setdefault(str((point.payload or {})["source"]), []).append(chunk_of(point))
+        for record, chunk in zip(checked, chunks_of(checked, points), strict=True):
+            new_chunks.setdefault(record.source, []).append(chunk)
         touched = sorted(new_chunks)
         merged = self._documents.merge(new_chunks)
         self._documents.forget(touched)
+        self._chunks_written(touched)
         self._upload(points)
         rescan = [source for source in touched if source not in merged]
         if rescan and self._documents.exists:
@@ -324,6 +334,7 @@ class QdrantStore(VectorStore):
             "delete chunks",
             lambda: client.delete(self.collection, models.FilterSelector(filter=only_source), wait=True),
         )
+        self._chunks_deleted(source)
         return int(found)
 
     def sources(self) -> dict[str, str]:
@@ -561,10 +572,28 @@ class QdrantStore(VectorStore):
             if self.count():
                 self._documents.refresh(None)
 
-    def _upload(self, points: list[models.PointStruct]) -> None:
+    def _may_have_chunks(self, source: str) -> bool:
+        """Whether `source` may have stored chunks (stale ones, for `replace_source`); here always True.
+
+        Deleting a source's stale chunks is a filtered write; `EdgeStore`, whose one writer knows which sources
+        have chunks, skips it for new sources.
+        """
+        return True
+
+    def _chunks_written(self, sources: list[str]) -> None:
+        """Called before chunks of `sources` are written (see `_may_have_chunks`)."""
+
+    def _chunks_deleted(self, source: str) -> None:
+        """Called once every chunk of `source` is deleted (see `_may_have_chunks`)."""
+
+    def _client_points(self, points: list[ChunkPoint]) -> list[Any]:
+        """The points as this store's client takes them (qdrant-client: `PointStruct`s)."""
+        return [point_struct(point) for point in points]
+
+    def _upload(self, points: list[ChunkPoint]) -> None:
         total = len(points)
         for start in range(0, total, self._batch_size):
-            batch = points[start : start + self._batch_size]
+            batch = self._client_points(points[start : start + self._batch_size])
             self._connection.call("upsert", partial(self._connection.client.upsert, self.collection, batch, wait=True))
             if self._progress is not None:
                 self._progress(min(start + self._batch_size, total), total)
