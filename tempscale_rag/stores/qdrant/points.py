@@ -183,8 +183,9 @@ class StoredDocument:
         sums = np.empty((len(distinct), vectors.shape[1]), dtype=np.float64)
         start = 0
         for g, count in enumerate(counts.tolist()):
-            # cumsum adds row after row, in chunk order: the same float64 operations as np.add.at.
-            sums[g] = np.cumsum(ordered[start : start + count].astype(np.float64), axis=0)[-1]
+            # A sum over axis 0 of a C-ordered array adds row after row (no pairwise summation across rows): the
+            # same float64 operations, in the same order, as np.add.at.
+            sums[g] = ordered[start : start + count].astype(np.float64).sum(axis=0)
             start += count
         norms = np.linalg.norm(sums, axis=1, keepdims=True)
         means = (sums / np.where(norms > 0, norms, 1.0)).astype(np.float32)
