@@ -376,9 +376,18 @@ def _condition(condition: Any) -> Any:
 
 
 def _record(record: Any) -> models.Record:
+    """qdrant-client's record of an Edge record: the dense vector alone as a list, else every vector by name."""
     vector = record.vector
-    if isinstance(vector, dict) and "" in vector:
-        vector = vector[""]
+    if isinstance(vector, dict):
+        if set(vector) == {""}:
+            vector = vector[""]
+        else:
+            vector = {
+                name: models.SparseVector(indices=list(v.indices), values=list(v.values))
+                if isinstance(v, qe.SparseVector)
+                else v
+                for name, v in vector.items()
+            }
     return models.Record.model_construct(id=str(record.id), payload=record.payload, vector=vector)
 
 
