@@ -1,11 +1,11 @@
 """Embedded Qdrant on Qdrant's own engine (qdrant-edge-py): `EdgeStore`, and `EdgeClient`, the client it talks to.
 
 `EdgeStore` is `QdrantStore` with a different client: the same three collections, point ids, payloads, filters,
-document points, lexical sparse vectors and ranking code as on a server, so an index built here can be re-uploaded to
-a server point by point without re-embedding. `EdgeClient` implements the part of qdrant-client's `QdrantClient` API
-that `QdrantStore` uses (collections, upsert, delete, vector updates, count, scroll, retrieve, dense and sparse
-queries) on one `qdrant_edge.EdgeShard` per collection, each in its own folder under the store's path
-(`<path>/<collection>/`, `<path>/<collection>__sources/`, ...).
+document points, lexical sparse vectors and ranking code as on a server, so an index built here is re-uploaded to
+a server point by point without re-embedding (`migrate.upload_index`, `tempscale-rag qdrant-upload`). `EdgeClient`
+implements the part of qdrant-client's `QdrantClient` API that `QdrantStore` uses (collections, upsert, delete, vector
+updates, count, scroll, retrieve, facets, dense and sparse queries) on one `qdrant_edge.EdgeShard` per collection, each
+in its own folder under the store's path (`<path>/<collection>/`, `<path>/<collection>__sources/`, ...).
 
 What Edge gives over qdrant-client's local mode: Rust storage with a write-ahead log (every update is in the WAL when
 `update` returns, so a killed process loses nothing acknowledged), a keyword payload index on `source`, and HNSW graphs
@@ -31,7 +31,7 @@ from qdrant_client import QdrantClient, models
 from tempscale_rag.config import LexicalSettings
 from tempscale_rag.stores.errors import IndexCorruptError, IndexNotFoundError, StoreUnavailableError
 from tempscale_rag.stores.qdrant.points import ChunkPoint, source_point_id
-from tempscale_rag.stores.qdrant.store import QdrantStore
+from tempscale_rag.stores.qdrant.store import QdrantStore, SourceChunks
 
 EDGE_HNSW_M = 16
 """HNSW edges per node (Qdrant's default)."""
@@ -391,6 +391,40 @@ def _record(record: Any) -> models.Record:
     return models.Record.model_construct(id=str(record.id), payload=record.payload, vector=vector)
 
 
+class EdgeSourceChunks(SourceChunks):
+    """The sources that have chunks, as the one writer of an Edge index knows them: for skipping stale-chunk deletes.
+
+    Any filtered read or delete right after a write costs Edge time in proportion to the shard's appendable segment
+    (~1 ms per 40k points, measured): a filtered stale-chunk delete per source made writes slow down as the index grew.
+    The values of the `source` keyword index are read once (a facet), then every write and delete keeps them.
+
+    Args:
+        client: The Edge client.
+        collection: The chunk collection.
+    """
+
+    def __init__(self, client: EdgeClient, collection: str) -> None:
+        self._client = client
+        self._collection = collection
+        self._sources: set[str] | None = None
+
+    def may_have(self, source: str) -> bool:
+        """Whether `source` has (or may have: an interrupted write) stored chunks."""
+        if self._sources is None:
+            self._sources = self._client.facet_values(self._collection, "source")
+        return source in self._sources
+
+    def written(self, sources: list[str]) -> None:
+        """Chunks of `sources` are about to be written."""
+        if self._sources is not None:
+            self._sources.update(sources)
+
+    def deleted(self, source: str) -> None:
+        """Every chunk of `source` is deleted."""
+        if self._sources is not None:
+            self._sources.discard(source)
+
+
 class EdgeStore(QdrantStore):
     """A `QdrantStore` embedded on Qdrant's engine (qdrant-edge-py): one shard folder per collection under `path`.
 
@@ -403,6 +437,8 @@ class EdgeStore(QdrantStore):
         IndexCorruptError: If a shard cannot be opened.
         IndexMismatchError: If the collection exists with another vector size or distance.
     """
+
+    pydantic_points = False  # EdgeClient.upsert reads chunk points' id, vector and payload as they are
 
     def __init__(
         self,
@@ -419,7 +455,6 @@ class EdgeStore(QdrantStore):
         lexical: LexicalSettings | None = None,
     ) -> None:
         self._exact = exact
-        self._chunk_sources: set[str] | None = None
         super().__init__(
             dimension=dimension,
             collection=collection,
@@ -432,27 +467,7 @@ class EdgeStore(QdrantStore):
             progress=progress,
             lexical=lexical,
         )
-
-    def _may_have_chunks(self, source: str) -> bool:
-        # Any filtered read or delete right after a write costs Edge time in proportion to the shard's appendable
-        # segment (~1 ms per 40k points, measured): a filtered stale-chunk delete per source made writes slow
-        # down as the index grew. The one writer knows which sources have chunks instead: the `source` keyword
-        # index's values once (a facet), then every write and delete of this store.
-        if self._chunk_sources is None:
-            self._chunk_sources = self.edge.facet_values(self.collection, "source")
-        return source in self._chunk_sources
-
-    def _chunks_written(self, sources: list[str]) -> None:
-        if self._chunk_sources is not None:
-            self._chunk_sources.update(sources)
-
-    def _chunks_deleted(self, source: str) -> None:
-        if self._chunk_sources is not None:
-            self._chunk_sources.discard(source)
-
-    def _client_points(self, points: list[ChunkPoint]) -> list[Any]:
-        # EdgeClient.upsert reads the points' id, vector and payload as they are (no PointStruct per point).
-        return list(points)
+        self.source_chunks = EdgeSourceChunks(self.edge, collection)
 
     def _open_client(self, api_key: str | None, timeout: float, *, create: bool) -> QdrantClient:
         params = qe.SearchParams(exact=True) if self._exact else qe.SearchParams(hnsw_ef=EDGE_HNSW_EF)

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -71,7 +71,6 @@ from tempscale_rag.stores.qdrant.lexical import (
 )
 from tempscale_rag.stores.qdrant.points import (
     Chunk,
-    ChunkPoint,
     chunks_of,
     documents_table,
     payload_hit,
@@ -96,6 +95,33 @@ QDRANT_CANDIDATES = 2
 QDRANT_POLICY = CandidatePolicy(
     chunk_overfetch=QDRANT_CHUNK_OVERFETCH, documents=QDRANT_CANDIDATES, mean_documents=QDRANT_CANDIDATES
 )
+
+
+class SourceChunks:
+    """Which sources may have stored chunks, so that `replace_source` deletes stale chunks only there: here, all.
+
+    Deleting a source's stale chunks is a filtered write; Qdrant Edge's one writer knows which sources have chunks
+    (`edge.EdgeSourceChunks`) and skips the delete for new sources.
+    """
+
+    def may_have(self, source: str) -> bool:
+        """Whether `source` may have stored chunks."""
+        return True
+
+    def written(self, sources: list[str]) -> None:
+        """Chunks of `sources` are about to be written."""
+
+    def deleted(self, source: str) -> None:
+        """Every chunk of `source` is deleted."""
+
+
+def delete_stale_chunks(connection: QdrantConnection, collection: str, source: str, keep: list[str]) -> None:
+    """Delete the chunks of `source` whose point ids are not in `keep`."""
+    stale = models.Filter(must=[source_is(source)], must_not=[models.HasIdCondition(has_id=keep)] if keep else None)
+    connection.call(
+        "delete stale chunks",
+        lambda: connection.client.delete(collection, models.FilterSelector(filter=stale), wait=True),
+    )
 
 
 class QdrantStore(VectorStore):
@@ -129,6 +155,7 @@ class QdrantStore(VectorStore):
     """
 
     backend = "qdrant"
+    pydantic_points: ClassVar[bool] = True  # the client takes `PointStruct`s (qdrant-client), not `ChunkPoint`s
 
     def __init__(
         self,
@@ -165,6 +192,7 @@ class QdrantStore(VectorStore):
         self._progress = progress
         self._remote = url is not None
         self._has_sources_collection = False
+        self.source_chunks = SourceChunks()
         # Qdrant's grouping API on a server; local mode implements it by materialising every point (seconds per query).
         self.use_grouping_api = url is not None
         client = self._open_client(api_key, timeout, create=create and not read_only)
@@ -260,22 +288,13 @@ class QdrantStore(VectorStore):
         )
         self._modified = True
         self._documents.forget([source])
-        may_have_chunks = self._may_have_chunks(source)
-        self._chunks_written([source])
+        may_have_chunks = self.source_chunks.may_have(source)
+        self.source_chunks.written([source])
         self._upload(points)
         if may_have_chunks:
-            stale = models.Filter(
-                must=[source_is(source)],
-                must_not=[models.HasIdCondition(has_id=[p.id for p in points])] if points else None,
-            )
-            self._connection.call(
-                "delete stale chunks",
-                lambda: client.delete(self.collection, models.FilterSelector(filter=stale), wait=True),
-            )
+            delete_stale_chunks(self._connection, self.collection, source, [point.id for point in points])
         if points:
             self._documents.write({source: chunks_of(checked, points)})
-        else:
-            self._chunks_deleted(source)
         entry = models.PointStruct(
             id=marker, vector={}, payload={"source": source, "fingerprint": fingerprint, "chunks": len(points)}
         )
@@ -299,7 +318,7 @@ class QdrantStore(VectorStore):
         touched = sorted(new_chunks)
         merged = self._documents.merge(new_chunks)
         self._documents.forget(touched)
-        self._chunks_written(touched)
+        self.source_chunks.written(touched)
         self._upload(points)
         rescan = [source for source in touched if source not in merged]
         if rescan and self._documents.exists:
@@ -334,7 +353,7 @@ class QdrantStore(VectorStore):
             "delete chunks",
             lambda: client.delete(self.collection, models.FilterSelector(filter=only_source), wait=True),
         )
-        self._chunks_deleted(source)
+        self.source_chunks.deleted(source)
         return int(found)
 
     def sources(self) -> dict[str, str]:
@@ -572,28 +591,11 @@ class QdrantStore(VectorStore):
             if self.count():
                 self._documents.refresh(None)
 
-    def _may_have_chunks(self, source: str) -> bool:
-        """Whether `source` may have stored chunks (stale ones, for `replace_source`); here always True.
-
-        Deleting a source's stale chunks is a filtered write; `EdgeStore`, whose one writer knows which sources
-        have chunks, skips it for new sources.
-        """
-        return True
-
-    def _chunks_written(self, sources: list[str]) -> None:
-        """Called before chunks of `sources` are written (see `_may_have_chunks`)."""
-
-    def _chunks_deleted(self, source: str) -> None:
-        """Called once every chunk of `source` is deleted (see `_may_have_chunks`)."""
-
-    def _client_points(self, points: list[ChunkPoint]) -> list[Any]:
-        """The points as this store's client takes them (qdrant-client: `PointStruct`s)."""
-        return [point_struct(point) for point in points]
-
-    def _upload(self, points: list[ChunkPoint]) -> None:
+    def _upload(self, points: list[Any]) -> None:
         total = len(points)
         for start in range(0, total, self._batch_size):
-            batch = self._client_points(points[start : start + self._batch_size])
+            batch = points[start : start + self._batch_size]
+            batch = [point_struct(point) for point in batch] if self.pydantic_points else batch
             self._connection.call("upsert", partial(self._connection.client.upsert, self.collection, batch, wait=True))
             if self._progress is not None:
                 self._progress(min(start + self._batch_size, total), total)
