@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from tempscale_rag.cli import main
-from tempscale_rag.config import ChunkingConfig, LexicalSettings
+from tempscale_rag.config import ChunkingConfig
 from tempscale_rag.index.index import Index
 from tempscale_rag.stores import IndexManifest, QdrantSettings, open_store
 from tempscale_rag.stores.manifest import read_manifest
@@ -75,7 +75,7 @@ def edge_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with Index.create(folder, backend=backend, chunking=ChunkingConfig(sizes=(48, 128))) as index:
         index.add(DOCS)
     manifest = read_manifest(folder)
-    assert manifest.backend.engine == "edge" and manifest.lexical == LexicalSettings.for_chunks(128)
+    assert manifest.backend.engine == "edge" and manifest.lexical is not None and manifest.lexical.chunk_size == 128
     return folder
 
 
