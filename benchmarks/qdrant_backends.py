@@ -6,15 +6,17 @@ each document near a topic, topics grouped in clusters, so neighbours are struct
 backend gets the same documents through `replace_source` (one call per document, the indexer's path), then:
 
 - insert: chunks per second of the `replace_source` calls (the store's upkeep included: SQLite rows for FAISS,
-  document points for Qdrant);
+  document points for Qdrant; making the records is not timed), in wall-clock time and in this process's CPU time
+  (`insert cpu/s`: the figure to compare on a machine shared with other jobs);
 - build: seconds of the closing commit (FAISS writes its index file, HNSW included; Edge runs its optimizers: segment
   merging and HNSW);
 - disk: the index folder's size; open: seconds to open it read-only;
 - p50/p95: milliseconds per single-query `search(k=10)`;
 - recall@10: against exact top-10 computed here with numpy.
 
-`edge-engine` is Qdrant Edge's engine alone (1,000-point upserts with a one-key payload, no store upkeep), to show
-what the store adds: qdrant-edge-py converts payloads at about 5 us per key per point, and a chunk payload has 8 keys.
+`edge-engine` is Qdrant Edge's engine alone (1,000-point upserts with a one-key payload, no store upkeep), and
+`edge-engine-payload` the same with each chunk's full payload as the store writes it (8 keys), to show what the store
+adds: qdrant-edge-py converts a payload value by trying bool, int, float, then str (about 3 us per string value).
 
 qdrant-client's local mode stores one pickled point per SQLite row and scores by brute force: it runs in memory and
 only up to `--local-max` chunks (beyond that it is minutes per thousand points on disk and seconds per query).
@@ -121,11 +123,15 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_blocks * 512 for p in folder.rglob("*") if p.is_file())
 
 
-def measure_engine(n: int, args: argparse.Namespace, queries: np.ndarray, truth: list[list[str]]) -> dict[str, Any]:
-    """Qdrant Edge's engine alone: 1,000-point upserts with a one-key payload, the store's HNSW settings."""
+def measure_engine(
+    n: int, args: argparse.Namespace, queries: np.ndarray, truth: list[list[str]], *, full_payload: bool = False
+) -> dict[str, Any]:
+    """Qdrant Edge's engine alone: 1,000-point upserts with a one-key payload (or the store's), its HNSW settings."""
     import uuid
 
     import qdrant_edge as qe
+
+    from tempscale_rag.stores.qdrant.points import chunk_point
 
     folder = Path(args.workdir) / f"edge-engine-{n}"
     shutil.rmtree(folder, ignore_errors=True)
@@ -138,17 +144,19 @@ def measure_engine(n: int, args: argparse.Namespace, queries: np.ndarray, truth:
     shard = qe.EdgeShard.create(str(folder), config)
     names: dict[str, str] = {}
     batch: list[Any] = []
-    insert_s = 0.0
+    insert_s = insert_cpu = 0.0
     for source, records in documents(args.seed, n, args.dim):
         for record in records:
             point = str(uuid.uuid5(uuid.NAMESPACE_URL, record.id))
             names[point] = record.id
-            batch.append((point, record.vector, source))
+            payload = chunk_point(record).payload if full_payload else {"source": source}
+            batch.append((point, record.vector, payload))
         if len(batch) >= 1000 or len(names) == n:
-            start = time.perf_counter()
-            points = [qe.Point(i, v, {"source": s}) for i, v, s in batch]
+            start, cpu = time.perf_counter(), time.process_time()
+            points = [qe.Point(i, v.tolist(), p) for i, v, p in batch]
             shard.update(qe.UpdateOperation.upsert_points(points))
             insert_s += time.perf_counter() - start
+            insert_cpu += time.process_time() - cpu
             batch = []
     start = time.perf_counter()
     shard.optimize()
@@ -169,13 +177,15 @@ def measure_engine(n: int, args: argparse.Namespace, queries: np.ndarray, truth:
     shard.close()
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
-    return summary("qdrant-edge engine only", n, insert_s, build_s, size, open_s, latencies, found, truth)
+    name = "qdrant-edge engine, payloads" if full_payload else "qdrant-edge engine only"
+    return summary(name, n, insert_s, insert_cpu, build_s, size, open_s, latencies, found, truth)
 
 
 def summary(
     name: str,
     n: int,
     insert_s: float,
+    insert_cpu: float,
     build_s: float,
     size: int,
     open_s: float,
@@ -188,6 +198,7 @@ def summary(
         "backend": name,
         "chunks": n,
         "insert_per_s": round(n / insert_s),
+        "insert_cpu_per_s": round(n / insert_cpu),
         "build_s": round(build_s, 2),
         "disk_mb": round(size / 2**20, 1),
         "open_s": round(open_s, 3),
@@ -219,13 +230,15 @@ def measure(name: str, n: int, args: argparse.Namespace, queries: np.ndarray, tr
     memory = name == "qdrant-local"
     store: VectorStore = QdrantStore(dimension=args.dim, path=MEMORY) if memory else BACKENDS[name][0](folder, args.dim)
     inserted = 0
-    start = time.perf_counter()
+    insert_s = insert_cpu = 0.0
     for source, records in documents(args.seed, n, args.dim):
+        start, cpu = time.perf_counter(), time.process_time()
         store.replace_source(source, "v1", records)
+        insert_s += time.perf_counter() - start
+        insert_cpu += time.process_time() - cpu
         inserted += len(records)
         if inserted % 100_000 == 0:
-            print(f"  {name}: {inserted} chunks, {inserted / (time.perf_counter() - start):.0f}/s", flush=True)
-    insert_s = time.perf_counter() - start
+            print(f"  {name}: {inserted} chunks, {inserted / insert_s:.0f}/s", flush=True)
     if memory:
         build_s, size, open_s, reader = 0.0, 0, 0.0, store
     else:
@@ -248,7 +261,7 @@ def measure(name: str, n: int, args: argparse.Namespace, queries: np.ndarray, tr
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
     name += " (in memory)" if memory else ""
-    return summary(name, n, insert_s, build_s, size, open_s, latencies, found, truth)
+    return summary(name, n, insert_s, insert_cpu, build_s, size, open_s, latencies, found, truth)
 
 
 def main() -> None:
@@ -260,9 +273,10 @@ def main() -> None:
     parser.add_argument(
         "--backends",
         nargs="+",
-        default=["faiss-flat", "faiss-hnsw", "qdrant-edge", "edge-engine", "qdrant-local"],
+        default=["faiss-flat", "faiss-hnsw", "qdrant-edge", "edge-engine", "edge-engine-payload", "qdrant-local"],
         metavar="NAME",
-        help="faiss-flat, faiss-hnsw, qdrant-edge (the store), edge-engine (EdgeShard alone), qdrant-local",
+        help="faiss-flat, faiss-hnsw, qdrant-edge (the store), edge-engine (EdgeShard alone), edge-engine-payload "
+        "(EdgeShard alone with the store's chunk payloads), qdrant-local",
     )
     parser.add_argument("--local-max", type=int, default=20_000, help="largest size run on qdrant-client local mode")
     parser.add_argument("--workdir", default=None, help="where the indexes are built (default: a temporary folder)")
@@ -295,18 +309,18 @@ def main() -> None:
             if name == "qdrant-local" and n > args.local_max:
                 print(f"  qdrant-local: skipped at {n} (> --local-max {args.local_max})", flush=True)
                 continue
-            row = (
-                measure_engine(n, args, queries, truth)
-                if name == "edge-engine"
-                else measure(name, n, args, queries, truth)
-            )
+            if name in ("edge-engine", "edge-engine-payload"):
+                row = measure_engine(n, args, queries, truth, full_payload=name == "edge-engine-payload")
+            else:
+                row = measure(name, n, args, queries, truth)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    header = f"{'backend':28} {'chunks':>8} {'insert/s':>9} {'build s':>8} {'disk MB':>8} {'open s':>7} "
+    header = f"{'backend':30} {'chunks':>8} {'insert/s':>9} {'cpu/s':>7} {'build s':>8} {'disk MB':>8} {'open s':>7} "
     print("\n" + header + f"{'p50 ms':>7} {'p95 ms':>7} {'recall@10':>9}")
     for r in rows:
         print(
-            f"{r['backend']:28} {r['chunks']:>8} {r['insert_per_s']:>9} {r['build_s']:>8} {r['disk_mb']:>8} "
+            f"{r['backend']:30} {r['chunks']:>8} {r['insert_per_s']:>9} {r['insert_cpu_per_s']:>7} {r['build_s']:>8} "
+            f"{r['disk_mb']:>8} "
             f"{r['open_s']:>7} {r['p50_ms']:>7} {r['p95_ms']:>7} {r['recall_at_10']:>9}"
         )
     if args.out:

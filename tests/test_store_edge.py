@@ -148,6 +148,45 @@ def test_interrupted_upload_is_not_listed_and_redo_does_not_duplicate(tmp_path: 
         assert {h.text.split()[-1] for h in store.search(records("a.txt", 1)[0].vector, k=10)} == {"v2"}
 
 
+def test_stale_chunks_of_earlier_sessions_and_interrupted_writes_are_deleted(tmp_path: Path) -> None:
+    """The writer skips the stale-chunk delete only for sources it knows have no chunks (its facet, its writes)."""
+
+    def crash_once(store: EdgeStore) -> None:
+        calls: list[int] = []
+
+        def progress(done: int, total: int) -> None:
+            calls.append(done)
+            if len(calls) == 1:
+                raise KeyboardInterrupt("simulated crash mid-upload")
+
+        store._progress = progress
+
+    with EdgeStore(dimension=DIM, path=tmp_path, batch_size=3) as store:
+        store.replace_source("a.txt", "fp1", records("a.txt", 1))
+        crash_once(store)
+        with pytest.raises(KeyboardInterrupt):
+            store.replace_source("b.txt", "fp1", records("b.txt", 1))  # a new source, left with 3 chunks
+        crash_once(store)
+        with pytest.raises(KeyboardInterrupt):
+            store.replace_source("c.txt", "fp1", records("c.txt", 1))
+        store._progress = None
+        store.replace_source("c.txt", "fp2", records("c.txt", 2, n=5))  # same session: other chunk ids
+        assert store.count() == 8 + 3 + 5
+        store.delete_source("a.txt")
+        store.replace_source("a.txt", "fp3", records("a.txt", 3, n=2))
+        assert store.count() == 2 + 3 + 5
+    with EdgeStore(dimension=DIM, path=tmp_path, batch_size=3) as store:
+        store.replace_source("a.txt", "fp4", records("a.txt", 4, n=1))  # stored in the first session
+        store.replace_source("b.txt", "fp2", records("b.txt", 2, n=2))  # interrupted in the first session
+        store.upsert(records("d.txt", 1, n=4))
+        store.replace_source("d.txt", "fp2", records("d.txt", 2, n=1))  # chunks written by upsert()
+        assert store.count() == 1 + 2 + 5 + 1
+        assert store.sources() == {"a.txt": "fp4", "b.txt": "fp2", "c.txt": "fp2", "d.txt": "fp2"}
+        for source, version in (("a.txt", "v4"), ("b.txt", "v2"), ("c.txt", "v2"), ("d.txt", "v2")):
+            hits = store.search(records(source, int(version[1:]))[0].vector, k=20)
+            assert {h.text.split()[-1] for h in hits if h.source == source} == {version}
+
+
 def damage(shard: Path) -> None:
     """Overwrite the head of every segment's state file (what a torn disk write or a bad sector leaves)."""
     for state in shard.glob("segments/*/segment.json"):

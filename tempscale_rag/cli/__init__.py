@@ -1,4 +1,4 @@
-"""The `tempscale-rag` command: index, search, info, repair, eval, collapse, calibrate.
+"""The `tempscale-rag` command: index, search, info, repair, eval, collapse, calibrate, qdrant-upload.
 
 Each subcommand lives in its own module with `register(subparsers)` and a `run(args) -> int`; this module wires them
 together, sets up logging, and turns the errors a user can fix into one line on stderr and a non-zero exit (the
@@ -17,7 +17,7 @@ import sqlite3
 import sys
 from collections.abc import Sequence
 
-from tempscale_rag.cli import evaluation, indexing
+from tempscale_rag.cli import evaluation, indexing, migrate
 from tempscale_rag.cli.options import (
     EXIT_CODES_HELP,
     EXIT_ERROR,
@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     indexing.register(subparsers)
     evaluation.register(subparsers)
+    migrate.register(subparsers)
     for sub in subparsers.choices.values():
         if not any("--quiet" in action.option_strings for action in sub._actions):
             _add_output_flags(sub, top_level=False)

@@ -82,14 +82,14 @@ class DocumentPoints:
         """Write the document points of the given sources from their complete chunk lists."""
         if not self.exists:
             return
-        if self._distance == "cosine":
-            # Mirror Qdrant, which stores unit vectors in a cosine collection, so rescored cosines equal its own.
-            chunks = {
-                source: [(i, v / n if (n := float(np.linalg.norm(v))) > 0 else v, size) for i, v, size in members]
-                for source, members in chunks.items()
-            }
         whole = self._whole_vectors(chunks)
-        points = [document_point(source, members, whole.get(source)) for source, members in chunks.items() if members]
+        # Cosine: mirror Qdrant, which stores unit vectors in a cosine collection, so rescored cosines equal its own.
+        unit = self._distance == "cosine"
+        points = [
+            document_point(source, members, whole.get(source), unit=unit)
+            for source, members in chunks.items()
+            if members
+        ]
         for start in range(0, len(points), self._batch_size):
             batch = points[start : start + self._batch_size]
             self._connection.call(

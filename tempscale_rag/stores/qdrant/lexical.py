@@ -38,7 +38,7 @@ from tempscale_rag.ranking.lexical import ANALYZER_NAME, SparseEncoder
 from tempscale_rag.stores.base import ChunkRecord, chunk_size_of
 from tempscale_rag.stores.errors import IndexMismatchError
 from tempscale_rag.stores.qdrant.connection import SCROLL_PAGE, QdrantConnection
-from tempscale_rag.stores.qdrant.points import chunk_point
+from tempscale_rag.stores.qdrant.points import ChunkPoint, chunk_point
 
 LEXICAL_VECTOR = "bm25"
 """The name of the chunk points' sparse vector."""
@@ -156,7 +156,7 @@ def check_limit(n: int | None) -> int | None:
     return None if n is None else int(n)
 
 
-def chunk_points(records: list[ChunkRecord], channel: LexicalChannel | None, location: str) -> list[models.PointStruct]:
+def chunk_points(records: list[ChunkRecord], channel: LexicalChannel | None, location: str) -> list[ChunkPoint]:
     """The points of checked records, with the sparse vector on the chunks of the channel's size."""
     if channel is None:
         return [chunk_point(record) for record in records]

@@ -25,7 +25,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -71,9 +71,10 @@ from tempscale_rag.stores.qdrant.lexical import (
 )
 from tempscale_rag.stores.qdrant.points import (
     Chunk,
-    chunk_of,
+    chunks_of,
     documents_table,
     payload_hit,
+    point_struct,
     scored_hit,
     source_is,
     source_point_id,
@@ -94,6 +95,33 @@ QDRANT_CANDIDATES = 2
 QDRANT_POLICY = CandidatePolicy(
     chunk_overfetch=QDRANT_CHUNK_OVERFETCH, documents=QDRANT_CANDIDATES, mean_documents=QDRANT_CANDIDATES
 )
+
+
+class SourceChunks:
+    """Which sources may have stored chunks, so that `replace_source` deletes stale chunks only there: here, all.
+
+    Deleting a source's stale chunks is a filtered write; Qdrant Edge's one writer knows which sources have chunks
+    (`edge.EdgeSourceChunks`) and skips the delete for new sources.
+    """
+
+    def may_have(self, source: str) -> bool:
+        """Whether `source` may have stored chunks."""
+        return True
+
+    def written(self, sources: list[str]) -> None:
+        """Chunks of `sources` are about to be written."""
+
+    def deleted(self, source: str) -> None:
+        """Every chunk of `source` is deleted."""
+
+
+def delete_stale_chunks(connection: QdrantConnection, collection: str, source: str, keep: list[str]) -> None:
+    """Delete the chunks of `source` whose point ids are not in `keep`."""
+    stale = models.Filter(must=[source_is(source)], must_not=[models.HasIdCondition(has_id=keep)] if keep else None)
+    connection.call(
+        "delete stale chunks",
+        lambda: connection.client.delete(collection, models.FilterSelector(filter=stale), wait=True),
+    )
 
 
 class QdrantStore(VectorStore):
@@ -127,6 +155,7 @@ class QdrantStore(VectorStore):
     """
 
     backend = "qdrant"
+    pydantic_points: ClassVar[bool] = True  # the client takes `PointStruct`s (qdrant-client), not `ChunkPoint`s
 
     def __init__(
         self,
@@ -163,6 +192,7 @@ class QdrantStore(VectorStore):
         self._progress = progress
         self._remote = url is not None
         self._has_sources_collection = False
+        self.source_chunks = SourceChunks()
         # Qdrant's grouping API on a server; local mode implements it by materialising every point (seconds per query).
         self.use_grouping_api = url is not None
         client = self._open_client(api_key, timeout, create=create and not read_only)
@@ -248,7 +278,8 @@ class QdrantStore(VectorStore):
         self._check_writable()
         check_source(source)
         check_fingerprint(fingerprint)
-        points = chunk_points(check_records(records, self.dimension, source=source), self._lexical, self.location)
+        checked = check_records(records, self.dimension, source=source)
+        points = chunk_points(checked, self._lexical, self.location)
         client = self._connection.client
         marker = source_point_id(source)
         self._connection.call(
@@ -257,17 +288,13 @@ class QdrantStore(VectorStore):
         )
         self._modified = True
         self._documents.forget([source])
+        may_have_chunks = self.source_chunks.may_have(source)
+        self.source_chunks.written([source])
         self._upload(points)
-        stale = models.Filter(
-            must=[source_is(source)],
-            must_not=[models.HasIdCondition(has_id=[p.id for p in points])] if points else None,
-        )
-        self._connection.call(
-            "delete stale chunks",
-            lambda: client.delete(self.collection, models.FilterSelector(filter=stale), wait=True),
-        )
+        if may_have_chunks:
+            delete_stale_chunks(self._connection, self.collection, source, [point.id for point in points])
         if points:
-            self._documents.write({source: [chunk_of(p) for p in points]})
+            self._documents.write({source: chunks_of(checked, points)})
         entry = models.PointStruct(
             id=marker, vector={}, payload={"source": source, "fingerprint": fingerprint, "chunks": len(points)}
         )
@@ -280,16 +307,18 @@ class QdrantStore(VectorStore):
             records: The records.
         """
         self._check_writable()
-        points = chunk_points(check_records(records, self.dimension), self._lexical, self.location)
+        checked = check_records(records, self.dimension)
+        points = chunk_points(checked, self._lexical, self.location)
         if not points:
             return
         self._modified = True
         new_chunks: dict[str, list[Chunk]] = {}
-        for point in points:
-            new_chunks.setdefault(str((point.payload or {})["source"]), []).append(chunk_of(point))
+        for record, chunk in zip(checked, chunks_of(checked, points), strict=True):
+            new_chunks.setdefault(record.source, []).append(chunk)
         touched = sorted(new_chunks)
         merged = self._documents.merge(new_chunks)
         self._documents.forget(touched)
+        self.source_chunks.written(touched)
         self._upload(points)
         rescan = [source for source in touched if source not in merged]
         if rescan and self._documents.exists:
@@ -324,6 +353,7 @@ class QdrantStore(VectorStore):
             "delete chunks",
             lambda: client.delete(self.collection, models.FilterSelector(filter=only_source), wait=True),
         )
+        self.source_chunks.deleted(source)
         return int(found)
 
     def sources(self) -> dict[str, str]:
@@ -561,10 +591,11 @@ class QdrantStore(VectorStore):
             if self.count():
                 self._documents.refresh(None)
 
-    def _upload(self, points: list[models.PointStruct]) -> None:
+    def _upload(self, points: list[Any]) -> None:
         total = len(points)
         for start in range(0, total, self._batch_size):
             batch = points[start : start + self._batch_size]
+            batch = [point_struct(point) for point in batch] if self.pydantic_points else batch
             self._connection.call("upsert", partial(self._connection.client.upsert, self.collection, batch, wait=True))
             if self._progress is not None:
                 self._progress(min(start + self._batch_size, total), total)
