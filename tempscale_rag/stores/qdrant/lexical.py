@@ -27,7 +27,7 @@ written whenever `documents.py` writes the point (after the chunks), with the sa
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -39,6 +39,9 @@ from tempscale_rag.stores.base import ChunkRecord, chunk_size_of
 from tempscale_rag.stores.errors import IndexMismatchError
 from tempscale_rag.stores.qdrant.connection import SCROLL_PAGE, QdrantConnection
 from tempscale_rag.stores.qdrant.points import ChunkPoint, chunk_point
+
+if TYPE_CHECKING:
+    from tempscale_rag.stores.qdrant.documents import DocumentPoints
 
 LEXICAL_VECTOR = "bm25"
 """The name of the chunk points' sparse vector."""
@@ -312,3 +315,51 @@ def search_lexical_documents(
         np.asarray([source for _, source in pairs], dtype=object),
         np.asarray([score for score, _ in pairs], dtype=np.float32),
     )
+
+
+def search_channel(
+    channel: LexicalChannel | None,
+    connection: QdrantConnection,
+    collection: str,
+    query: Any,
+    n: int | None,
+    *,
+    documents: bool,
+) -> tuple[npt.NDArray[Any], npt.NDArray[np.float32]]:
+    """A checked lexical query of chunks (`documents` False) or whole documents; empty without the channel/list.
+
+    Raises:
+        TypeError, ValueError: For a malformed query or `n` (see `check_sparse_query`, `check_limit`).
+    """
+    sparse = check_sparse_query(query)
+    limit = check_limit(n)
+    if channel is None or (documents and not channel.whole_documents):
+        return EMPTY_RESULT
+    return (search_lexical_documents if documents else search_lexical)(connection, collection, sparse, limit)
+
+
+def add_channel(
+    connection: QdrantConnection,
+    collection: str,
+    document_points: DocumentPoints,
+    settings: LexicalSettings,
+    batch_size: int,
+    location: str,
+) -> tuple[LexicalChannel, int]:
+    """Give a collection the lexical channel from the chunk texts in its payloads (nothing is embedded).
+
+    The collection gains the `bm25` sparse vector and every stored chunk of `settings.chunk_size` its vector; with
+    a whole-document list the document points are rewritten with theirs.
+
+    Returns:
+        The channel and how many chunks are in it.
+    """
+    channel = LexicalChannel(settings)
+    channel.check_writable(location)
+    existed = ensure_lexical_vector(connection, collection, create=True)
+    filled = fill_lexical(connection, collection, channel, batch_size=batch_size, refresh=existed)
+    document_points.lexical = channel
+    if channel.whole_documents and document_points.exists:
+        ensure_lexical_vector(connection, document_points.name, create=True)
+        document_points.refresh(None)
+    return channel, filled

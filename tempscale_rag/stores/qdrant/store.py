@@ -56,17 +56,13 @@ from tempscale_rag.stores.qdrant.connection import (
 )
 from tempscale_rag.stores.qdrant.documents import DocumentPoints
 from tempscale_rag.stores.qdrant.lexical import (
-    EMPTY_RESULT,
     LEXICAL_VECTOR,
     LexicalChannel,
-    check_limit,
-    check_sparse_query,
+    add_channel,
     chunk_points,
     count_lexical,
     ensure_lexical_vector,
-    fill_lexical,
-    search_lexical,
-    search_lexical_documents,
+    search_channel,
     sparse_vector_params,
 )
 from tempscale_rag.stores.qdrant.points import (
@@ -452,8 +448,6 @@ class QdrantStore(VectorStore):
         records = self._connection.retrieve("fetch evidence chunks", self.collection, [str(key) for key in keys])
         return {str(r.id): payload_hit(r.payload or {}, str(r.id), 0.0) for r in records}
 
-    # --- the lexical channel -------------------------------------------------------------------------------------
-
     @property
     def lexical(self) -> LexicalSettings | None:
         """The lexical (BM25) channel's settings; None: dense only."""
@@ -462,66 +456,32 @@ class QdrantStore(VectorStore):
     def lexical_chunks(
         self, query: tuple[list[int], list[float]], n: int | None
     ) -> tuple[npt.NDArray[Any], npt.NDArray[np.float32]]:
-        """The best `n` chunks by BM25 (`PivotBM25` over the lexical chunks), best first.
-
-        Args:
-            query: `SparseEncoder().query(text)`: term ids and their counts in the query.
-            n: How many chunks at most; None: every chunk that has a query term.
-
-        Returns:
-            (point ids as in `ChunkTable.keys`, float32 scores); empty without query terms or lexical channel.
-        """
+        """(point ids, BM25 scores) of the best `n` chunks (None: all matching), best first; see `search_channel`."""
         self._check_open()
-        sparse = check_sparse_query(query)
-        n = check_limit(n)
-        if self._lexical is None:
-            return EMPTY_RESULT
-        return search_lexical(self._connection, self.collection, sparse, n)
+        return search_channel(self._lexical, self._connection, self.collection, query, n, documents=False)
 
     def lexical_documents(
         self, query: tuple[list[int], list[float]], n: int | None
     ) -> tuple[npt.NDArray[Any], npt.NDArray[np.float32]]:
-        """The best `n` documents by whole-document BM25 (`PivotBM25` over documents), best first, ties by source.
-
-        Args:
-            query: `SparseEncoder().query(text)`: term ids and their counts in the query.
-            n: How many documents at most; None: every document that has a query term.
-
-        Returns:
-            (sources, float32 scores); empty without query terms or without the whole-document list.
-        """
+        """(sources, whole-document BM25 scores) of the best `n` documents, best first; see `search_channel`."""
         self._check_open()
-        sparse = check_sparse_query(query)
-        n = check_limit(n)
-        if self._lexical is None or not self._lexical.whole_documents or not self._documents.exists:
-            return EMPTY_RESULT
-        return search_lexical_documents(self._connection, self.documents_collection, sparse, n)
+        channel = self._lexical if self._documents.exists else None
+        return search_channel(channel, self._connection, self.documents_collection, query, n, documents=True)
 
     def add_lexical(self, settings: LexicalSettings) -> int:
-        """Give an index the lexical channel (or rebuild it with other settings) without re-embedding anything.
+        """Give an index the lexical channel (or rebuild it) without re-embedding: `lexical.add_channel`.
 
-        The collection gains the `bm25` sparse vector, and every stored chunk of `settings.chunk_size` gets its
-        vector from the text in its payload. Record `settings` as the manifest's `lexical` afterwards: until then the
-        index opens dense-only, and an interrupted call is simply repeated.
-
-        Returns:
-            How many chunks are in the channel.
+        Record `settings` as the manifest's `lexical` afterwards (until then the index opens dense-only; an
+        interrupted call is simply repeated). Returns how many chunks are in the channel.
 
         Raises:
-            IndexMismatchError: If the collection has a `bm25` vector without the IDF modifier, or the Qdrant server
-                cannot add a vector to an existing collection (then re-index into a new collection).
+            IndexMismatchError: The collection's `bm25` vector has no IDF modifier, or the server cannot add one.
         """
         self._check_writable()
-        channel = LexicalChannel(settings)
-        channel.check_writable(self.location)
-        existed = ensure_lexical_vector(self._connection, self.collection, create=True)
         self._modified = True
-        filled = fill_lexical(self._connection, self.collection, channel, batch_size=self._batch_size, refresh=existed)
-        self._lexical = channel
-        self._documents.lexical = channel
-        if channel.whole_documents and self._documents.exists:
-            ensure_lexical_vector(self._connection, self.documents_collection, create=True)
-            self._documents.refresh(None)
+        self._lexical, filled = add_channel(
+            self._connection, self.collection, self._documents, settings, self._batch_size, self.location
+        )
         return filled
 
     # --- commits, setup ------------------------------------------------------------------------------------------
