@@ -193,9 +193,12 @@ def test_chunks_do_not_end_inside_a_dotted_name(encoder: TempScaleEncoder, sizes
         before, after = text[max(0, start - 2) : start], text[end : end + 1]
         assert not (chunk.text[-2:-1].isalnum() and chunk.text.endswith(".") and after.isidentifier()), chunk.text
         assert not (before[-1:] == "." and before[:1].isalnum() and chunk.text[:1].isidentifier()), chunk.text
-        # Nor inside any other token where every word fits a chunk (punkt ends a sentence at the `?'` of `nargs='?'`;
-        # at 16 tokens `argparse.ArgumentParser(description='...')` is itself cut, between letters).
+        # Nor inside any other token where every word fits a chunk (punkt ends a sentence at the `?'` of `nargs='?'`);
+        # at 16 tokens `argparse.ArgumentParser(description='...')` is itself longer than a chunk: cut between
+        # names (after `(`), never inside one (it was cut between letters).
         assert chunk.size < 24 or after in ("", " ", "\n"), (chunk.text, text[end : end + 20])
+        assert not (chunk.text[-1:].isalnum() and after.isalnum()), (chunk.text, text[end : end + 20])
+        assert not (chunk.text[-1:] == "." and after.isalnum()), (chunk.text, text[end : end + 20])
     for size in chunking.sizes:
         # Each size still covers the text, code lines whole where they fit.
         same = [c.text for c in chunks if c.size == size]

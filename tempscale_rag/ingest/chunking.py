@@ -11,6 +11,8 @@ most the window minus the special tokens, so every chunk is embedded whole.
 
 from __future__ import annotations
 
+import itertools
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +39,40 @@ _PIECE_END = r"(?:[,.;](?!\S)|[。？！]|\n)"
 _PIECE_CHAR = r"(?:[^,.;。？！\n]|[,.;](?=\S))"
 PIECES = rf"{_PIECE_CHAR}*{_PIECE_END}|{_PIECE_CHAR}+"
 """The `secondary_chunking_regex` of the chunkers' `SentenceSplitter`s."""
+
+# A word with no space in it that is longer than a chunk (code such as `opener =
+# urllib.request.build_opener(urllib.request.HTTPCookieProcessor(cj))` at 24 tokens) went to LlamaIndex's last fallback,
+# single characters, and was cut anywhere: `urllib.request.build_o` | `pener(...` (issue 24: in Python's library
+# reference, 358 chunks ended inside a name, 285 of them a name that fits its chunk; see
+# benchmarks/chunk_boundaries.py). Before characters, such a word is cut before each name (a word or a dotted name such
+# as `urllib.request.HTTPCookieProcessor`) but its first, then (a name that fits only without its quotes and brackets:
+# `{'get_endpoint.return_value...'}`) at both ends of each name, so a name stays whole wherever it fits a chunk; a
+# dotted name longer than a chunk is cut before its dots (`xml.parsers.expat` | `.errors.XML_ERROR_...`); only a single
+# word longer than a chunk (a hash, a 40-digit number) is cut between characters.
+_NAME = re.compile(r"\w+(?:\.\w+)*")
+_INNER_DOT = re.compile(r"(?<=\w)\.(?=\w)")
+
+
+def _cut(text: str, at: list[int]) -> list[str]:
+    """`text` cut at the offsets `at` (ascending, inside the text): every character in exactly one piece."""
+    bounds = [0, *at, len(text)]
+    return [text[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+
+
+def split_before_names(text: str) -> list[str]:
+    """Pieces of `text` that each begin with a name (but the first): punctuation stays with the name before it."""
+    return _cut(text, [m.start() for m in _NAME.finditer(text)][1:])
+
+
+def split_around_names(text: str) -> list[str]:
+    """Pieces of `text` cut at both ends of every name: for a name that fits a chunk only without its punctuation."""
+    cuts = {at for m in _NAME.finditer(text) for at in m.span()} - {0, len(text)}
+    return _cut(text, sorted(cuts))
+
+
+def split_before_dots(text: str) -> list[str]:
+    """Pieces of `text` cut before each dot between two word characters (inside a dotted name)."""
+    return _cut(text, [m.start() for m in _INNER_DOT.finditer(text)])
 
 
 @dataclass(frozen=True)
@@ -80,8 +116,18 @@ def _sentence_splitter(size: int, overlap: int, counter: TokenCounter) -> Any:
         chunking_tokenizer_fn=_sentences,
         secondary_chunking_regex=PIECES,
     )
-    # SentenceSplitter takes one fallback regex; line ends go before it (its list of fallbacks, tried in order).
-    splitter._sub_sentence_split_fns = [split_by_regex(LINES), *splitter._sub_sentence_split_fns]
+    # SentenceSplitter takes one fallback regex; line ends go before it, names and dots between its words and its
+    # characters (its list of fallbacks, tried in order: the first that cuts a too-long piece in two or more wins).
+    by_regex, by_words, by_chars = splitter._sub_sentence_split_fns
+    splitter._sub_sentence_split_fns = [
+        split_by_regex(LINES),
+        by_regex,
+        by_words,
+        split_before_names,
+        split_around_names,
+        split_before_dots,
+        by_chars,
+    ]
     return splitter
 
 
