@@ -464,8 +464,7 @@ class Index:
         manifest = self._require_manifest()
         current = manifest.lexical
         if current is not None:
-            has_whole = callable(getattr(self._require_store(), "lexical_documents", None))
-            if current.document_pivot is not None or settings == current or not has_whole:
+            if current.document_pivot is not None or settings == current:
                 return current
             settings = settings or current.model_copy(update={"document_pivot": DOCUMENT_PIVOT})
         return add_lexical_channel(self._writable_store(), manifest, self._folder, settings)

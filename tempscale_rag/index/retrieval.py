@@ -81,9 +81,6 @@ def add_lexical_channel(
             f"the index at {folder} records no chunk sizes (it predates them): rebuild it to search it hybrid"
         )
     settings = settings or LexicalSettings.for_chunks(max(manifest.chunking.sizes))
-    if settings.document_pivot is not None and not callable(getattr(store, "lexical_documents", None)):
-        # The whole-document list exists in the FAISS store only so far: this backend ranks with the chunk list.
-        settings = settings.model_copy(update={"document_pivot": None})
     if settings.chunk_size not in manifest.chunking.sizes:
         raise ValueError(
             f"the index has no chunks of size {settings.chunk_size} (its sizes are "
