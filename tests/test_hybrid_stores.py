@@ -25,6 +25,7 @@ from tempscale_rag.ranking.hybrid import (
 )
 from tempscale_rag.ranking.lexical import LexicalAnalyzer, PivotBM25, SparseEncoder
 from tempscale_rag.stores import ChunkRecord, VectorStore
+from tempscale_rag.stores.base import SearchHit
 from tempscale_rag.stores.faiss import FaissStore
 from tempscale_rag.stores.qdrant import MEMORY, QdrantStore
 from tempscale_rag.stores.qdrant.edge import EdgeStore
@@ -212,3 +213,23 @@ def test_a_dense_only_store_searches_dense_and_refuses_lexical(tmp_path: Path) -
     with pytest.raises(ValueError, match="no lexical channel"):
         search_documents_hybrid(store, vector[None, :], sparse, 3, SCORING, 1, Fusion("lexical"))  # type: ignore[arg-type]
     store.close()
+
+
+def test_fused_chunks_skip_keys_whose_records_are_gone() -> None:
+    """A chunk deleted by a writer after the search (no record) is replaced by the next fused key, not dropped."""
+    from tempscale_rag.ranking.hybrid import _fused_hits
+
+    class Records:
+        def __init__(self) -> None:
+            self.asked: list[list[int]] = []
+
+        def evidence_hits(self, keys: list[int]) -> dict[int, SearchHit]:
+            self.asked.append(list(keys))
+            return {key: SearchHit(str(key), 0.0, f"text {key}", "a.txt", key, 3, "b") for key in keys if key % 2}
+
+    store = Records()
+    fused = [(key, 10.0 - key) for key in range(10)]
+    hits = _fused_hits(store, fused, 3)  # type: ignore[arg-type]
+    assert [(h.id, h.score) for h in hits] == [("1", 9.0), ("3", 7.0), ("5", 5.0)]
+    assert store.asked == [[0, 1, 2], [3, 4], [5]]  # only as many records as still wanted, never the whole list
+    assert _fused_hits(store, fused[:2], 3) == [hits[0]]  # type: ignore[arg-type]

@@ -100,6 +100,11 @@ class HybridSource(DocumentSource, LexicalSource, Protocol):
     def search_many(self, query_vectors: npt.ArrayLike, k: int = 10) -> list[list[SearchHit]]:
         """The `k` best chunks of each query by cosine."""
 
+    def dense_chunks(
+        self, query_vectors: npt.ArrayLike, n: int
+    ) -> list[tuple[npt.NDArray[np.generic], npt.NDArray[np.float32]]]:
+        """(keys, scores) of the best `n` chunks of each query by cosine, best first; the keys of `evidence_hits`."""
+
 
 def has_lexical(store: object) -> bool:
     """Whether `store` has a lexical channel."""
@@ -246,7 +251,9 @@ def search_chunks_hybrid(
 ) -> list[list[SearchHit]]:
     """Chunk search with the channels of `fusion.retrieval`: each channel's best `depth` chunks, fused, best `k`.
 
-    `SearchHit.score` is the fused score (the channel's own score with one channel).
+    The channels' lists are fused on chunk keys and scores alone; only the fused top `k` chunks' records are read
+    (a store's record lookup, texts included, costs more than both searches). `SearchHit.score` is the fused score
+    (the channel's own score with one channel).
     """
     lexical_on = fusion.retrieval != "dense" and has_lexical(store)
     if fusion.retrieval == "lexical" and not has_lexical(store):
@@ -254,22 +261,30 @@ def search_chunks_hybrid(
     depth = max(k, fusion.depth)
     if fusion.retrieval == "dense" or not lexical_on:
         return [hits[:k] for hits in store.search_many(query_vectors, k)]
-    dense = (
-        store.search_many(query_vectors, depth)
-        if fusion.retrieval != "lexical"
-        else [[] for _ in range(len(sparse_queries))]
-    )
+    empty = (np.empty(0, dtype=object), np.empty(0, dtype=np.float32))
+    dense = store.dense_chunks(query_vectors, depth) if fusion.retrieval != "lexical" else [empty] * len(sparse_queries)
     out: list[list[SearchHit]] = []
-    for dense_hits, sparse in zip(dense, sparse_queries, strict=True):
-        keys, scores = store.lexical_chunks(sparse, depth) if sparse[0] else (np.array([]), np.array([]))
-        records = store.evidence_hits(keys.tolist()) if keys.size else {}
-        pairs = zip(keys.tolist(), scores.tolist(), strict=True)
-        lexical = [(records[key], float(score)) for key, score in pairs if key in records]
-        by_id = {hit.id: hit for hit, _ in lexical} | {hit.id: hit for hit in dense_hits}
+    for (dense_keys, dense_scores), sparse in zip(dense, sparse_queries, strict=True):
+        keys, scores = store.lexical_chunks(sparse, depth) if sparse[0] else empty
         fused = fuse_ranked(
-            [(hit.id, hit.score) for hit in dense_hits],
-            [(hit.id, score) for hit, score in lexical],
+            list(zip(dense_keys.tolist(), dense_scores.tolist(), strict=True)),
+            list(zip(keys.tolist(), scores.tolist(), strict=True)),
             Fusion(fusion.retrieval, fusion.method, fusion.lexical_weight, depth),
-        )[:k]
-        out.append([rescored(by_id[str(key)], score) for key, score in fused])
+        )
+        out.append(_fused_hits(store, fused, k))
+    return out
+
+
+def _fused_hits(store: HybridSource, fused: list[tuple[Hashable, float]], k: int) -> list[SearchHit]:
+    """The records of the first `k` fused keys that still exist, with their fused scores.
+
+    A key without a record was deleted by a writer after this reader opened; the next keys take its place.
+    """
+    out: list[SearchHit] = []
+    start = 0
+    while len(out) < k and start < len(fused):
+        part = fused[start : start + k - len(out)]
+        start += len(part)
+        records = store.evidence_hits([key for key, _ in part])
+        out.extend(rescored(records[key], score) for key, score in part if key in records)
     return out

@@ -334,6 +334,23 @@ class FaissStore(VectorStore):
         ]
 
     @reports_damage
+    def dense_chunks(
+        self, query_vectors: npt.ArrayLike, n: int
+    ) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
+        """The best `n` chunks of each query by inner product, as (FAISS ids, scores): no chunk record is read.
+
+        What hybrid chunk search fuses: the records of the fused top k alone are then read (`evidence_hits`).
+        """
+        self._check_open()
+        queries = as_query_matrix(query_vectors, self.dimension)
+        vectors = self._synced()
+        if vectors.ntotal == 0 or queries.shape[0] == 0:
+            return [(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)) for _ in range(queries.shape[0])]
+        scores, ids = vectors.search(queries, min(check_k(n), vectors.ntotal))
+        kept = ids >= 0  # -1 pads results beyond ntotal
+        return [(ids[row][kept[row]], scores[row][kept[row]]) for row in range(queries.shape[0])]
+
+    @reports_damage
     def lexical_chunks(self, query: tuple[list[int], list[float]], n: int | None) -> tuple[np.ndarray, np.ndarray]:
         """The best `n` chunks of the lexical channel for one query, by `PivotBM25` over the stored lexical chunks.
 

@@ -389,6 +389,24 @@ class QdrantStore(VectorStore):
         found = self._connection.query_batches(self.collection, queries, k, True)
         return [[scored_hit(point) for point in points] for points in found]
 
+    def dense_chunks(
+        self, query_vectors: npt.ArrayLike, n: int
+    ) -> list[tuple[npt.NDArray[Any], npt.NDArray[np.float32]]]:
+        """The best `n` chunks of each query by the collection's distance, as (point ids, scores): no payloads read.
+
+        What hybrid chunk search fuses: the records of the fused top k alone are then read (`evidence_hits`).
+        """
+        self._check_open()
+        queries = as_query_matrix(query_vectors, self.dimension)
+        found = self._connection.query_batches(self.collection, queries, check_k(n), False)
+        return [
+            (
+                np.asarray([str(point.id) for point in points], dtype=object),
+                np.asarray([point.score for point in points], dtype=np.float32),
+            )
+            for points in found
+        ]
+
     # --- the document-ranking contract (`tempscale_rag.ranking.candidates.DocumentSource`) ---------------------------
 
     @property
