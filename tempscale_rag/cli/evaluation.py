@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tempscale_rag.cli.options import RUNTIME_FIELDS, add_argument
-from tempscale_rag.config import RETRIEVALS, TempScaleConfig
+from tempscale_rag.config import PRESETS, RETRIEVALS, TempScaleConfig
 
 logger = logging.getLogger(__name__)
 
@@ -221,6 +221,24 @@ def _register_eval(subparsers: Any) -> None:
     )
     add_argument(
         group,
+        "--preset",
+        default=None,
+        choices=tuple(PRESETS),
+        help="Evaluate a named preset of `index --preset` (its chunk sizes and fusion settings; --chunk-tokens "
+        "keeps the preset's fusion settings with other sizes).",
+    )
+    add_argument(
+        group,
+        "--lexical-weight",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="W",
+        help="Weights of the BM25 lists in the hybrid rows (an axis; the dense list weighs 1; default: the preset's, "
+        "1 for the default).",
+    )
+    add_argument(
+        group,
         "--chunk-tokens",
         nargs="+",
         default=None,
@@ -282,6 +300,26 @@ def _calibrated_chunkings(paths: Any, overlap_tokens: int | None) -> list[Any] |
     return list(found.values()) or None
 
 
+def _eval_chunkings(args: argparse.Namespace) -> list[Any] | None:
+    """The chunk settings `eval` compares; None: the default.
+
+    --chunk-tokens (with a --preset's other settings), else the preset, else the calibration files' sizes.
+    """
+    from tempscale_rag.config import ChunkingConfig
+
+    preset = args.preset or "default"
+    if args.chunk_tokens:
+        if args.preset is None:
+            return list(args.chunk_tokens)
+        fields = {name: value for name, value in PRESETS[preset].items() if name != "sizes"}
+        overlap = {} if args.chunk_overlap_tokens is None else {"overlap_tokens": args.chunk_overlap_tokens}
+        return [ChunkingConfig.parse(spec, **fields, **overlap) for spec in args.chunk_tokens]
+    if args.preset is not None:
+        overlap = {} if args.chunk_overlap_tokens is None else {"overlap_tokens": args.chunk_overlap_tokens}
+        return [ChunkingConfig.preset(preset, **overlap)]
+    return _calibrated_chunkings(args.calibration or (), args.chunk_overlap_tokens)
+
+
 def run_eval(args: argparse.Namespace) -> int:
     """Run `tempscale-rag eval`."""
     from tempscale_rag.config import DEFAULT_DOC_SCORE
@@ -307,9 +345,10 @@ def run_eval(args: argparse.Namespace) -> int:
         max_seq_lengths=args.max_seq_length or (None,),
         queries=args.queries,
         doc_scores=doc_scores,
-        chunkings=args.chunk_tokens or _calibrated_chunkings(args.calibration or (), args.chunk_overlap_tokens),
+        chunkings=_eval_chunkings(args),
         overlap_tokens=args.chunk_overlap_tokens,
         **({"retrievals": args.retrieval} if args.retrieval else {}),
+        lexical_weights=args.lexical_weight,
     )
     task = load_task(args.dataset, args, split_file=args.split_file, split=args.split)
     encoder = _load_encoder(base)

@@ -306,6 +306,7 @@ def build_configurations(
     chunkings: Sequence[str | ChunkingConfig] | None = None,
     overlap_tokens: int | None = None,
     retrievals: Sequence[str] = EVAL_RETRIEVALS,
+    lexical_weights: Sequence[float] | None = None,
 ) -> list[EvalConfiguration]:
     """The configurations of one evaluation: the product of the temperature settings with the pipeline axes.
 
@@ -336,6 +337,8 @@ def build_configurations(
         retrievals: The retrieval channels of the chunked pipelines, on the same chunks: `lexical` (one `BM25` row:
             BM25 over the lexical chunks, no embedding), `dense` (every temperature row) and `hybrid` (every
             temperature row again, fused with BM25, named `hybrid ...`, against `hybrid tau=1`).
+        lexical_weights: Weights of the BM25 lists in the hybrid rows (an axis: with several, each hybrid row once
+            per weight, named `hybrid w=W ...`); None: each chunking's own `lexical_weight`.
 
     Returns:
         The configurations, baselines first within each pipeline.
@@ -350,6 +353,7 @@ def build_configurations(
     windows = list(dict.fromkeys(max_seq_lengths))
     scores = [check_eval_doc_score(s) for s in dict.fromkeys(doc_scores)]
     channels = [check_retrieval(r) for r in dict.fromkeys(retrievals)]
+    weights = None if lexical_weights is None else list(dict.fromkeys(map(_check_weight, lexical_weights)))
     if not policies or not windows or not scores or not channels:
         raise ValueError("the long-text, window, doc-score and retrieval axes need at least one value each")
     chunk_groups = _chunk_groups(chunkings, overlap_tokens) if any(s != VECTOR for s in scores) else {}
@@ -383,7 +387,7 @@ def build_configurations(
             dense = _chunked_configurations(
                 {**fields, "max_seq_length": window}, doc_score, parts, chunk_groups, temperature_rows, query_tau
             )
-            out.extend(_with_retrievals(dense, channels))
+            out.extend(_with_retrievals(dense, channels, weights))
     names = [c.name for c in out]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -513,7 +517,9 @@ def _chunked_configurations(
     return out
 
 
-def _with_retrievals(dense: list[EvalConfiguration], channels: list[Retrieval]) -> list[EvalConfiguration]:
+def _with_retrievals(
+    dense: list[EvalConfiguration], channels: list[Retrieval], weights: list[float] | None = None
+) -> list[EvalConfiguration]:
     """The rows of each retrieval channel over one doc score's dense rows (see `build_configurations`)."""
     out: list[EvalConfiguration] = []
     dense = [dataclasses.replace(c, chunking=_retrieving(c.chunking, "dense")) for c in dense]
@@ -525,17 +531,30 @@ def _with_retrievals(dense: list[EvalConfiguration], channels: list[Retrieval]) 
     if "dense" in channels:
         out.extend(dense)
     if "hybrid" in channels:
-        for c in dense:
-            out.append(
-                dataclasses.replace(
-                    c,
-                    name=f"hybrid {c.name}",
-                    chunking=_retrieving(c.chunking, "hybrid"),
-                    baseline=None if c.baseline is None else f"hybrid {c.baseline}",
-                    setting=f"hybrid {c.setting or c.name}",
+        listed: list[float | None] = list(weights) if weights else [None]
+        for weight in listed:
+            label = "hybrid" if weight is None or len(listed) < 2 else f"hybrid w={weight:g}"
+            for c in dense:
+                chunking = _retrieving(c.chunking, "hybrid")
+                if weight is not None and chunking is not None:
+                    chunking = chunking.model_copy(update={"lexical_weight": weight})
+                out.append(
+                    dataclasses.replace(
+                        c,
+                        name=f"{label} {c.name}",
+                        chunking=chunking,
+                        baseline=None if c.baseline is None else f"{label} {c.baseline}",
+                        setting=f"{label} {c.setting or c.name}",
+                    )
                 )
-            )
     return out
+
+
+def _check_weight(weight: float) -> float:
+    value = float(weight)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"a lexical weight must be a finite number >= 0, got {weight!r}")
+    return value
 
 
 def _retrieving(chunking: ChunkingConfig | None, retrieval: Retrieval) -> ChunkingConfig | None:
