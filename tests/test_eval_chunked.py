@@ -213,6 +213,29 @@ def test_axes_names_and_baselines() -> None:
         configs(chunkings=["64,32"])
 
 
+def test_lexical_weights_are_an_axis_of_the_hybrid_rows() -> None:
+    weighted = build_configurations(BASE, chunkings=["499:0.9"], lexical_weights=[1, 2.5])
+    assert [c.name for c in weighted] == [
+        "BM25",
+        "tau=1",
+        "taus 499:0.9",
+        "hybrid w=1 tau=1",
+        "hybrid w=1 taus 499:0.9",
+        "hybrid w=2.5 tau=1",
+        "hybrid w=2.5 taus 499:0.9",
+    ]
+    assert [c.chunking.lexical_weight for c in weighted if c.chunking] == [1, 1, 1, 1, 1, 2.5, 2.5]
+    assert weighted[-1].baseline == "hybrid w=2.5 tau=1"
+    # One weight names no axis; a chunking's own weight (a preset's) is kept without the argument.
+    single = build_configurations(BASE, chunkings=["499"], lexical_weights=[3])
+    assert [c.chunking.lexical_weight for c in single if c.name.startswith("hybrid") and c.chunking] == [3, 3]
+    own = build_configurations(BASE, chunkings=[ChunkingConfig(sizes=(499,), lexical_weight=2.0)])
+    assert {c.chunking.lexical_weight for c in own if c.chunking} == {2.0}
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="lexical weight"):
+            build_configurations(BASE, lexical_weights=[bad])
+
+
 def test_a_chunk_size_larger_than_the_window_is_a_clear_error(encoder: TempScaleEncoder, needles: EvalTask) -> None:
     configurations = configs(chunkings=["128"], temperatures=[1.0])
     with pytest.raises(ValueError, match="chunk size"):
