@@ -211,32 +211,7 @@ def _register_eval(subparsers: Any) -> None:
         "vector (vector: the first window, or the mean of windows with --long-text chunk_mean; LongEmbed's "
         "protocol).",
     )
-    add_argument(
-        group,
-        "--retrieval",
-        nargs="+",
-        default=None,
-        choices=RETRIEVALS,
-        help="Retrieval channels (an axis, default all): lexical (one BM25 row), dense, hybrid (as `search`).",
-    )
-    add_argument(
-        group,
-        "--preset",
-        default=None,
-        choices=tuple(PRESETS),
-        help="Evaluate a named preset of `index --preset` (its chunk sizes and fusion settings; --chunk-tokens "
-        "keeps the preset's fusion settings with other sizes).",
-    )
-    add_argument(
-        group,
-        "--lexical-weight",
-        type=float,
-        nargs="+",
-        default=None,
-        metavar="W",
-        help="Weights of the BM25 lists in the hybrid rows (an axis; the dense list weighs 1; default: the preset's, "
-        "1 for the default).",
-    )
+    _add_fusion_flags(group)
     add_argument(
         group,
         "--chunk-tokens",
@@ -298,6 +273,36 @@ def _calibrated_chunkings(paths: Any, overlap_tokens: int | None) -> list[Any] |
                 chunking = chunking.model_copy(update={"overlap_tokens": overlap_tokens})
             found[(chunking.sizes, chunking.overlap_tokens)] = chunking.model_copy(update={"temperatures": None})
     return list(found.values()) or None
+
+
+def _add_fusion_flags(group: Any) -> None:
+    """`eval`'s --retrieval, --preset and --lexical-weight."""
+    add_argument(
+        group,
+        "--retrieval",
+        nargs="+",
+        default=None,
+        choices=RETRIEVALS,
+        help="Retrieval channels (an axis, default all): lexical (one BM25 row), dense, hybrid (as `search`).",
+    )
+    add_argument(
+        group,
+        "--preset",
+        default=None,
+        choices=tuple(PRESETS),
+        help="Evaluate a named preset of `index --preset` (its chunk sizes and fusion settings; --chunk-tokens "
+        "keeps the preset's fusion settings with other sizes).",
+    )
+    add_argument(
+        group,
+        "--lexical-weight",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="W",
+        help="Weights of the BM25 lists in the hybrid rows (an axis; the dense list weighs 1; default: the preset's, "
+        "1 for the default).",
+    )
 
 
 def _eval_chunkings(args: argparse.Namespace) -> list[Any] | None:

@@ -337,8 +337,8 @@ def build_configurations(
         retrievals: The retrieval channels of the chunked pipelines, on the same chunks: `lexical` (one `BM25` row:
             BM25 over the lexical chunks, no embedding), `dense` (every temperature row) and `hybrid` (every
             temperature row again, fused with BM25, named `hybrid ...`, against `hybrid tau=1`).
-        lexical_weights: Weights of the BM25 lists in the hybrid rows (an axis: with several, each hybrid row once
-            per weight, named `hybrid w=W ...`); None: each chunking's own `lexical_weight`.
+        lexical_weights: BM25 weights of the hybrid rows (an axis, rows `hybrid w=W ...` with several); None: each
+            chunking's own `lexical_weight`.
 
     Returns:
         The configurations, baselines first within each pipeline.
@@ -388,11 +388,16 @@ def build_configurations(
                 {**fields, "max_seq_length": window}, doc_score, parts, chunk_groups, temperature_rows, query_tau
             )
             out.extend(_with_retrievals(dense, channels, weights))
-    names = [c.name for c in out]
+    return _named_once(out)
+
+
+def _named_once(configurations: list[EvalConfiguration]) -> list[EvalConfiguration]:
+    """`configurations`, if no two share a name (else ValueError)."""
+    names = [c.name for c in configurations]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ValueError(f"two configurations would share the name {duplicates[0]!r}; give each one only once")
-    return out
+    return configurations
 
 
 def _bucket_sets(buckets: Sequence[str | Sequence[Bucket]]) -> list[tuple[str, list[Bucket]]]:

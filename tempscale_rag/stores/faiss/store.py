@@ -315,40 +315,22 @@ class FaissStore(VectorStore):
         Returns:
             One list of up to `k` hits per query, best first.
         """
-        self._check_open()
-        k = check_k(k)
-        queries = as_query_matrix(query_vectors, self.dimension)
-        vectors = self._synced()
-        if vectors.ntotal == 0 or queries.shape[0] == 0:
-            return [[] for _ in range(queries.shape[0])]
-        scores, ids = vectors.search(queries, min(k, vectors.ntotal))
-        rows = sql.fetch_hit_rows(self._connection(), np.unique(ids[ids >= 0]).tolist())
-        # -1 pads results beyond ntotal; a missing row was deleted by a writer after this reader opened.
+        found = self.dense_chunks(query_vectors, k)
+        distinct = np.unique(np.concatenate([np.empty(0, dtype=np.int64), *(ids for ids, _ in found)]))
+        rows = sql.fetch_hit_rows(self._connection(), distinct.tolist())
+        # A missing row was deleted by a writer after this reader opened.
+        hits = ((zip(ids.tolist(), scores.tolist(), strict=True)) for ids, scores in found)
         return [
-            [
-                _search_hit(row, score)
-                for score, vid in zip(score_row, id_row, strict=True)
-                if (row := rows.get(vid)) is not None
-            ]
-            for score_row, id_row in zip(scores.tolist(), ids.tolist(), strict=True)
+            [_search_hit(row, score) for vid, score in pairs if (row := rows.get(vid)) is not None] for pairs in hits
         ]
 
     @reports_damage
     def dense_chunks(
         self, query_vectors: npt.ArrayLike, n: int
-    ) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
-        """The best `n` chunks of each query by inner product, as (FAISS ids, scores): no chunk record is read.
-
-        What hybrid chunk search fuses: the records of the fused top k alone are then read (`evidence_hits`).
-        """
+    ) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[Any]]]:
+        """(FAISS ids, scores) of each query's best `n` chunks, no record read: what hybrid chunk search fuses."""
         self._check_open()
-        queries = as_query_matrix(query_vectors, self.dimension)
-        vectors = self._synced()
-        if vectors.ntotal == 0 or queries.shape[0] == 0:
-            return [(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)) for _ in range(queries.shape[0])]
-        scores, ids = vectors.search(queries, min(check_k(n), vectors.ntotal))
-        kept = ids >= 0  # -1 pads results beyond ntotal
-        return [(ids[row][kept[row]], scores[row][kept[row]]) for row in range(queries.shape[0])]
+        return search_keys(self._synced(), as_query_matrix(query_vectors, self.dimension), check_k(n))
 
     @reports_damage
     def lexical_chunks(self, query: tuple[list[int], list[float]], n: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -549,3 +531,12 @@ def _search_hit(row: tuple[Any, ...], score: float = 0.0) -> SearchHit:
         bucket=row[6],
         metadata=metadata if isinstance(metadata, dict) else {},
     )
+
+
+def search_keys(vectors: Any, queries: npt.NDArray[np.float32], n: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each query's (FAISS ids, float32 scores) of its best `n` chunks, best first."""
+    if vectors.ntotal == 0 or queries.shape[0] == 0:
+        return [(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.float32)) for _ in range(queries.shape[0])]
+    scores, ids = vectors.search(queries, min(n, vectors.ntotal))
+    kept = ids >= 0  # -1 pads results beyond ntotal
+    return [(ids[row][kept[row]], scores[row][kept[row]]) for row in range(queries.shape[0])]

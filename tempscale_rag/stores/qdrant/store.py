@@ -392,20 +392,10 @@ class QdrantStore(VectorStore):
     def dense_chunks(
         self, query_vectors: npt.ArrayLike, n: int
     ) -> list[tuple[npt.NDArray[Any], npt.NDArray[np.float32]]]:
-        """The best `n` chunks of each query by the collection's distance, as (point ids, scores): no payloads read.
-
-        What hybrid chunk search fuses: the records of the fused top k alone are then read (`evidence_hits`).
-        """
+        """(point ids, scores) of each query's best `n` chunks, no payload read: what hybrid chunk search fuses."""
         self._check_open()
         queries = as_query_matrix(query_vectors, self.dimension)
-        found = self._connection.query_batches(self.collection, queries, check_k(n), False)
-        return [
-            (
-                np.asarray([str(point.id) for point in points], dtype=object),
-                np.asarray([point.score for point in points], dtype=np.float32),
-            )
-            for points in found
-        ]
+        return point_keys(self._connection.query_batches(self.collection, queries, check_k(n), False))
 
     # --- the document-ranking contract (`tempscale_rag.ranking.candidates.DocumentSource`) ---------------------------
 
@@ -432,22 +422,7 @@ class QdrantStore(VectorStore):
         """The sources of the best chunks, per query: through the grouping API, or an over-fetching query."""
         self._check_open()
         if self.use_grouping_api and n_documents is not None:
-            out = []
-            for row in queries:
-                result = self._connection.call(
-                    "search documents",
-                    partial(
-                        self._connection.client.query_points_groups,
-                        self.collection,
-                        group_by="source",
-                        query=row.tolist(),
-                        limit=n_documents,
-                        group_size=1,
-                        with_payload=False,
-                    ),
-                )
-                out.append([str(group.id) for group in result.groups])
-            return out
+            return grouped_sources(self._connection, self.collection, queries, n_documents)
         found = self._connection.query_batches(self.collection, queries, n_chunks, ["source", "chunk_tokens"])
         names = [list(dict.fromkeys(str((p.payload or {}).get("source", "")) for p in points)) for points in found]
         return names if n_documents is None else [documents[:n_documents] for documents in names]
@@ -587,3 +562,36 @@ class QdrantStore(VectorStore):
         """Every stored chunk of `sources` (None: all) as (point id, vector, chunk size), by source."""
         self._check_open()
         return self._documents.scan(sources)
+
+
+def point_keys(found: list[list[models.ScoredPoint]]) -> list[tuple[npt.NDArray[Any], npt.NDArray[np.float32]]]:
+    """Each query's (point ids as str, scores), best first."""
+    return [
+        (
+            np.asarray([str(point.id) for point in points], dtype=object),
+            np.asarray([point.score for point in points], dtype=np.float32),
+        )
+        for points in found
+    ]
+
+
+def grouped_sources(
+    connection: QdrantConnection, collection: str, queries: npt.NDArray[np.float32], n_documents: int
+) -> list[list[str]]:
+    """The sources of each query's best chunks through the server's grouping API (one best chunk per source)."""
+    out = []
+    for row in queries:
+        result = connection.call(
+            "search documents",
+            partial(
+                connection.client.query_points_groups,
+                collection,
+                group_by="source",
+                query=row.tolist(),
+                limit=n_documents,
+                group_size=1,
+                with_payload=False,
+            ),
+        )
+        out.append([str(group.id) for group in result.groups])
+    return out
