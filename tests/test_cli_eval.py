@@ -206,3 +206,22 @@ def test_vector_protocol_on_the_command_line_reproduces_mteb_on_qmsum(capsys: py
     entries = json.loads(capsys.readouterr().out)["configurations"]
     assert [e["name"] for e in entries] == ["tau=1"] and entries[0]["doc_score"] == "vector"
     assert entries[0]["metrics"]["ndcg@10"] * 100 == pytest.approx(16.32, abs=0.1)
+
+
+def test_eval_preset_and_lexical_weights(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["-q", "eval", *TINY_PASSKEY, "--max-seq-length", "64", "--preset", "fast", "--chunk-tokens", "32:0.9"]
+    argv += ["--lexical-weight", "1", "2.5", "--retrieval", "lexical", "hybrid", "--no-per-query", "--json"]
+    assert main(argv) == 0
+    document = json.loads(capsys.readouterr().out)
+    rows = {c["name"]: c for c in document["configurations"]}
+    assert list(rows) == [
+        "BM25",
+        "hybrid w=1 tau=1",
+        "hybrid w=1 taus 32:0.9",
+        "hybrid w=2.5 tau=1",
+        "hybrid w=2.5 taus 32:0.9",
+    ]
+    assert [rows[n]["chunking"]["lexical_weight"] for n in rows][1:] == [1.0, 1.0, 2.5, 2.5]
+    assert {c["chunk_tokens"] == [32] for c in rows.values()} == {True}
+    assert main(["-q", "eval", *TINY_PASSKEY, "--lexical-weight", "-1"]) == 1
+    assert "lexical weight" in capsys.readouterr().err
