@@ -7,7 +7,11 @@ per configuration: median wall seconds and CPU seconds (user + system of the pro
 (the dense-only four-size index, what `tempscale-rag index` built before hybrid retrieval), chunks (vectors) stored,
 tokens embedded per source token and vectors per 1,000 source tokens (from the index's own summary).
 
-    python benchmarks/index_cost.py [--docs 8] [--repeats 2] [--also 48:1,192:0.8,499:0.8 ...]
+    python benchmarks/index_cost.py [--docs 8] [--repeats 2] [--also 48:1,192:0.8,499:0.8 ...] [--baseline-rev REV]
+
+`--baseline-rev REV` adds, as the first row (the one the ratios are against), `tempscale-rag index` of the code at
+git revision REV (extracted with `git archive`, run on the same virtualenv): e.g. the default as it was before
+hybrid retrieval came in (7797ebd), which is what issue 25's cost target compares with.
 """
 
 from __future__ import annotations
@@ -35,11 +39,11 @@ CONFIGS = {
 }
 
 
-def run(folder: Path, out: Path, flags: list[str]) -> tuple[float, float, dict[str, object]]:
+def run(folder: Path, out: Path, flags: list[str], code: Path = ROOT) -> tuple[float, float, dict[str, object]]:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     command = [sys.executable, "-m", "tempscale_rag", "-q", "index", str(folder), "--out", str(out), "--json", *flags]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(code)}
     done = subprocess.run(command, capture_output=True, text=True, check=True, env=env)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -58,12 +62,24 @@ def main() -> None:
         metavar="SPEC",
         help="another --chunk-tokens spec to measure (repeatable)",
     )
+    parser.add_argument("--baseline-rev", default=None, metavar="REV", help="also index with the code at git REV")
     args = parser.parse_args()
     configs = {**CONFIGS, **{f"--chunk-tokens {spec}": ["--chunk-tokens", spec] for spec in args.also}}
+    codes = dict.fromkeys(configs, ROOT)
+    if args.baseline_rev:
+        old = f"{args.baseline_rev}: default (dense only)"
+        configs = {old: [], **configs}
     if not QMSUM.exists():
         sys.exit(f"needs {QMSUM} (the shared QMSum data)")
     work = Path(tempfile.mkdtemp(prefix="index-cost-"))
     try:
+        if args.baseline_rev:
+            codes[old] = work / "baseline-code"
+            codes[old].mkdir()
+            archive = subprocess.run(
+                ["git", "-C", str(ROOT), "archive", args.baseline_rev], capture_output=True, check=True
+            ).stdout
+            subprocess.run(["tar", "-x", "-C", str(codes[old])], input=archive, check=True)
         folder = work / "docs"
         folder.mkdir()
         with QMSUM.open(encoding="utf-8") as lines:
@@ -76,7 +92,7 @@ def main() -> None:
         for r in range(args.repeats):
             for name, flags in configs.items():
                 out = work / f"index-{r}-{len(results[name])}-{abs(hash(name))}"
-                results[name].append(run(folder, out, flags))
+                results[name].append(run(folder, out, flags, codes[name]))
                 print(
                     f"round {r + 1}: {name}: {results[name][-1][0]:.1f} s wall, {results[name][-1][1]:.1f} s CPU",
                     flush=True,
@@ -90,8 +106,8 @@ def main() -> None:
         tok.no_truncation()
         texts = [p.read_text(encoding="utf-8") for p in sorted(folder.iterdir())]
         source_tokens = sum(len(e.ids) - 2 for e in tok.encode_batch(texts))
-        base_wall = statistics.median(w for w, _, _ in results[next(iter(CONFIGS))])
-        base_cpu = statistics.median(c for _, c, _ in results[next(iter(CONFIGS))])
+        base_wall = statistics.median(w for w, _, _ in results[next(iter(configs))])
+        base_cpu = statistics.median(c for _, c, _ in results[next(iter(configs))])
         print(
             f"\n{args.docs} QMSum transcripts, {source_tokens:,} source tokens; {platform.machine()}, "
             f"{os.cpu_count()} CPUs, Python {platform.python_version()}; medians of {args.repeats} fresh processes"
