@@ -199,3 +199,20 @@ def test_an_index_without_the_whole_document_list_gains_it_with_add_lexical(
         assert store.lexical_documents(SparseEncoder().query("bicycle chain rain"), None)[0].tolist() == [
             str((docs / "bikes.txt").resolve())
         ]
+
+
+def test_the_fast_preset_weighs_bm25_double_and_records_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "supply.md").write_text("Either party may terminate the supply agreement with ninety days notice. " * 8)
+    (docs / "bikes.txt").write_text("Clean the bicycle chain and lubricate it after riding in the rain. " * 8)
+    out = tmp_path / "index"
+    assert main(["-q", "index", str(docs), "--preset", "fast", "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["chunking"]["sizes"] == [499] and manifest["chunking"]["lexical_weight"] == 2.0
+    assert main(["info", "--out", str(out)]) == 0
+    assert "BM25 weight 2," in capsys.readouterr().out
+    assert main(["search", "ninety days notice", "--documents", "--out", str(out), "--json", "-k", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["source"] == str((docs / "supply.md").resolve())
+    # The default keeps equal weights.
+    assert ChunkingConfig().lexical_weight == 1.0
