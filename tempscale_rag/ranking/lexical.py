@@ -161,8 +161,12 @@ class SparseEncoder:
     def document(self, text: str) -> SparseVector:
         """The sparse vector of one document or chunk (empty for a text without terms)."""
         terms = self.analyzer.terms(text)
-        norm = self.k1 * (1.0 - self.b + self.b * len(terms) / self.avg_len)
-        return _sparse(Counter(terms), lambda tf: tf / (tf + norm))
+        return self.document_of_counts(Counter(terms), len(terms))
+
+    def document_of_counts(self, counts: Counter[str], length: int) -> SparseVector:
+        """`document` of a text given by its analysed terms' counts and their total (a text read in parts)."""
+        norm = self.k1 * (1.0 - self.b + self.b * length / self.avg_len)
+        return _sparse(counts, lambda tf: tf / (tf + norm))
 
     def query(self, text: str) -> SparseVector:
         """The sparse vector of one query: each distinct term with its count (empty when no term survives)."""

@@ -6,6 +6,7 @@ the chunks and write it afterwards. A source without one (an interrupted write) 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from functools import partial
 from typing import TYPE_CHECKING
@@ -24,6 +25,7 @@ from tempscale_rag.stores.qdrant.points import (
     document_point_id,
     source_in,
 )
+from tempscale_rag.stores.qdrant.streaming import Summary
 
 if TYPE_CHECKING:
     from tempscale_rag.stores.qdrant.lexical import LexicalChannel
@@ -96,6 +98,13 @@ class DocumentPoints:
                 "write document entries", partial(self._connection.client.upsert, self.name, batch, wait=True)
             )
 
+    def write_summary(self, point: models.PointStruct | None) -> None:
+        """Write a streamed source's summary document point (`streaming.DocumentSummary.point`; None: no chunks)."""
+        if self.exists and point is not None:
+            self._connection.call(
+                "write document entries", partial(self._connection.client.upsert, self.name, [point], wait=True)
+            )
+
     def _whole_vectors(self, chunks: dict[str, list[Chunk]]) -> dict[str, tuple[str, models.SparseVector]]:
         """Each source's whole-document BM25 vector, from the stored texts of its lexical chunks (none: no list)."""
         channel = self.lexical
@@ -117,20 +126,39 @@ class DocumentPoints:
         return out
 
     def read(self, sources: list[str]) -> dict[str, StoredDocument]:
-        """The document points of `sources` that exist and can be decoded."""
+        """The full document points of `sources` that exist and can be decoded (not the summaries)."""
+        return self._fetch(sources)[0]
+
+    def _fetch(self, sources: list[str]) -> tuple[dict[str, StoredDocument], dict[str, Summary]]:
+        """The full document points and the summaries (streamed sources) of `sources` that exist and decode."""
         out: dict[str, StoredDocument] = {}
+        summaries: dict[str, Summary] = {}
         if not self.exists or not sources:
-            return out
+            return out, summaries
         ids = [document_point_id(source) for source in sources]
         for record in self._connection.retrieve("fetch documents", self.name, ids):
-            document = StoredDocument.from_payload(record.payload or {}, self._dimension)
+            payload = record.payload or {}
+            summary = Summary.from_payload(payload, self._dimension)
+            if summary is not None:
+                summaries[summary.source] = summary
+                continue
+            document = StoredDocument.from_payload(payload, self._dimension)
             if document is not None:
                 out[document.source] = document
-        return out
+        return out, summaries
 
     def load(self, sources: list[str]) -> dict[str, StoredDocument]:
-        """All chunk ids, sizes and vectors of `sources`, with group vectors; rescanned where a point is missing."""
-        out = self.read(sources)
+        """All chunk ids, sizes and vectors of `sources`, with group vectors; rescanned where a point is missing.
+
+        A streamed source's summary point has no copy of its chunks: they are read from the chunk collection, in
+        chunk order, and take the summary's group vectors (those of the clean write).
+        """
+        out, summaries = self._fetch(sources)
+        for source, chunks in self.scan(sorted(summaries), ordered=True).items():
+            summary = summaries[source]
+            document = StoredDocument.from_chunks(source, chunks)
+            if {size: document.sizes.count(size) for size in document.group_vectors} == summary.counts:
+                out[source] = dataclasses.replace(document, group_vectors=summary.group_vectors)
         stale = [source for source in sources if source not in out]
         if stale:
             scanned = self.scan(stale)
@@ -146,10 +174,16 @@ class DocumentPoints:
                 out[source] = StoredDocument.from_chunks(source, chunks)
         return out
 
-    def scan(self, sources: list[str] | None) -> dict[str, list[Chunk]]:
-        """Every chunk of `sources` (None: of the whole collection) as (point id, vector, chunk size), by source."""
+    def scan(self, sources: list[str] | None, *, ordered: bool = False) -> dict[str, list[Chunk]]:
+        """Every chunk of `sources` (None: of the whole collection) as (point id, vector, chunk size), by source.
+
+        `ordered`: each source's chunks in position order (as its records were written), else in point-id order.
+        """
+        if sources is not None and not sources:
+            return {}
         flt = None if sources is None else models.Filter(must=[source_in(sources)])
         found: dict[str, list[Chunk]] = {}
+        positions: dict[str, list[int]] = {}
         # Local mode filters and sorts the whole collection for every page: few large pages there.
         page_size = SCROLL_PAGE if self._connection.remote else 65536
         points = self._connection.scroll(
@@ -157,7 +191,7 @@ class DocumentPoints:
             self._chunks,
             page_size,
             scroll_filter=flt,
-            with_payload=["source", "chunk_tokens", "metadata"],
+            with_payload=["source", "chunk_tokens", "metadata", *(["position"] if ordered else [])],
             with_vectors=True,
         )
         for point in points:
@@ -166,7 +200,14 @@ class DocumentPoints:
             if not isinstance(size, int):
                 size = chunk_size_of(payload.get("metadata") or {})
             vector = np.asarray(dense_of(point.vector), dtype=np.float32)
-            found.setdefault(str(payload.get("source", "")), []).append((str(point.id), vector, size))
+            source = str(payload.get("source", ""))
+            found.setdefault(source, []).append((str(point.id), vector, size))
+            if ordered:
+                position = payload.get("position")
+                positions.setdefault(source, []).append(position if isinstance(position, int) else 0)
+        for source, where in positions.items():
+            order = np.argsort(np.asarray(where, dtype=np.int64), kind="stable").tolist()
+            found[source] = [found[source][i] for i in order]
         return found
 
     def merge(self, new_chunks: dict[str, list[Chunk]]) -> dict[str, list[Chunk]]:

@@ -27,6 +27,7 @@ written whenever `documents.py` writes the point (after the chunks), with the sa
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -102,6 +103,21 @@ class LexicalChannel:
         if self._whole is None:
             return None
         ids, values = self._whole.document("\n".join(texts))
+        return LEXICAL_VECTOR, models.SparseVector(indices=ids, values=values)
+
+    def document_terms(self, text: str) -> list[str]:
+        """The analysed terms of a lexical chunk, as `document_vector` counts them (empty without the list)."""
+        return [] if self._whole is None else self._whole.analyzer.terms(text)
+
+    def vector_of_terms(self, counts: Counter[str], length: int) -> tuple[str, models.SparseVector]:
+        """`document_vector` of the texts whose `document_terms` have these counts and this total.
+
+        Raises:
+            ValueError: Without the whole-document list.
+        """
+        if self._whole is None:
+            raise ValueError("this lexical channel has no whole-document list")
+        ids, values = self._whole.document_of_counts(counts, length)
         return LEXICAL_VECTOR, models.SparseVector(indices=ids, values=values)
 
     def named_vector(self, record: ChunkRecord, location: str) -> tuple[str, models.SparseVector] | None:

@@ -75,6 +75,7 @@ from tempscale_rag.stores.qdrant.points import (
     source_is,
     source_point_id,
 )
+from tempscale_rag.stores.qdrant.streaming import DocumentSummary, WrittenIds, delete_stale
 
 SOURCES_SUFFIX = "__sources"
 """Suffix of the collection that records each stored source's fingerprint."""
@@ -291,8 +292,61 @@ class QdrantStore(VectorStore):
             delete_stale_chunks(self._connection, self.collection, source, [point.id for point in points])
         if points:
             self._documents.write({source: chunks_of(checked, points)})
+        self._record_source(source, fingerprint, len(points))
+
+    def replace_source_batches(self, source: str, fingerprint: str, batches: Iterable[Iterable[ChunkRecord]]) -> int:
+        """`replace_source` from a stream of batches, holding one batch at a time (`streaming.py`).
+
+        The steps and their order are `replace_source`'s; the source's document point is a summary (group vectors,
+        no copy of the chunk vectors).
+
+        Args:
+            source: The file path as indexed.
+            fingerprint: The source's content fingerprint.
+            batches: The new chunks, in batches; each record must have `record.source == source`.
+
+        Returns:
+            The number of chunks the source has now.
+
+        Raises:
+            ValueError, TypeError: A record is invalid or a chunk id is in two batches; the source is then left out
+                of `sources()` (the indexer redoes it), as after an interrupted `replace_source`.
+        """
+        self._check_writable()
+        check_source(source)
+        check_fingerprint(fingerprint)
+        client = self._connection.client
+        marker = source_point_id(source)
+        self._connection.call(
+            "forget the source",
+            lambda: client.delete(self.sources_collection, models.PointIdsList(points=[marker]), wait=True),
+        )
+        self._modified = True
+        self._documents.forget([source])
+        may_have_chunks = self.source_chunks.may_have(source)
+        self.source_chunks.written([source])
+        summary = DocumentSummary(self.dimension, unit=self.distance == "cosine", channel=self._lexical)
+        written = WrittenIds()
+        for records in batches:
+            checked = check_records(records, self.dimension, source=source)
+            points = chunk_points(checked, self._lexical, self.location)
+            self._upload(points, report=False)
+            written.add([point.id for point in points])
+            summary.add(checked, [int(point.payload["chunk_tokens"]) for point in points])
+        kept = written.sorted(source)
+        if may_have_chunks:
+            delete_stale(self._connection, self.collection, source, kept)
+        self._documents.write_summary(summary.point(source))
+        self._record_source(source, fingerprint, summary.chunks)
+        return summary.chunks
+
+    def _record_source(self, source: str, fingerprint: str, chunks: int) -> None:
+        """Record the fingerprint of a source whose chunks and document point are written (the last step)."""
+        client = self._connection.client
         entry = models.PointStruct(
-            id=marker, vector={}, payload={"source": source, "fingerprint": fingerprint, "chunks": len(points)}
+            id=source_point_id(source),
+            vector={},
+            payload={"source": source, "fingerprint": fingerprint, "chunks": chunks},
         )
         self._connection.call("record the source", lambda: client.upsert(self.sources_collection, [entry], wait=True))
 
@@ -544,13 +598,13 @@ class QdrantStore(VectorStore):
             if self.count():
                 self._documents.refresh(None)
 
-    def _upload(self, points: list[Any]) -> None:
+    def _upload(self, points: list[Any], *, report: bool = True) -> None:
         total = len(points)
         for start in range(0, total, self._batch_size):
             batch = points[start : start + self._batch_size]
             batch = [point_struct(point) for point in batch] if self.pydantic_points else batch
             self._connection.call("upsert", partial(self._connection.client.upsert, self.collection, batch, wait=True))
-            if self._progress is not None:
+            if self._progress is not None and report:
                 self._progress(min(start + self._batch_size, total), total)
 
     def forget_document_points(self, sources: list[str]) -> None:
