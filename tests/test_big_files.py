@@ -6,6 +6,7 @@
 - a flat store never holds a streamed source's vectors: it releases its FAISS index, writes `vectors.faiss` from the
   database (byte for byte faiss's file of the rebuilt index) and loads the index again at the next search; the
   process's peak RSS stays below the vectors' size;
+- (Qdrant's `replace_source_batches`, and the same on Qdrant Edge: `test_qdrant_big_files.py`)
 - `tempscale-rag index` on a big file, interrupted by SIGINT while reading, splitting, embedding, writing the file to
   the store and writing `vectors.faiss`, exits with 130 within 2 s each time, and the re-runs resume and end with a
   clean run's index.
@@ -39,7 +40,6 @@ from tempscale_rag.ranking.lexical import SparseEncoder
 from tempscale_rag.stores import ChunkRecord, FaissSettings, IndexManifest, open_store
 from tempscale_rag.stores.faiss import FaissStore, streaming
 from tempscale_rag.stores.faiss.vector_file import HEADER_BYTES
-from tempscale_rag.stores.qdrant import MEMORY, QdrantStore
 
 DIM = 16
 
@@ -165,13 +165,6 @@ def test_an_id_in_two_batches_is_refused_and_nothing_is_written(tmp_path: Path) 
         with pytest.raises(ValueError, match="appears in two batches"):
             store.replace_source_batches("big.txt", "fp", [new[:6], new[4:]])
         assert store.count() == 0 and store.sources() == {}
-
-
-def test_other_stores_take_the_batches_whole() -> None:
-    new = records("big.txt", 25)
-    with QdrantStore(dimension=DIM, path=MEMORY) as store:
-        assert store.replace_source_batches("big.txt", "fp", in_batches(new, 10)) == 25
-        assert store.count() == 25 and store.sources() == {"big.txt": "fp"}
 
 
 def test_replace_source_batches_holds_one_batch_not_the_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -531,3 +524,61 @@ def test_sigint_at_every_step_of_a_big_file_exits_130_at_once_and_the_reruns_fin
         assert [[h.id for h in hits] for hits in resumed.search_many(probes, k=20)] == [
             [h.id for h in hits] for hits in expected.search_many(probes, k=20)
         ]
+
+
+# Index.add: a long text goes to the store in batches, split as the same text read from a file ---------------------
+
+
+@pytest.mark.parametrize("backend", ["faiss", "qdrant"])
+def test_index_add_stores_a_long_text_a_batch_at_a_time_as_the_same_file_is_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str
+) -> None:
+    from tempscale_rag import Index
+    from tempscale_rag.config import ChunkingConfig
+    from tempscale_rag.stores import QdrantSettings
+    from tempscale_rag.stores.qdrant import QdrantStore
+
+    monkeypatch.setattr(indexer_module, "STREAM_BYTES", 4096)
+    monkeypatch.setattr(indexer_module, "DEFAULT_BATCH_CHUNKS", 8)
+    monkeypatch.setattr(readers, "TEXT_BLOCK_CHARS", 4096)
+    store_class: Any = FaissStore if backend == "faiss" else QdrantStore
+    listed: list[str] = []
+    batch_sizes: list[int] = []
+    real_replace, real_batches = store_class.replace_source, store_class.replace_source_batches
+
+    def replace_source(self: Any, source: str, fingerprint: str, items: Any) -> None:
+        listed.append(source)
+        real_replace(self, source, fingerprint, items)
+
+    def replace_source_batches(self: Any, source: str, fingerprint: str, batches: Any) -> int:
+        def counted() -> Iterator[Any]:
+            for batch in batches:
+                batch_sizes.append(len(batch))
+                yield batch
+
+        return int(real_batches(self, source, fingerprint, counted()))
+
+    monkeypatch.setattr(store_class, "replace_source", replace_source)
+    monkeypatch.setattr(store_class, "replace_source_batches", replace_source_batches)
+    text = paragraphs(160)  # 12 KB: "long" here, in 4 KB blocks
+    settings = FaissSettings() if backend == "faiss" else QdrantSettings()
+    chunking = ChunkingConfig.parse("48")
+    with Index.create(tmp_path / "added", chunking=chunking, backend=settings) as index:
+        stored = index.add({"big": text, "note": "A short note about ferrets."})
+        assert listed == ["note"], "the long text never goes to the store as one list"
+        assert stored > 40 and max(batch_sizes) <= 8 and sum(batch_sizes) == stored - 1, batch_sizes
+        assert index.add({"big": text}) == 0, "unchanged: its fingerprint is that of its UTF-8 bytes"
+        assert index.sources()["big"] == readers.fingerprint(text.encode("utf-8"))
+        hits = index.search("topic number 77", k=3)
+        assert any("topic number 77" in hit.text for hit in hits)
+    if backend != "faiss":
+        return
+    # The chunks are those of the same text indexed as a file (read in blocks): same texts, positions and sizes.
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "big.txt").write_text(text, encoding="utf-8")
+    with Index.create(tmp_path / "filed", chunking=chunking) as index:
+        assert index.index_folder([docs]).files_indexed == 1
+    added = [row[2:7] for row in table(tmp_path / "added", "chunks") if row[1] == "big"]
+    filed = [row[2:7] for row in table(tmp_path / "filed", "chunks")]
+    assert sorted(added) == sorted(filed) and len(added) == stored - 1

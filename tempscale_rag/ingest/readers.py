@@ -489,6 +489,18 @@ def text_blocks(path: Path, scan: TextScan, block_chars: int | None = None) -> I
         yield buffer, done
 
 
+def split_blocks(text: str, block_chars: int | None = None) -> Iterator[str]:
+    """A text held in memory in the blocks `text_blocks` cuts a file of that text into (same rule, same blocks)."""
+    size = block_chars or TEXT_BLOCK_CHARS
+    start = 0
+    while len(text) - start >= size:
+        cut = _block_end(text[start : start + size], size)
+        yield text[start : start + cut]
+        start += cut
+    if start < len(text):
+        yield text[start:]
+
+
 def _block_end(text: str, size: int) -> int:
     for separator in ("\n\n", "\n", ". ", " "):
         cut = text.rfind(separator, size // 2, size)
