@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
 
 import numpy as np
 from qdrant_client import models
@@ -17,6 +17,12 @@ from qdrant_client import models
 from tempscale_rag.stores.base import chunk_size_of
 from tempscale_rag.stores.manifest import QdrantDistance
 from tempscale_rag.stores.qdrant.connection import SCROLL_PAGE, QdrantConnection
+from tempscale_rag.stores.qdrant.lexical import (
+    LEXICAL_VECTOR,
+    LexicalChannel,
+    ensure_lexical_vector,
+    sparse_vector_params,
+)
 from tempscale_rag.stores.qdrant.points import (
     Chunk,
     StoredDocument,
@@ -26,9 +32,6 @@ from tempscale_rag.stores.qdrant.points import (
     source_in,
 )
 from tempscale_rag.stores.qdrant.streaming import Summary
-
-if TYPE_CHECKING:
-    from tempscale_rag.stores.qdrant.lexical import LexicalChannel
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +67,25 @@ class DocumentPoints:
         self.exists = False
         # The lexical channel when its document points carry whole-document BM25 vectors (set by the store).
         self.lexical: LexicalChannel | None = None
+
+    def ensure(self, *, create: bool, has_chunks: Callable[[], bool]) -> None:
+        """Find the documents collection, or create it (`create`) and derive its points from stored chunks.
+
+        An index whose document points predate whole-document BM25 gets the vectors when opened for writing.
+        """
+        connection = self._connection
+        whole = self.lexical is not None and self.lexical.whole_documents
+        self.exists = connection.exists(self.name)
+        if self.exists and whole and not ensure_lexical_vector(connection, self.name, create=create):
+            self.refresh(None)
+        if not self.exists and create:
+            vectors = models.VectorParams(size=self._dimension, distance=models.Distance.DOT)
+            sparse = {LEXICAL_VECTOR: sparse_vector_params()} if whole else None
+            connection.create("documents collection", self.name, vectors, index_source=False, sparse=sparse)
+            self.exists = True
+            # An index written before document ranking existed: derive the document points once.
+            if has_chunks():
+                self.refresh(None)
 
     def forget(self, sources: list[str]) -> None:
         """Delete the document points of `sources` (before their chunks change, so none is ever out of date)."""

@@ -75,7 +75,7 @@ from tempscale_rag.stores.qdrant.points import (
     source_is,
     source_point_id,
 )
-from tempscale_rag.stores.qdrant.streaming import DocumentSummary, WrittenIds, delete_stale
+from tempscale_rag.stores.qdrant.streaming import DocumentSummary, delete_stale, upload_batches
 
 SOURCES_SUFFIX = "__sources"
 """Suffix of the collection that records each stored source's fingerprint."""
@@ -273,20 +273,9 @@ class QdrantStore(VectorStore):
             records: The new chunks, all with `record.source == source`.
         """
         self._check_writable()
-        check_source(source)
-        check_fingerprint(fingerprint)
         checked = check_records(records, self.dimension, source=source)
         points = chunk_points(checked, self._lexical, self.location)
-        client = self._connection.client
-        marker = source_point_id(source)
-        self._connection.call(
-            "forget the source",
-            lambda: client.delete(self.sources_collection, models.PointIdsList(points=[marker]), wait=True),
-        )
-        self._modified = True
-        self._documents.forget([source])
-        may_have_chunks = self.source_chunks.may_have(source)
-        self.source_chunks.written([source])
+        may_have_chunks = self._forget_source(source, fingerprint)
         self._upload(points)
         if may_have_chunks:
             delete_stale_chunks(self._connection, self.collection, source, [point.id for point in points])
@@ -295,59 +284,42 @@ class QdrantStore(VectorStore):
         self._record_source(source, fingerprint, len(points))
 
     def replace_source_batches(self, source: str, fingerprint: str, batches: Iterable[Iterable[ChunkRecord]]) -> int:
-        """`replace_source` from a stream of batches, holding one batch at a time (`streaming.py`).
-
-        The steps and their order are `replace_source`'s; the source's document point is a summary (group vectors,
-        no copy of the chunk vectors).
-
-        Args:
-            source: The file path as indexed.
-            fingerprint: The source's content fingerprint.
-            batches: The new chunks, in batches; each record must have `record.source == source`.
-
-        Returns:
-            The number of chunks the source has now.
+        """`replace_source` from a stream of batches, one at a time (`streaming.py`); the source's chunk count now.
 
         Raises:
-            ValueError, TypeError: A record is invalid or a chunk id is in two batches; the source is then left out
-                of `sources()` (the indexer redoes it), as after an interrupted `replace_source`.
+            ValueError, TypeError: A record is invalid or a chunk id is in two batches: the source is left out of
+                `sources()` (the indexer redoes it), as after an interrupted `replace_source`.
         """
         self._check_writable()
-        check_source(source)
-        check_fingerprint(fingerprint)
-        client = self._connection.client
-        marker = source_point_id(source)
-        self._connection.call(
-            "forget the source",
-            lambda: client.delete(self.sources_collection, models.PointIdsList(points=[marker]), wait=True),
-        )
-        self._modified = True
-        self._documents.forget([source])
-        may_have_chunks = self.source_chunks.may_have(source)
-        self.source_chunks.written([source])
+        may_have_chunks = self._forget_source(source, fingerprint)
         summary = DocumentSummary(self.dimension, unit=self.distance == "cosine", channel=self._lexical)
-        written = WrittenIds()
-        for records in batches:
-            checked = check_records(records, self.dimension, source=source)
-            points = chunk_points(checked, self._lexical, self.location)
-            self._upload(points, report=False)
-            written.add([point.id for point in points])
-            summary.add(checked, [int(point.payload["chunk_tokens"]) for point in points])
-        kept = written.sorted(source)
+        upload = partial(self._upload, report=False)
+        kept = upload_batches(batches, summary, source, self._lexical, self.location, upload)
         if may_have_chunks:
             delete_stale(self._connection, self.collection, source, kept)
         self._documents.write_summary(summary.point(source))
         self._record_source(source, fingerprint, summary.chunks)
         return summary.chunks
 
-    def _record_source(self, source: str, fingerprint: str, chunks: int) -> None:
-        """Record the fingerprint of a source whose chunks and document point are written (the last step)."""
+    def _forget_source(self, source: str, fingerprint: str | None = None) -> bool:
+        """A write's first steps: forget the source's fingerprint and document point; whether it may have chunks."""
+        check_source(source)
+        if fingerprint is not None:
+            check_fingerprint(fingerprint)
         client = self._connection.client
-        entry = models.PointStruct(
-            id=source_point_id(source),
-            vector={},
-            payload={"source": source, "fingerprint": fingerprint, "chunks": chunks},
-        )
+        marker = models.PointIdsList(points=[source_point_id(source)])
+        self._connection.call("forget the source", lambda: client.delete(self.sources_collection, marker, wait=True))
+        self._modified = True
+        self._documents.forget([source])
+        may_have_chunks = self.source_chunks.may_have(source)
+        self.source_chunks.written([source])
+        return may_have_chunks
+
+    def _record_source(self, source: str, fingerprint: str, chunks: int) -> None:
+        """Record the fingerprint of a source whose chunks and document point are written (a write's last step)."""
+        client = self._connection.client
+        payload = {"source": source, "fingerprint": fingerprint, "chunks": chunks}
+        entry = models.PointStruct(id=source_point_id(source), vector={}, payload=payload)
         self._connection.call("record the source", lambda: client.upsert(self.sources_collection, [entry], wait=True))
 
     def upsert(self, records: Iterable[ChunkRecord]) -> None:
@@ -391,14 +363,7 @@ class QdrantStore(VectorStore):
         found = self._connection.call(
             "count chunks", lambda: client.count(self.collection, count_filter=only_source, exact=True)
         ).count
-        self._modified = True
-        self._connection.call(
-            "forget the source",
-            lambda: client.delete(
-                self.sources_collection, models.PointIdsList(points=[source_point_id(source)]), wait=True
-            ),
-        )
-        self._documents.forget([source])
+        self._forget_source(source)
         self._connection.call(
             "delete chunks",
             lambda: client.delete(self.collection, models.FilterSelector(filter=only_source), wait=True),
@@ -578,25 +543,7 @@ class QdrantStore(VectorStore):
         if not self._has_sources_collection and create:
             connection.create("sources collection", self.sources_collection, {}, index_source=True)
             self._has_sources_collection = True
-        whole = self._lexical is not None and self._lexical.whole_documents
-        self._documents.exists = connection.exists(self.documents_collection)
-        # An index whose document points predate whole-document BM25 gets the vectors when opened for writing.
-        if (
-            self._documents.exists
-            and whole
-            and not ensure_lexical_vector(connection, self.documents_collection, create=create)
-        ):
-            self._documents.refresh(None)
-        if not self._documents.exists and create:
-            vectors = models.VectorParams(size=self.dimension, distance=models.Distance.DOT)
-            sparse = {LEXICAL_VECTOR: sparse_vector_params()} if whole else None
-            connection.create(
-                "documents collection", self.documents_collection, vectors, index_source=False, sparse=sparse
-            )
-            self._documents.exists = True
-            # An index written before document ranking existed: derive the document points once.
-            if self.count():
-                self._documents.refresh(None)
+        self._documents.ensure(create=create, has_chunks=lambda: self.count() > 0)
 
     def _upload(self, points: list[Any], *, report: bool = True) -> None:
         total = len(points)

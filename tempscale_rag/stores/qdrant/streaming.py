@@ -29,7 +29,7 @@ import base64
 import binascii
 import uuid
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -38,10 +38,10 @@ import numpy as np
 import numpy.typing as npt
 from qdrant_client import models
 
-from tempscale_rag.stores.base import ChunkRecord
+from tempscale_rag.stores.base import ChunkRecord, check_records
 from tempscale_rag.stores.qdrant.connection import SCROLL_PAGE, QdrantConnection
-from tempscale_rag.stores.qdrant.lexical import LexicalChannel
-from tempscale_rag.stores.qdrant.points import DENSE_VECTOR, document_point_id, source_is
+from tempscale_rag.stores.qdrant.lexical import LexicalChannel, chunk_points
+from tempscale_rag.stores.qdrant.points import DENSE_VECTOR, ChunkPoint, document_point_id, source_is
 
 SUMMARY_FORMAT = 2
 """`format` of a summary document point (a streamed source's: group vectors without the chunk vectors' copy).
@@ -197,6 +197,29 @@ class WrittenIds:
 def id_array(ids: Iterable[Any]) -> npt.NDArray[Any]:
     """Point ids (UUID strings) as an array of their 16 bytes."""
     return np.asarray([uuid.UUID(str(i)).bytes for i in ids], dtype="S16")
+
+
+def upload_batches(
+    batches: Iterable[Iterable[ChunkRecord]],
+    summary: DocumentSummary,
+    source: str,
+    channel: LexicalChannel | None,
+    location: str,
+    upload: Callable[[list[ChunkPoint]], None],
+) -> npt.NDArray[Any]:
+    """Check, upload and summarise `source`'s records a batch at a time; the ids written (sorted, `WrittenIds`).
+
+    Raises:
+        ValueError, TypeError: A record is invalid (`check_records`), or a chunk id is in two batches.
+    """
+    written = WrittenIds()
+    for records in batches:
+        checked = check_records(records, summary.dimension, source=source)
+        points = chunk_points(checked, channel, location)
+        upload(points)
+        written.add([point.id for point in points])
+        summary.add(checked, [int(point.payload["chunk_tokens"]) for point in points])
+    return written.sorted(source)
 
 
 def delete_stale(connection: QdrantConnection, collection: str, source: str, kept: npt.NDArray[Any]) -> int:
