@@ -15,7 +15,7 @@ and after them (`peak_rss_mb`).
 Each run is a fresh child process; it reports its peak RSS (`ru_maxrss`), the RSS before writing (the libraries), the
 vectors' size (records x 384 x 4 bytes) and, with `--trace`, tracemalloc's peak of Python allocations.
 
-    nice python benchmarks/big_file_store.py --records 600000 [--store qdrant] [--trace] [--json out.json]
+    nice python benchmarks/big_file_store.py --records 600000 [--store qdrant] [--write-only] [--trace] [--json F]
 """
 
 from __future__ import annotations
@@ -34,13 +34,14 @@ import json, resource, sys, time, tracemalloc
 from pathlib import Path
 import numpy as np
 
-def rss_mb():
+def rss_mb(field="VmRSS"):
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
 
 folder, records, trace, kind = Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
+write_only = sys.argv[5] == "1"
 from tempscale_rag.config import LexicalSettings
 from tempscale_rag.stores.base import ChunkRecord
 
@@ -77,10 +78,13 @@ else:
     store = EdgeStore(dimension=DIM, path=folder, lexical=lexical)
 stored = store.replace_source_batches("big.txt", "f" * 64, batches())
 after_write = rss_mb()
+# Anonymous memory (Python, the engine's heap) and file-backed pages (mmapped storage the kernel can drop).
+anon, file_backed = rss_mb("RssAnon"), rss_mb("RssFile")
 peak_write = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 write_seconds = time.perf_counter() - start
 store.commit()
-store.close()
+if not write_only:
+    store.close()
 seconds = time.perf_counter() - start
 out = {
     "store": kind,
@@ -89,6 +93,8 @@ out = {
     "write_seconds": round(write_seconds, 1),
     "rss_before_mb": round(before, 1),
     "rss_after_write_mb": round(after_write, 1),
+    "rss_anon_after_write_mb": round(anon, 1),
+    "rss_file_after_write_mb": round(file_backed, 1),
     "peak_write_rss_mb": round(peak_write, 1),
     "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     "vectors_mb": round(stored * DIM * 4 / 2**20, 1),
@@ -96,15 +102,29 @@ out = {
 }
 if trace:
     out["tracemalloc_peak_mb"] = round(tracemalloc.get_traced_memory()[1] / 2**20, 1)
-print(json.dumps(out))
+if write_only:
+    out["closed"] = False
+print(json.dumps(out), flush=True)
+if write_only:
+    import os
+    os._exit(0)  # skip close(): Qdrant Edge's optimizers (HNSW over every chunk) take minutes at this scale
 """
 
 
-def run(records: int, *, trace: bool, store: str = "faiss") -> dict[str, Any]:
+def run(records: int, *, trace: bool, store: str = "faiss", write_only: bool = False) -> dict[str, Any]:
     """Write `records` records into a fresh store in a child process; its measurements."""
     with tempfile.TemporaryDirectory(prefix="big_store_") as work:
         done = subprocess.run(
-            [sys.executable, "-c", _CHILD, str(Path(work) / "index"), str(records), "1" if trace else "0", store],
+            [
+                sys.executable,
+                "-c",
+                _CHILD,
+                str(Path(work) / "index"),
+                str(records),
+                "1" if trace else "0",
+                store,
+                "1" if write_only else "0",
+            ],
             capture_output=True,
             text=True,
             env=os.environ.copy(),
@@ -122,11 +142,14 @@ def main() -> None:
     parser.add_argument("--records", type=int, nargs="+", default=[600_000], help="Records per run (default 600000).")
     parser.add_argument("--store", choices=("faiss", "qdrant"), default="faiss", help="faiss, or qdrant (Edge).")
     parser.add_argument("--trace", action="store_true", help="Also report tracemalloc's peak (slower).")
+    parser.add_argument(
+        "--write-only", action="store_true", help="Measure the write and commit(), then exit without close()."
+    )
     parser.add_argument("--json", type=Path, default=None, help="Also write the results to this file.")
     args = parser.parse_args()
     results = []
     for records in args.records:
-        row = run(records, trace=args.trace, store=args.store)
+        row = run(records, trace=args.trace, store=args.store, write_only=args.write_only)
         print(json.dumps(row), flush=True)
         results.append(row)
     if args.json is not None:

@@ -10,6 +10,10 @@ driver is the one writer: it takes the read results in file order (`IndexRun.acc
 encodings), and once every chunk of a file has its vector it stores the file (`chunk_records`, atomic per file, with
 each chunk's `chunk_tokens`; `IndexRun.store_file`), committing every `batch_chunks` chunks. A run killed at any
 point leaves whole files only, and running it again redoes exactly the files not committed.
+
+Limit: big files are not streamed here as `FolderIndexer` streams them (`read_file` without `stream_above`): a file is
+read and chunked whole in one task, and the driver holds its vectors until it is stored whole, so memory grows with
+the largest file. Very large files belong to the single-process indexer.
 """
 
 from __future__ import annotations

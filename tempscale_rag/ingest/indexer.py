@@ -8,7 +8,8 @@ progress bar counts chunks (with the tokens embedded so far), so its ETA follows
 Each file is replaced atomically: its new chunks and its fingerprint are written in one store transaction
 (`replace_source`) once all of its chunks are embedded, so the file's old chunks stay searchable until then and a
 mix of old and new chunks is never stored. A big text file (read in blocks) goes to the store through
-`replace_source_batches`, one staged batch at a time: memory holds a block and a batch, never the file's records.
+`replace_source_batches`, one staged batch at a time (FAISS and Qdrant alike): memory holds a block and a batch, never
+the file's records.
 Finished files are committed after every batch. Batches that end inside a file are saved to a staging folder in the
 index (`.partial/`, numpy arrays and JSON, no pickle), so a kill loses at most one batch of work: the next run resumes
 the file from its saved batches when its content and the embedding settings are unchanged, and redoes it otherwise.

@@ -9,6 +9,9 @@ deletes the source's other chunks, writes the document point, and records the fi
 between leaves the source out of `sources()`, so the indexer redoes it; there is no state in which `sources()` vouches
 for an incomplete source.
 
+`replace_source_batches` (a big file, from the indexer's staged batches) takes the same steps holding one batch at a
+time, and writes a summary document point without the copy of the chunk vectors (`streaming.py`).
+
 Document ranking (`tempscale_rag.ranking`) finds candidates here: the best chunks name candidate documents (on a
 server through Qdrant's grouping API, `query_points_groups` grouped by `source`; in local mode, which implements
 grouping by materialising every point, through a plain over-fetching query), the documents collection gives the best
