@@ -18,6 +18,7 @@ used to hold, are kept for comparison with the rows measured before.)
 
     nice python benchmarks/big_file.py --mb 2 4 [--sizes 24,48,192,499] [--commit-every 256] [--json out.json]
     nice python benchmarks/big_file.py --stub-model --mb 5 20 50     # the model's arithmetic stubbed out
+    nice python benchmarks/big_file.py --stub-model --mb 2 --store qdrant   # on Qdrant Edge
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ def run_index(text: Path, out: Path, args: argparse.Namespace) -> dict[str, Any]
     runner = ["-c", _STUB] if args.stub_model else ["-m", "tempscale_rag.cli"]
     command = [sys.executable, *runner, "-q", "index", str(text), "--out", str(out), "--json"]
     command += ["--commit-every", str(args.commit_every), "--max-file-mb", "none"]
+    if args.store != "faiss":
+        command += ["--store", args.store]
     if args.sizes:
         command += ["--chunk-tokens", args.sizes]
     start = time.perf_counter()
@@ -174,6 +177,9 @@ def main() -> None:
     parser.add_argument("--sizes", default=None, help="Chunk sizes, e.g. 48,499 (default: the index defaults).")
     parser.add_argument("--commit-every", type=int, default=256, help="Chunks per batch (the CLI's default 256).")
     parser.add_argument(
+        "--store", choices=("faiss", "qdrant"), default="faiss", help="The CLI's --store (qdrant: Qdrant Edge)."
+    )
+    parser.add_argument(
         "--stub-model",
         action="store_true",
         help="Replace the transformer's arithmetic by a cheap stand-in (everything else real): big files in minutes.",
@@ -197,7 +203,11 @@ def main() -> None:
             row: dict[str, Any] = {"file_mb": round(size / 1e6, 3), "sizes": args.sizes or "default"}
             row["model"] = "stub" if args.stub_model else "real"
             row.update(run_index(text, folder / "index", args))
-            row.update(resident_vectors(folder / "index"))
+            row["store"] = args.store
+            if args.store == "faiss":
+                row.update(resident_vectors(folder / "index"))
+            else:
+                row["vectors_mb"] = round(row["chunks"] * 384 * 4 / 2**20, 1)
             row["peak_minus_vectors_mb"] = round(row["peak_rss_mb"] - row["vectors_mb"], 1)
             if megabytes == 0.001 and not args.no_baseline:
                 baseline = row["peak_rss_mb"]

@@ -276,6 +276,8 @@ class QdrantStore(VectorStore):
             records: The new chunks, all with `record.source == source`.
         """
         self._check_writable()
+        check_source(source)
+        check_fingerprint(fingerprint)
         checked = check_records(records, self.dimension, source=source)
         points = chunk_points(checked, self._lexical, self.location)
         may_have_chunks = self._forget_source(source, fingerprint)
@@ -290,8 +292,7 @@ class QdrantStore(VectorStore):
         """`replace_source` from a stream of batches, one at a time (`streaming.py`); the source's chunk count now.
 
         Raises:
-            ValueError, TypeError: A record is invalid or a chunk id is in two batches: the source is left out of
-                `sources()` (the indexer redoes it), as after an interrupted `replace_source`.
+            ValueError, TypeError: A bad record, or a chunk id in two batches: the source is left out of `sources()`.
         """
         self._check_writable()
         may_have_chunks = self._forget_source(source, fingerprint)
