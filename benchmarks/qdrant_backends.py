@@ -2,8 +2,13 @@
 
 Data: a realistic synthetic set of unit vectors (default 384-d, the bundled model's size): documents of 50 chunks,
 each document near a topic, topics grouped in clusters, so neighbours are structured as real chunk embeddings are
-(isotropic random vectors would be the worst case for any graph index). Queries are stored chunks plus noise. Every
-backend gets the same documents through `replace_source` (one call per document, the indexer's path), then:
+(isotropic random vectors would be the worst case for any graph index): two chunks of one document have a cosine of
+about 0.47, of one cluster (20 documents) about 0.39, of different clusters about 0, each +- 0.04. Queries are not
+stored chunks: half are a held-out chunk of a stored document (drawn like its chunks, never stored), half the mean of
+two held-out chunks of two documents of one cluster (a question between two documents). Their exact top 10 are
+near-ties spread over 2.4 documents on average (1.4 and 3.4), as a question's best chunks are in real corpora; the
+queries of earlier versions were stored chunks plus a little noise, which every index found (recall 1.0 at 100k).
+Every backend gets the same documents through `replace_source` (one call per document, the indexer's path), then:
 
 - insert: chunks per second of the `replace_source` calls (the store's upkeep included: SQLite rows for FAISS,
   document points for Qdrant; making the records is not timed), in wall-clock time and in this process's CPU time
@@ -12,14 +17,19 @@ backend gets the same documents through `replace_source` (one call per document,
   merging and HNSW);
 - disk: the index folder's size; open: seconds to open it read-only;
 - p50/p95: milliseconds per single-query `search(k=10)`;
-- recall@10: against exact top-10 computed here with numpy.
+- recall@10: against exact top-10 computed here with numpy;
+- the HNSW backends are also searched with each `--efs` value (Edge's `hnsw_ef`, FAISS's efSearch): recall against
+  latency, the same index.
 
 `edge-engine` is Qdrant Edge's engine alone (1,000-point upserts with a one-key payload, no store upkeep), and
 `edge-engine-payload` the same with each chunk's full payload as the store writes it (8 keys), to show what the store
 adds: qdrant-edge-py converts a payload value by trying bool, int, float, then str (about 3 us per string value).
 
 qdrant-client's local mode stores one pickled point per SQLite row and scores by brute force: it runs in memory and
-only up to `--local-max` chunks (beyond that it is minutes per thousand points on disk and seconds per query).
+only up to `--local-max` chunks (beyond that it is minutes per thousand points on disk and seconds per query); at a
+larger size it runs at `--local-max` chunks instead, with its own queries and exact top 10, and its row says so.
+
+Rows are printed and written to `--out` as each backend finishes, so an interrupted run keeps what it measured.
 
     python benchmarks/qdrant_backends.py --sizes 100000 [1000000] [--dim 384] [--queries 200] [--out results.json]
 """
@@ -57,15 +67,23 @@ from tempscale_rag.stores.qdrant.edge import (  # noqa: E402
 
 CHUNKS_PER_DOCUMENT = 50
 DOCUMENTS_PER_TOPIC_CLUSTER = 20
+SPREAD = {"topic": 0.5, "chunk": 1.2}
+"""A document's topic is its cluster's centre plus `topic` isotropic noise per dimension; a chunk is its document's
+topic plus `chunk` noise (`--topic-spread`, `--chunk-spread`)."""
 K = 10
+
+
+def document_topic(seed: int, dim: int, doc: int) -> tuple[np.ndarray, np.random.Generator]:
+    """Document `doc`'s topic vector, and the generator its chunks are drawn from next."""
+    cluster = np.random.default_rng([seed, 0, doc // DOCUMENTS_PER_TOPIC_CLUSTER]).standard_normal(dim)
+    rng = np.random.default_rng([seed, 1, doc])
+    return cluster + SPREAD["topic"] * rng.standard_normal(dim), rng
 
 
 def document_vectors(seed: int, n_docs: int, dim: int, doc: int) -> np.ndarray:
     """The chunk vectors of document `doc` (deterministic: the same for every backend, regenerated on demand)."""
-    cluster = np.random.default_rng([seed, 0, doc // DOCUMENTS_PER_TOPIC_CLUSTER]).standard_normal(dim)
-    rng = np.random.default_rng([seed, 1, doc])
-    topic = cluster + 0.8 * rng.standard_normal(dim)
-    vectors = topic + 1.2 * rng.standard_normal((CHUNKS_PER_DOCUMENT, dim))
+    topic, rng = document_topic(seed, dim, doc)
+    vectors = topic + SPREAD["chunk"] * rng.standard_normal((CHUNKS_PER_DOCUMENT, dim))
     return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -93,16 +111,28 @@ def documents(seed: int, n: int, dim: int) -> Iterator[tuple[str, list[ChunkReco
         )
 
 
-def queries_and_truth(seed: int, n: int, dim: int, n_queries: int) -> tuple[np.ndarray, list[list[str]]]:
-    """Queries near stored chunks, and their exact top-10 chunk ids (brute force, one document at a time)."""
+def held_out_queries(seed: int, n: int, dim: int, n_queries: int) -> np.ndarray:
+    """Queries that are no stored chunk: held-out chunks of stored documents, and means of two (one cluster)."""
     n_docs = n // CHUNKS_PER_DOCUMENT
     rng = np.random.default_rng([seed, 2])
-    picks = rng.integers(0, n_docs, n_queries)
-    queries = np.stack(
-        [document_vectors(seed, n_docs, dim, int(d))[int(rng.integers(CHUNKS_PER_DOCUMENT))] for d in picks]
-    )
-    queries = queries + 0.3 * rng.standard_normal(queries.shape) / np.sqrt(dim)
-    queries = (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+    queries = np.empty((n_queries, dim))
+    for q in range(n_queries):
+        doc = int(rng.integers(n_docs))
+        query = document_topic(seed, dim, doc)[0] + SPREAD["chunk"] * rng.standard_normal(dim)
+        if q % 2:
+            # Another document of the same topic cluster (or any other, in a corpus smaller than one cluster).
+            first = doc - doc % DOCUMENTS_PER_TOPIC_CLUSTER
+            other = int(rng.integers(first, min(first + DOCUMENTS_PER_TOPIC_CLUSTER, n_docs)))
+            other_chunk = document_topic(seed, dim, other)[0] + SPREAD["chunk"] * rng.standard_normal(dim)
+            query = query / np.linalg.norm(query) + other_chunk / np.linalg.norm(other_chunk)
+        queries[q] = query
+    return (queries / np.linalg.norm(queries, axis=1, keepdims=True)).astype(np.float32)
+
+
+def queries_and_truth(seed: int, n: int, dim: int, n_queries: int) -> tuple[np.ndarray, list[list[str]]]:
+    """The queries, and their exact top-10 chunk ids (brute force, a block of documents at a time)."""
+    n_docs = n // CHUNKS_PER_DOCUMENT
+    queries = held_out_queries(seed, n, dim, n_queries)
     best_scores = np.full((n_queries, K), -np.inf, dtype=np.float32)
     best_ids = np.full((n_queries, K), "", dtype=object)
     block_docs = 200
@@ -123,9 +153,34 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_blocks * 512 for p in folder.rglob("*") if p.is_file())
 
 
+def timed_searches(
+    search: Callable[[np.ndarray], list[str]], queries: np.ndarray, truth: list[list[str]]
+) -> tuple[list[float], float]:
+    """Milliseconds per single query, and recall@10 against `truth` (after one warm-up query)."""
+    search(queries[0])  # first-touch of mmap'd files
+    latencies, recalls = [], []
+    for query, want in zip(queries, truth, strict=True):
+        start = time.perf_counter()
+        found = search(query)
+        latencies.append(1000 * (time.perf_counter() - start))
+        recalls.append(len(set(found) & set(want)) / K)
+    return latencies, float(np.mean(recalls))
+
+
+def sweep_row(name: str, n: int, ef: int, latencies: list[float], recall: float) -> dict[str, Any]:
+    return {
+        "backend": name,
+        "chunks": n,
+        "ef": ef,
+        "p50_ms": round(float(np.percentile(latencies, 50)), 2),
+        "p95_ms": round(float(np.percentile(latencies, 95)), 2),
+        "recall_at_10": round(recall, 4),
+    }
+
+
 def measure_engine(
     n: int, args: argparse.Namespace, queries: np.ndarray, truth: list[list[str]], *, full_payload: bool = False
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Qdrant Edge's engine alone: 1,000-point upserts with a one-key payload (or the store's), its HNSW settings."""
     import uuid
 
@@ -167,18 +222,26 @@ def measure_engine(
     start = time.perf_counter()
     shard = qe.EdgeShard.load(str(folder))
     open_s = time.perf_counter() - start
-    params = qe.SearchParams(hnsw_ef=EDGE_HNSW_EF)
-    latencies, found = [], []
-    for query in queries:
-        start = time.perf_counter()
-        hits = shard.query(qe.QueryRequest(limit=K, query=qe.Query.Nearest(query.tolist()), params=params))
-        latencies.append(1000 * (time.perf_counter() - start))
-        found.append([names[str(h.id)] for h in hits])
+    segments = int(shard.info().segments_count)
+
+    def searcher(ef: int) -> Callable[[np.ndarray], list[str]]:
+        params = qe.SearchParams(hnsw_ef=ef)
+
+        def search(query: np.ndarray) -> list[str]:
+            hits = shard.query(qe.QueryRequest(limit=K, query=qe.Query.Nearest(query.tolist()), params=params))
+            return [names[str(h.id)] for h in hits]
+
+        return search
+
+    latencies, recall = timed_searches(searcher(EDGE_HNSW_EF), queries, truth)
+    name = "qdrant-edge engine, payloads" if full_payload else "qdrant-edge engine only"
+    sweep = [sweep_row(name, n, ef, *timed_searches(searcher(ef), queries, truth)) for ef in args.efs]
     shard.close()
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
-    name = "qdrant-edge engine, payloads" if full_payload else "qdrant-edge engine only"
-    return summary(name, n, insert_s, insert_cpu, build_s, size, open_s, latencies, found, truth)
+    row = summary(name, n, insert_s, insert_cpu, build_s, size, open_s, latencies, recall)
+    row["segments"] = segments
+    return row, sweep
 
 
 def summary(
@@ -190,10 +253,8 @@ def summary(
     size: int,
     open_s: float,
     latencies: list[float],
-    found: list[list[str]],
-    truth: list[list[str]],
+    recall: float,
 ) -> dict[str, Any]:
-    recall = float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth, strict=True)]))
     return {
         "backend": name,
         "chunks": n,
@@ -224,10 +285,43 @@ BACKENDS: dict[str, tuple[Callable[[Path, int], VectorStore], Callable[[Path, in
 }
 
 
-def measure(name: str, n: int, args: argparse.Namespace, queries: np.ndarray, truth: list[list[str]]) -> dict[str, Any]:
+def set_faiss_threads(threads: int | None) -> None:
+    if threads is not None:
+        import faiss
+
+        faiss.omp_set_num_threads(threads)
+
+
+def store_search(store: VectorStore) -> Callable[[np.ndarray], list[str]]:
+    return lambda query: [h.id for h in store.search(query, k=K)]
+
+
+def ef_sweep(
+    name: str, n: int, reader: VectorStore, folder: Path, args: argparse.Namespace, queries: np.ndarray, truth: list
+) -> list[dict[str, Any]]:
+    """The HNSW backends searched with each `--efs` value (the same index); other backends: nothing."""
+    rows = []
+    for ef in args.efs:
+        if name == "qdrant-edge":
+            with EdgeStore(dimension=args.dim, path=folder, read_only=True, hnsw_ef=ef) as edge:
+                rows.append(sweep_row(name, n, ef, *timed_searches(store_search(edge), queries, truth)))
+        elif name == "faiss-hnsw" and isinstance(reader, FaissStore):
+            # FaissStore searches with the efSearch recorded in the index's settings (fixed when it was built);
+            # the benchmark sets it on the open store's vectors instead of rebuilding the index per value.
+            vectors: Any = reader._vectors
+            vectors._settings = vectors._settings.model_copy(update={"hnsw_ef_search": ef})
+            rows.append(sweep_row(name, n, ef, *timed_searches(store_search(reader), queries, truth)))
+    return rows
+
+
+def measure(
+    name: str, n: int, args: argparse.Namespace, queries: np.ndarray, truth: list[list[str]]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     folder = Path(args.workdir) / f"{name}-{n}"
     shutil.rmtree(folder, ignore_errors=True)
     memory = name == "qdrant-local"
+    if name.startswith("faiss"):
+        set_faiss_threads(args.faiss_build_threads)
     store: VectorStore = QdrantStore(dimension=args.dim, path=MEMORY) if memory else BACKENDS[name][0](folder, args.dim)
     inserted = 0
     insert_s = insert_cpu = 0.0
@@ -238,30 +332,56 @@ def measure(name: str, n: int, args: argparse.Namespace, queries: np.ndarray, tr
         insert_cpu += time.process_time() - cpu
         inserted += len(records)
         if inserted % 100_000 == 0:
-            print(f"  {name}: {inserted} chunks, {inserted / insert_s:.0f}/s", flush=True)
+            print(f"  {name}: {inserted} chunks, {inserted / insert_s:.0f}/s ({time.strftime('%H:%M:%S')})", flush=True)
     if memory:
         build_s, size, open_s, reader = 0.0, 0, 0.0, store
     else:
         start = time.perf_counter()
         store.close()
         build_s = time.perf_counter() - start
+        print(f"  {name}: closed (build) in {build_s:.1f} s ({time.strftime('%H:%M:%S')})", flush=True)
         size = folder_bytes(folder)
         gc.collect()
         start = time.perf_counter()
         reader = BACKENDS[name][1](folder, args.dim)
         open_s = time.perf_counter() - start
-    reader.search(queries[0], k=K)  # warm-up (first-touch of mmap'd files)
-    latencies, found = [], []
-    for query in queries:
-        start = time.perf_counter()
-        hits = reader.search(query, k=K)
-        latencies.append(1000 * (time.perf_counter() - start))
-        found.append([h.id for h in hits])
-    reader.close()
+    set_faiss_threads(args.faiss_threads)
+    latencies, recall = timed_searches(store_search(reader), queries, truth)
+    segments = reader.edge.segment_count(reader.collection) if isinstance(reader, EdgeStore) else None
+    if isinstance(reader, EdgeStore):
+        reader.close()  # Edge opens an index in one place at a time: the sweep reopens it with each ef
+    sweep = [] if memory else ef_sweep(name, n, reader, folder, args, queries, truth)
+    if not isinstance(reader, EdgeStore):
+        reader.close()
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
-    name += " (in memory)" if memory else ""
-    return summary(name, n, insert_s, insert_cpu, build_s, size, open_s, latencies, found, truth)
+    label = name
+    if memory:
+        label += " (in memory)"
+    row = summary(label, n, insert_s, insert_cpu, build_s, size, open_s, latencies, recall)
+    if segments is not None:
+        row["segments"] = segments
+    return row, sweep
+
+
+def print_tables(rows: list[dict[str, Any]], sweep: list[dict[str, Any]]) -> None:
+    header = f"{'backend':44} {'chunks':>8} {'insert/s':>9} {'cpu/s':>7} {'build s':>8} {'disk MB':>8} {'open s':>7} "
+    print("\n" + header + f"{'p50 ms':>7} {'p95 ms':>7} {'recall@10':>9}")
+    for r in rows:
+        print(
+            f"{r['backend']:44} {r['chunks']:>8} {r['insert_per_s']:>9} {r['insert_cpu_per_s']:>7} {r['build_s']:>8} "
+            f"{r['disk_mb']:>8} {r['open_s']:>7} {r['p50_ms']:>7} {r['p95_ms']:>7} {r['recall_at_10']:>9}"
+        )
+    if sweep:
+        print(
+            f"\n{'backend (HNSW ef while searching)':44} {'chunks':>8} {'ef':>5} "
+            f"{'p50 ms':>7} {'p95 ms':>7} {'recall@10':>9}"
+        )
+        for r in sweep:
+            print(
+                f"{r['backend']:44} {r['chunks']:>8} {r['ef']:>5} {r['p50_ms']:>7} {r['p95_ms']:>7} "
+                f"{r['recall_at_10']:>9}"
+            )
 
 
 def main() -> None:
@@ -276,55 +396,84 @@ def main() -> None:
         default=["faiss-flat", "faiss-hnsw", "qdrant-edge", "edge-engine", "edge-engine-payload", "qdrant-local"],
         metavar="NAME",
         help="faiss-flat, faiss-hnsw, qdrant-edge (the store), edge-engine (EdgeShard alone), edge-engine-payload "
-        "(EdgeShard alone with the store's chunk payloads), qdrant-local",
+        "(EdgeShard alone with the store's chunk payloads), qdrant-local; run in the order given",
     )
-    parser.add_argument("--local-max", type=int, default=20_000, help="largest size run on qdrant-client local mode")
+    parser.add_argument(
+        "--efs",
+        type=int,
+        nargs="*",
+        default=[64, 128, 256, 512],
+        help="HNSW candidate lists to search with as well (Edge hnsw_ef, FAISS efSearch); none: skip the sweep",
+    )
+    parser.add_argument(
+        "--local-max", type=int, default=20_000, help="largest size run on qdrant-client local mode (larger: this)"
+    )
     parser.add_argument("--workdir", default=None, help="where the indexes are built (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the indexes")
-    parser.add_argument("--out", default=None, help="write the rows as JSON here")
+    parser.add_argument("--out", default=None, help="write the rows as JSON here (after every backend)")
     parser.add_argument(
         "--faiss-threads",
         type=int,
         default=None,
-        help="FAISS OpenMP threads (default: FAISS's own; on a busy machine its spinning threads slow single queries)",
+        help="FAISS OpenMP threads while searching (default: FAISS's own; on a busy machine its spinning threads "
+        "slow single queries)",
     )
+    parser.add_argument(
+        "--faiss-build-threads",
+        type=int,
+        default=None,
+        help="FAISS OpenMP threads while inserting and building (default: --faiss-threads; Edge builds its HNSW "
+        "graphs on every core)",
+    )
+    parser.add_argument("--topic-spread", type=float, default=SPREAD["topic"], help="see SPREAD")
+    parser.add_argument("--chunk-spread", type=float, default=SPREAD["chunk"], help="see SPREAD")
     args = parser.parse_args()
-    if args.faiss_threads is not None:
-        import faiss
-
-        faiss.omp_set_num_threads(args.faiss_threads)
+    SPREAD.update(topic=args.topic_spread, chunk=args.chunk_spread)
+    if args.faiss_build_threads is None:
+        args.faiss_build_threads = args.faiss_threads
     if args.workdir is None:
         args.workdir = tempfile.mkdtemp(prefix="qdrant-backends-")
-    print(
-        f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}; "
+    setup = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}; "
         f"Edge HNSW m={EDGE_HNSW_M} ef_construct={EDGE_HNSW_EF_CONSTRUCT} ef={EDGE_HNSW_EF} "
-        f"full_scan_threshold={EDGE_FULL_SCAN_THRESHOLD} KB; FAISS HNSW: FaissSettings() defaults; "
-        f"FAISS threads: {args.faiss_threads or 'default'}",
-        flush=True,
+        f"full_scan_threshold={EDGE_FULL_SCAN_THRESHOLD} KB; FAISS HNSW: FaissSettings() defaults "
+        f"(m={FaissSettings().hnsw_m} ef_construction={FaissSettings().hnsw_ef_construction} "
+        f"ef_search={FaissSettings().hnsw_ef_search}); FAISS threads: {args.faiss_threads or 'default'} searching, "
+        f"{args.faiss_build_threads or 'default'} building"
     )
-    rows = []
+    print(f"# {setup}\n# started {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, load average {os.getloadavg()}", flush=True)
+    rows: list[dict[str, Any]] = []
+    sweep: list[dict[str, Any]] = []
     for n in args.sizes:
         queries, truth = queries_and_truth(args.seed, n, args.dim, args.queries)
+        print(f"# {n} chunks: {len(queries)} queries and their exact top {K} ready ({time.strftime('%H:%M:%S')})")
         for name in args.backends:
+            size = n
             if name == "qdrant-local" and n > args.local_max:
-                print(f"  qdrant-local: skipped at {n} (> --local-max {args.local_max})", flush=True)
-                continue
+                size = args.local_max
+                print(f"  qdrant-local: run at {size} chunks instead of {n} (> --local-max; see the docstring)")
+            print(f"  {name}: {size} chunks, started {time.strftime('%H:%M:%S')}", flush=True)
+            wanted_queries, wanted_truth = (
+                (queries, truth) if size == n else queries_and_truth(args.seed, size, args.dim, args.queries)
+            )
             if name in ("edge-engine", "edge-engine-payload"):
-                row = measure_engine(n, args, queries, truth, full_payload=name == "edge-engine-payload")
+                row, more = measure_engine(
+                    size, args, wanted_queries, wanted_truth, full_payload=name == "edge-engine-payload"
+                )
             else:
-                row = measure(name, n, args, queries, truth)
+                row, more = measure(name, size, args, wanted_queries, wanted_truth)
+            if size != n:
+                row["note"] = f"run at {size} chunks: local mode cannot hold {n} (see the docstring)"
+            row["load_average"] = [round(x, 1) for x in os.getloadavg()]
             rows.append(row)
+            sweep.extend(more)
             print(json.dumps(row), flush=True)
-    header = f"{'backend':30} {'chunks':>8} {'insert/s':>9} {'cpu/s':>7} {'build s':>8} {'disk MB':>8} {'open s':>7} "
-    print("\n" + header + f"{'p50 ms':>7} {'p95 ms':>7} {'recall@10':>9}")
-    for r in rows:
-        print(
-            f"{r['backend']:30} {r['chunks']:>8} {r['insert_per_s']:>9} {r['insert_cpu_per_s']:>7} {r['build_s']:>8} "
-            f"{r['disk_mb']:>8} "
-            f"{r['open_s']:>7} {r['p50_ms']:>7} {r['p95_ms']:>7} {r['recall_at_10']:>9}"
-        )
-    if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+            for line in more:
+                print(json.dumps(line), flush=True)
+            if args.out:
+                result = {"setup": setup, "rows": rows, "ef_sweep": sweep}
+                Path(args.out).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print_tables(rows, sweep)
 
 
 if __name__ == "__main__":

@@ -197,6 +197,10 @@ class EdgeClient:
         limit = max(1, int(shard.count(qe.CountRequest(exact=True))))
         return {str(hit.value) for hit in shard.facet(qe.FacetRequest(key, limit=limit, exact=True)).hits}
 
+    def segment_count(self, collection: str) -> int:
+        """How many segments the collection's shard has (each large one searched through its own HNSW graph)."""
+        return int(self._shard(collection).info().segments_count)
+
     def flush(self) -> None:
         """Write every shard's segments to disk, so that a reopen replays no WAL."""
         for shard in self._shards.values():
@@ -428,7 +432,12 @@ class EdgeSourceChunks(SourceChunks):
 class EdgeStore(QdrantStore):
     """A `QdrantStore` embedded on Qdrant's engine (qdrant-edge-py): one shard folder per collection under `path`.
 
-    Same arguments as `QdrantStore` without the server ones (`url`, `api_key`, `timeout`, `retries`, `backoff`).
+    Same arguments as `QdrantStore` without the server ones (`url`, `api_key`, `timeout`, `retries`, `backoff`), and:
+
+    Args:
+        exact: Search every vector exactly instead of through the HNSW graphs.
+        hnsw_ef: The HNSW candidate list of every dense query (`EDGE_HNSW_EF`; larger: higher recall, slower).
+
     Closing a writer flushes the shards and runs Qdrant's optimizers (segment merging, HNSW for large segments).
 
     Raises:
@@ -452,9 +461,15 @@ class EdgeStore(QdrantStore):
         read_only: bool = False,
         progress: Any = None,
         exact: bool = False,
+        hnsw_ef: int = EDGE_HNSW_EF,
         lexical: LexicalSettings | None = None,
     ) -> None:
+        if isinstance(hnsw_ef, bool) or not isinstance(hnsw_ef, int) or hnsw_ef < 1:
+            raise ValueError(
+                f"hnsw_ef must be an integer >= 1 (the HNSW candidate list while searching), got {hnsw_ef!r}"
+            )
         self._exact = exact
+        self._hnsw_ef = hnsw_ef
         super().__init__(
             dimension=dimension,
             collection=collection,
@@ -470,7 +485,7 @@ class EdgeStore(QdrantStore):
         self.source_chunks = EdgeSourceChunks(self.edge, collection)
 
     def _open_client(self, api_key: str | None, timeout: float, *, create: bool) -> QdrantClient:
-        params = qe.SearchParams(exact=True) if self._exact else qe.SearchParams(hnsw_ef=EDGE_HNSW_EF)
+        params = qe.SearchParams(exact=True) if self._exact else qe.SearchParams(hnsw_ef=self._hnsw_ef)
         # EdgeClient implements the part of QdrantClient's API that QdrantStore calls (see the module docstring).
         return cast(QdrantClient, EdgeClient(Path(str(self.path)), create=create, search_params=params))
 
@@ -492,7 +507,7 @@ class EdgeStore(QdrantStore):
 
     def _describe_backend(self) -> dict[str, Any]:
         summary = super()._describe_backend()
-        summary.update(mode="edge", exact=self._exact)
+        summary.update(mode="edge", exact=self._exact, hnsw_ef=self._hnsw_ef)
         return summary
 
     def _commit_backend(self, *, final: bool) -> None:
