@@ -402,7 +402,7 @@ def main() -> None:
         "--efs",
         type=int,
         nargs="*",
-        default=[64, 128, 256, 512],
+        default=[64, 128, 256, 512, 1024],
         help="HNSW candidate lists to search with as well (Edge hnsw_ef, FAISS efSearch); none: skip the sweep",
     )
     parser.add_argument(
