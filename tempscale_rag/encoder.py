@@ -36,6 +36,7 @@ from sentence_transformers import SentenceTransformer
 
 from tempscale_rag.batching import CPU_BATCH_TOKENS, GPU_MAX_BATCH_TOKENS, gpu_batch_tokens, run_parts
 from tempscale_rag.config import LongTextPolicy, TempScaleConfig
+from tempscale_rag.memory import HeapTrimmer
 from tempscale_rag.models import LoadedModel
 from tempscale_rag.planning import Part, RouteTable, TokenizedTexts, check_tokens, padded_lengths
 from tempscale_rag.reports import BucketReport, EncodeReport, build_report, log_truncation
@@ -135,6 +136,8 @@ class TempScaleEncoder:
         self.window = window
         self.router = LengthRouter(self.config)
         self._route_tables: dict[bool, RouteTable] = {}
+        # A long run's freed activations stay in the C heap unless handed back (`tempscale_rag.memory`).
+        self._trimmer = HeapTrimmer()
         self.last_report = EncodeReport(window=window, long_text=self.config.long_text)
 
     # -- public API -------------------------------------------------------------------------------------------
@@ -319,6 +322,7 @@ class TempScaleEncoder:
             vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
         out = vectors.float().cpu().numpy()
         report = self._report(parts, len(source), query=query, start=start)
+        self._trimmer.account(report.tokens)
         return out, report
 
     def _lists(
@@ -339,6 +343,7 @@ class TempScaleEncoder:
 
         _, parts = self._run(self._stream_plan(source, query=query), show_progress=show_progress, sink=sink)
         report = self._report(parts, len(source), query=query, start=start)
+        self._trimmer.account(report.tokens)
         return out, report
 
     def _tokenize(
