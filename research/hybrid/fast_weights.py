@@ -20,6 +20,7 @@ from tempscale_rag import TempScaleConfig, TempScaleEncoder
 from tempscale_rag.config import ChunkingConfig
 from tempscale_rag.evaluation.report import markdown_report, write_outputs
 from tempscale_rag.evaluation.runner import (
+    EvalTask,
     RetrievalEvaluator,
     beir_task,
     build_configurations,
@@ -30,7 +31,7 @@ from tempscale_rag.evaluation.runner import (
 WEIGHTS = (1.0, 1.5, 2.0, 3.0)
 
 
-def task(data: Path, name: str, tmp: Path):  # noqa: ANN201 - an EvalTask
+def task(data: Path, name: str, tmp: Path) -> EvalTask:
     if name == "questions":
         folder = tmp / "questions"
         folder.mkdir(exist_ok=True)
@@ -53,9 +54,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     base = TempScaleConfig(device="cpu")
-    configurations = build_configurations(
-        base, chunkings=[ChunkingConfig.preset("fast")], lexical_weights=args.weights
-    )
+    configurations = build_configurations(base, chunkings=[ChunkingConfig.preset("fast")], lexical_weights=args.weights)
     # Drop the tau-1 rows (and the baselines they are): the TempScale rows are the preset's.
     configurations = [
         dataclasses.replace(c, baseline=None) for c in configurations if c.setting != "tau=1" and "tau=1" not in c.name
