@@ -172,24 +172,9 @@ def test_replace_source_batches_holds_one_batch_not_the_source(tmp_path: Path, m
     # Python's allocations (numpy's included; FAISS's own storage is not traced) peak at a few batches' worth.
     monkeypatch.setattr(streaming, "READ_BACK_ROWS", 512)
     dim, n_batches, size = 384, 100, 128
-    rng = np.random.default_rng(0)
 
     def batches() -> Iterator[list[ChunkRecord]]:
-        for b in range(n_batches):
-            vectors = rng.normal(size=(size, dim)).astype(np.float32)
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-            yield [
-                ChunkRecord.create(
-                    text=f"chunk {b * size + i}",
-                    vector=vectors[i],
-                    source="big.txt",
-                    position=b * size + i,
-                    token_length=9,
-                    bucket="short",
-                    metadata={"chunk_tokens": 48},
-                )
-                for i in range(size)
-            ]
+        return random_batches(n_batches, size, dim)
 
     total_mb = n_batches * size * dim * 4 / 2**20
     with FaissStore(tmp_path / "batched", dimension=dim, create=True) as store:
@@ -582,3 +567,26 @@ def test_index_add_stores_a_long_text_a_batch_at_a_time_as_the_same_file_is_stor
     added = [row[2:7] for row in table(tmp_path / "added", "chunks") if row[1] == "big"]
     filed = [row[2:7] for row in table(tmp_path / "filed", "chunks")]
     assert sorted(added) == sorted(filed) and len(added) == stored - 1
+
+
+def random_batches(
+    n_batches: int, size: int, dim: int, chunk_tokens: tuple[int, ...] = (48,)
+) -> Iterator[list[ChunkRecord]]:
+    """Batches of "big.txt" records with random unit vectors, made as they are asked for (the i-th of each batch of
+    chunk size `chunk_tokens[i % len(chunk_tokens)]`)."""
+    rng = np.random.default_rng(0)
+    for b in range(n_batches):
+        vectors = rng.normal(size=(size, dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        yield [
+            ChunkRecord.create(
+                text=f"chunk {b * size + i}",
+                vector=vectors[i],
+                source="big.txt",
+                position=b * size + i,
+                token_length=9,
+                bucket="short",
+                metadata={"chunk_tokens": chunk_tokens[i % len(chunk_tokens)]},
+            )
+            for i in range(size)
+        ]

@@ -35,6 +35,8 @@ from tempscale_rag.stores.qdrant.edge import EdgeStore
 from tempscale_rag.stores.qdrant.points import document_point_id
 from tempscale_rag.stores.qdrant.streaming import SUMMARY_FORMAT
 
+from .test_big_files import random_batches
+
 DIM = 16
 LEX = LexicalSettings(chunk_size=48, pivot=6.0, document_pivot=20.0)
 WORDS = ("budget", "meeting", "design", "review", "remote", "control", "battery", "energy", "voice", "speech")
@@ -207,24 +209,9 @@ def test_writing_a_big_source_to_edge_holds_a_few_batches_not_the_source(tmp_pat
     # its storage outside Python, so tracemalloc sees what the store's own code holds: a few batches when streamed,
     # several copies of the source through `replace_source` (the records, their points, the document point's copy).
     dim, n_batches, size = 384, 100, 128
-    rng = np.random.default_rng(0)
 
     def batches() -> Iterator[list[ChunkRecord]]:
-        for b in range(n_batches):
-            vectors = rng.normal(size=(size, dim)).astype(np.float32)
-            vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-            yield [
-                ChunkRecord.create(
-                    text=f"chunk {b * size + i}",
-                    vector=vectors[i],
-                    source="big.txt",
-                    position=b * size + i,
-                    token_length=9,
-                    bucket="short",
-                    metadata={"chunk_tokens": (48, 192)[i % 2]},
-                )
-                for i in range(size)
-            ]
+        return random_batches(n_batches, size, dim, (48, 192))
 
     total_mb = n_batches * size * dim * 4 / 2**20
     with EdgeStore(dimension=dim, path=tmp_path / "streamed", lexical=LexicalSettings.for_chunks(192)) as store:
