@@ -35,7 +35,7 @@ from tempscale_rag.stores.qdrant.edge import EdgeStore
 from tempscale_rag.stores.qdrant.points import document_point_id
 from tempscale_rag.stores.qdrant.streaming import SUMMARY_FORMAT
 
-from .test_big_files import random_batches
+from .test_big_files import in_batches, random_batches
 
 DIM = 16
 LEX = LexicalSettings(chunk_size=48, pivot=6.0, document_pivot=20.0)
@@ -58,11 +58,6 @@ def records(source: str, n: int, *, seed: int = 0, version: str = "v1", first: i
         )
         for i in range(n)
     ]
-
-
-def in_batches(items: list[ChunkRecord], size: int) -> Iterator[list[ChunkRecord]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def queries() -> np.ndarray:
