@@ -24,6 +24,7 @@ used to hold, are kept for comparison with the rows measured before.)
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -49,10 +50,22 @@ _WORDS_TEXT = (
 )
 
 
+def _vocabulary(rng: random.Random, size: int = 30_000) -> list[str]:
+    """The common words, then `size` pronounceable made-up words: a long-document vocabulary for the lexical index."""
+    syllables = [c + v for c in "bcdfghklmnprstvz" for v in "aeiou"]
+    made = {"".join(rng.choices(syllables, k=rng.randint(2, 4))) for _ in range(size * 2)}
+    return _WORDS_TEXT.split() + rng.sample(sorted(made), size)
+
+
 def write_text(path: Path, megabytes: float, seed: int = 0) -> int:
-    """Write about `megabytes` MB of paragraphs of sentences of common words; the number of bytes written."""
+    """Write about `megabytes` MB of paragraphs of sentences; the number of bytes written.
+
+    Words are drawn with Zipf-like frequencies (weight 1/rank) from the common words and 30,000 made-up ones, so
+    a big file has a realistic vocabulary for BM25 and the tokenizer, and every paragraph differs.
+    """
     rng = random.Random(seed)
-    words = _WORDS_TEXT.split()
+    vocabulary = _vocabulary(rng)
+    weights = list(itertools.accumulate(1.0 / rank for rank in range(1, len(vocabulary) + 1)))
     target = int(megabytes * 1_000_000)
     written = 0
     with path.open("w", encoding="utf-8") as handle:
@@ -60,8 +73,8 @@ def write_text(path: Path, megabytes: float, seed: int = 0) -> int:
         while written < target:
             sentences = []
             for _ in range(rng.randint(2, 8)):
-                words = rng.choices(words, k=rng.randint(6, 24))
-                sentences.append(" ".join(words).capitalize() + ".")
+                chosen = rng.choices(vocabulary, cum_weights=weights, k=rng.randint(6, 24))
+                sentences.append(" ".join(chosen).capitalize() + ".")
             text = f"Section {paragraph}. " + " ".join(sentences) + "\n\n"
             handle.write(text)
             written += len(text.encode("utf-8"))

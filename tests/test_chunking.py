@@ -125,6 +125,65 @@ def test_window_chunker_still_one_size(encoder: TempScaleEncoder) -> None:
     assert {c.size for c in chunks} == {64} and [c.position for c in chunks] == list(range(len(chunks)))
 
 
+class _CountingCounter(TokenCounter):
+    """A `TokenCounter` that counts its tokenizer calls."""
+
+    calls = 0
+
+    def ids(self, text: str) -> list[int]:
+        self.calls += 1
+        return super().ids(text)
+
+
+def _prose_and_code() -> str:
+    topics = ["budget", "remote", "design"]
+    prose = " ".join(f"Point {i}: the {topics[i % 3]} was discussed at length." for i in range(60))
+    code = "\n".join(f"value_{i} = module.function_{i}(argument, key={i})" for i in range(40))
+    return f"{prose}\n\n{code}\n\n{prose}"
+
+
+def test_sizes_share_the_token_counts_and_sentences_of_one_text(encoder: TempScaleEncoder) -> None:
+    # Every size's splitter counts the tokens of the same paragraphs and sentences: a four-size split counts each
+    # distinct piece once (it used to count each about twice per size), with the same chunks as one size at a time.
+    text = _prose_and_code()
+    base = TokenCounter.from_encoder(encoder)
+    chunking = ChunkingConfig.parse("24,48,192,499")
+    counter = _CountingCounter(base.tokenizer, base.window, base.n_special)
+    chunks = MultiSizeChunker(counter, chunking).split(text)
+    together = counter.calls
+    alone = 0
+    for size in chunking.sizes:
+        single = _CountingCounter(base.tokenizer, base.window, base.n_special)
+        one = ChunkingConfig(sizes=(size,), overlap_tokens=chunking.overlap(size))
+        assert [c.text for c in MultiSizeChunker(single, one).split(text)] == [c.text for c in chunks if c.size == size]
+        alone += single.calls
+    assert together * 2 < alone, (together, alone)
+
+
+def test_the_shared_counts_last_one_split_and_are_per_thread(encoder: TempScaleEncoder) -> None:
+    import threading
+
+    chunker = MultiSizeChunker(encoder, ChunkingConfig.parse("24,192"))
+    texts = [_prose_and_code(), TEXT, "One sentence only."]
+    serial = [chunker.split(t) for t in texts]
+    memo = chunker._memo
+    assert getattr(memo._local, "tables", None) is None, "nothing is kept between splits"
+    results: dict[int, list[object]] = {}
+
+    def work(i: int) -> None:
+        results[i] = [chunker.split(texts[j % 3]) for j in range(i, i + 6)]
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for i, found in results.items():
+        assert found == [serial[j % 3] for j in range(i, i + 6)]
+    # A splitter used on its own (LlamaIndex's pipeline) counts without a session and keeps nothing.
+    assert WindowChunker(encoder, 64, 8).splitter.split_text(TEXT)
+
+
 def test_token_counter_from_the_model_folder_equals_the_engines(encoder: TempScaleEncoder) -> None:
     # Chunking in a worker (Ray, the evaluator's pool) loads only the tokenizer; its chunks must be the engine's.
     for options in ({}, {"max_seq_length": 128, "document_prompt": "passage: "}):

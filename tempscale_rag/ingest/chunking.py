@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import itertools
 import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -105,15 +108,65 @@ def as_token_counter(counter: TokenCounter | TempScaleEncoder) -> TokenCounter:
     raise TypeError(f"chunking takes a TokenCounter (or a TempScaleEncoder), got {type(counter).__name__}")
 
 
-def _sentence_splitter(size: int, overlap: int, counter: TokenCounter) -> Any:
+class SplitMemo:
+    """Token counts and sentences of the pieces of one text, shared by the `SentenceSplitter`s of every chunk size.
+
+    Every size's splitter cuts a text into the same paragraphs and sentences and counts the tokens of the same pieces
+    (each piece it recurses into twice: once as a split, once as the text it splits); only pieces longer than a chunk
+    are cut further, differently per size. Inside `session()` both are remembered, so a four-size split tokenises
+    and runs the sentence tokenizer on each distinct piece once instead of up to eight times; outside a session
+    (a splitter used on its own) nothing is kept. Sessions are per thread.
+
+    Args:
+        counter: The model's token counter.
+    """
+
+    def __init__(self, counter: TokenCounter) -> None:
+        self._counter = counter
+        self._local = threading.local()
+
+    @contextmanager
+    def session(self) -> Iterator[None]:
+        """Remember counts and sentences until the block exits (one text's split at every size)."""
+        outer = getattr(self._local, "tables", None)
+        if outer is None:
+            self._local.tables = ({}, {})
+        try:
+            yield
+        finally:
+            if outer is None:
+                self._local.tables = None
+
+    def token_span(self, text: str) -> range:
+        """A sequence as long as `text`'s token ids (`SentenceSplitter` only takes the length of what it is given)."""
+        tables = getattr(self._local, "tables", None)
+        if tables is None:
+            return range(len(self._counter.ids(text)))
+        count = tables[0].get(text)
+        if count is None:
+            count = tables[0][text] = len(self._counter.ids(text))
+        return range(count)
+
+    def sentences(self, text: str) -> list[str]:
+        """`_sentences(text)`, remembered within a session."""
+        tables = getattr(self._local, "tables", None)
+        if tables is None:
+            return _sentences(text)
+        found = tables[1].get(text)
+        if found is None:
+            found = tables[1][text] = _sentences(text)
+        return list(found)
+
+
+def _sentence_splitter(size: int, overlap: int, memo: SplitMemo) -> Any:
     from llama_index.core.node_parser import SentenceSplitter
     from llama_index.core.node_parser.text.utils import split_by_regex
 
     splitter: Any = SentenceSplitter(
         chunk_size=size,
         chunk_overlap=overlap,
-        tokenizer=counter.ids,
-        chunking_tokenizer_fn=_sentences,
+        tokenizer=memo.token_span,
+        chunking_tokenizer_fn=memo.sentences,
         secondary_chunking_regex=PIECES,
     )
     # SentenceSplitter takes one fallback regex; line ends go before it, names and dots between its words and its
@@ -180,11 +233,13 @@ class WindowChunker:
         _check_size(size, overlap_tokens, capacity)
         self.chunk_tokens = size
         self.overlap_tokens = overlap_tokens
-        self._splitter = _sentence_splitter(size, overlap_tokens, self.counter)
+        self._memo = SplitMemo(self.counter)
+        self._splitter = _sentence_splitter(size, overlap_tokens, self._memo)
 
     def split(self, text: str) -> list[Chunk]:
         """Chunks of `text`, in order; whitespace-only pieces are dropped."""
-        pieces = [p for p in self._splitter.split_text(text) if p.strip()]
+        with self._memo.session():
+            pieces = [p for p in self._splitter.split_text(text) if p.strip()]
         return [Chunk(text=p, position=i, size=self.chunk_tokens) for i, p in enumerate(pieces)]
 
     @property
@@ -212,11 +267,12 @@ class MultiSizeChunker:
     def __init__(self, counter: TokenCounter | TempScaleEncoder, chunking: ChunkingConfig | None = None) -> None:
         self.counter = as_token_counter(counter)
         self.chunking = chunking or ChunkingConfig()
+        self._memo = SplitMemo(self.counter)
         self._splitters: list[tuple[int, Any]] = []
         for size in self.chunking.sizes:
             overlap = self.chunking.overlap(size)
             _check_size(size, overlap, self.counter.capacity)
-            self._splitters.append((size, _sentence_splitter(size, overlap, self.counter)))
+            self._splitters.append((size, _sentence_splitter(size, overlap, self._memo)))
 
     @property
     def sizes(self) -> tuple[int, ...]:
@@ -230,8 +286,9 @@ class MultiSizeChunker:
     def split(self, text: str) -> list[Chunk]:
         """Chunks of `text` at every size (smallest size first); whitespace-only pieces are dropped."""
         chunks: list[Chunk] = []
-        for size, splitter in self._splitters:
-            for piece in splitter.split_text(text):
-                if piece.strip():
-                    chunks.append(Chunk(text=piece, position=len(chunks), size=size))
+        with self._memo.session():
+            for size, splitter in self._splitters:
+                for piece in splitter.split_text(text):
+                    if piece.strip():
+                        chunks.append(Chunk(text=piece, position=len(chunks), size=size))
         return chunks
