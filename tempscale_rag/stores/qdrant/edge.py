@@ -33,13 +33,14 @@ from tempscale_rag.stores.errors import IndexCorruptError, IndexNotFoundError, S
 from tempscale_rag.stores.qdrant.points import ChunkPoint, source_point_id
 from tempscale_rag.stores.qdrant.store import QdrantStore, SourceChunks
 
-EDGE_HNSW_M = 16
-"""HNSW edges per node (Qdrant's default)."""
-EDGE_HNSW_EF_CONSTRUCT = 100
-"""HNSW candidate list while building (Qdrant's default)."""
-EDGE_HNSW_EF = 256
-"""HNSW candidate list while searching (Qdrant's default is ef_construct): at 1M chunks, recall@10 0.97 with 256 and
-0.94 with 128 (`benchmarks/qdrant_backends.py`)."""
+EDGE_HNSW_M = 32
+"""HNSW edges per node (the FAISS store's default; Qdrant's is 16)."""
+EDGE_HNSW_EF_CONSTRUCT = 200
+"""HNSW candidate list while building (the FAISS store's default; Qdrant's is 100)."""
+EDGE_HNSW_EF = 128
+"""HNSW candidate list while searching. With m 16 and ef_construct 100 (Qdrant's defaults) recall@10 at 1M chunks
+was 0.94 at ef 128 and 0.98 at most; with m 32 and ef_construct 200, 0.98 at ef 128 in 1-2 ms on a 2-core CPU, at
+1.5x the build time (`research/edge1m/probe.py`, `benchmarks/qdrant_backends.py`)."""
 EDGE_FULL_SCAN_THRESHOLD = 10_000
 """Segments below this many KB of vectors are searched exactly (Qdrant's default)."""
 
