@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,48 @@ def records(source: str, n: int, *, seed: int = 0, version: str = "v1", first: i
 def in_batches(items: list[ChunkRecord], size: int) -> Iterator[list[ChunkRecord]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def failing_batches(new: list[ChunkRecord], failure: type[BaseException]) -> Iterator[list[ChunkRecord]]:
+    """Two batches of `new`, then (for ValueError) a record of another source, which a store refuses, then `failure`."""
+    yield new[:20]
+    yield new[20:40]
+    if failure is ValueError:
+        yield [records("elsewhere.txt", 1)[0]]
+    raise failure
+
+
+def traced_peak_mb(write: Callable[[], object]) -> float:
+    """The peak of Python's allocations (tracemalloc) while `write()` runs, in MB."""
+    tracemalloc.start()
+    try:
+        write()
+        return tracemalloc.get_traced_memory()[1] / 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def spy_store_writes(monkeypatch: pytest.MonkeyPatch, store_class: Any) -> tuple[list[str], list[int]]:
+    """Record the file names `store_class.replace_source` gets and the batch sizes `replace_source_batches` reads."""
+    listed: list[str] = []
+    batch_sizes: list[int] = []
+    real_replace, real_batches = store_class.replace_source, store_class.replace_source_batches
+
+    def replace_source(self: Any, source: str, fingerprint: str, items: Any) -> None:
+        listed.append(Path(source).name)
+        real_replace(self, source, fingerprint, items)
+
+    def replace_source_batches(self: Any, source: str, fingerprint: str, batches: Any) -> int:
+        def counted() -> Iterator[Any]:
+            for batch in batches:
+                batch_sizes.append(len(batch))
+                yield batch
+
+        return int(real_batches(self, source, fingerprint, counted()))
+
+    monkeypatch.setattr(store_class, "replace_source", replace_source)
+    monkeypatch.setattr(store_class, "replace_source_batches", replace_source_batches)
+    return listed, batch_sizes
 
 
 def table(folder: Path, name: str) -> list[tuple[Any, ...]]:
@@ -136,19 +178,12 @@ def test_a_failure_part_way_through_the_batches_leaves_the_store_as_it_was(
 ) -> None:
     old, new = records("big.txt", 30, seed=1), records("big.txt", 50, seed=5, version="v2")
 
-    def batches() -> Iterator[list[ChunkRecord]]:
-        yield new[:20]
-        yield new[20:40]
-        if failure is ValueError:
-            yield [records("elsewhere.txt", 1)[0]]  # a record of another source: refused
-        raise failure
-
     with FaissStore(tmp_path / "s", dimension=DIM, create=True) as store:
         store.replace_source("big.txt", "fp1", old)
         store.commit()
         before = search_ids(store, queries())
         with pytest.raises(failure):
-            store.replace_source_batches("big.txt", "fp2", batches())
+            store.replace_source_batches("big.txt", "fp2", failing_batches(new, failure))
         assert store.sources() == {"big.txt": "fp1"} and store.count() == 30
         assert search_ids(store, queries()) == before
         # The next call works, and starts from a clean slate (nothing of the failed one is left).
@@ -178,20 +213,12 @@ def test_replace_source_batches_holds_one_batch_not_the_source(tmp_path: Path, m
 
     total_mb = n_batches * size * dim * 4 / 2**20
     with FaissStore(tmp_path / "batched", dimension=dim, create=True) as store:
-        tracemalloc.start()
-        try:
-            store.replace_source_batches("big.txt", "fp", batches())
-            batched_mb = tracemalloc.get_traced_memory()[1] / 2**20
-        finally:
-            tracemalloc.stop()
+        batched_mb = traced_peak_mb(lambda: store.replace_source_batches("big.txt", "fp", batches()))
         assert store.count() == n_batches * size
     with FaissStore(tmp_path / "listed", dimension=dim, create=True) as store:
-        tracemalloc.start()
-        try:
-            store.replace_source("big.txt", "fp", [record for batch in batches() for record in batch])
-            listed_mb = tracemalloc.get_traced_memory()[1] / 2**20
-        finally:
-            tracemalloc.stop()
+        listed_mb = traced_peak_mb(
+            lambda: store.replace_source("big.txt", "fp", [record for batch in batches() for record in batch])
+        )
     assert batched_mb < total_mb / 4 < listed_mb, (batched_mb, total_mb, listed_mb)
 
 
@@ -336,24 +363,7 @@ def test_a_big_file_is_stored_one_staged_batch_at_a_time(
     monkeypatch.setattr(indexer_module, "STREAM_BYTES", 4096)
     monkeypatch.setattr(readers, "TEXT_BLOCK_CHARS", 4096)
     chunker = WindowChunker(encoder, chunk_tokens=32, overlap_tokens=0)
-    listed: list[str] = []
-    batch_sizes: list[int] = []
-    real_replace, real_batches = FaissStore.replace_source, FaissStore.replace_source_batches
-
-    def replace_source(self: FaissStore, source: str, fingerprint: str, items: Any) -> None:
-        listed.append(Path(source).name)
-        real_replace(self, source, fingerprint, items)
-
-    def replace_source_batches(self: FaissStore, source: str, fingerprint: str, batches: Any) -> int:
-        def counted() -> Iterator[Any]:
-            for batch in batches:
-                batch_sizes.append(len(batch))
-                yield batch
-
-        return real_batches(self, source, fingerprint, counted())
-
-    monkeypatch.setattr(FaissStore, "replace_source", replace_source)
-    monkeypatch.setattr(FaissStore, "replace_source_batches", replace_source_batches)
+    listed, batch_sizes = spy_store_writes(monkeypatch, FaissStore)
 
     def run(folder: Path, batch_chunks: int) -> Any:
         manifest = IndexManifest.new(
@@ -527,24 +537,7 @@ def test_index_add_stores_a_long_text_a_batch_at_a_time_as_the_same_file_is_stor
     monkeypatch.setattr(indexer_module, "DEFAULT_BATCH_CHUNKS", 8)
     monkeypatch.setattr(readers, "TEXT_BLOCK_CHARS", 4096)
     store_class: Any = FaissStore if backend == "faiss" else QdrantStore
-    listed: list[str] = []
-    batch_sizes: list[int] = []
-    real_replace, real_batches = store_class.replace_source, store_class.replace_source_batches
-
-    def replace_source(self: Any, source: str, fingerprint: str, items: Any) -> None:
-        listed.append(source)
-        real_replace(self, source, fingerprint, items)
-
-    def replace_source_batches(self: Any, source: str, fingerprint: str, batches: Any) -> int:
-        def counted() -> Iterator[Any]:
-            for batch in batches:
-                batch_sizes.append(len(batch))
-                yield batch
-
-        return int(real_batches(self, source, fingerprint, counted()))
-
-    monkeypatch.setattr(store_class, "replace_source", replace_source)
-    monkeypatch.setattr(store_class, "replace_source_batches", replace_source_batches)
+    listed, batch_sizes = spy_store_writes(monkeypatch, store_class)
     text = paragraphs(160)  # 12 KB: "long" here, in 4 KB blocks
     settings = FaissSettings() if backend == "faiss" else QdrantSettings()
     chunking = ChunkingConfig.parse("48")

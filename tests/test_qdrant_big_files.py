@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from tempscale_rag.stores.qdrant.edge import EdgeStore
 from tempscale_rag.stores.qdrant.points import document_point_id
 from tempscale_rag.stores.qdrant.streaming import SUMMARY_FORMAT
 
-from .test_big_files import in_batches, random_batches
+from .test_big_files import failing_batches, in_batches, random_batches, traced_peak_mb
 
 DIM = 16
 LEX = LexicalSettings(chunk_size=48, pivot=6.0, document_pivot=20.0)
@@ -151,13 +150,6 @@ def test_a_failure_part_way_leaves_the_source_unrecorded_and_the_next_call_finis
 ) -> None:
     old, new = records("big.txt", 30, seed=1), records("big.txt", 50, seed=5, version="v2")
 
-    def batches() -> Iterator[list[ChunkRecord]]:
-        yield new[:20]
-        yield new[20:40]
-        if failure is ValueError:
-            yield [records("elsewhere.txt", 1)[0]]  # a record of another source: refused
-        raise failure
-
     with open_store("edge", tmp_path / "listed", lexical=LEX) as listed:
         listed.replace_source("other.txt", "fp-o", records("other.txt", 5, seed=2))
         listed.replace_source("big.txt", "fp2", new)
@@ -166,7 +158,7 @@ def test_a_failure_part_way_leaves_the_source_unrecorded_and_the_next_call_finis
         store.replace_source("big.txt", "fp1", old)
         store.commit()
         with pytest.raises(failure):
-            store.replace_source_batches("big.txt", "fp2", batches())
+            store.replace_source_batches("big.txt", "fp2", failing_batches(new, failure))
         # Never reported as indexed, and no document point vouches for the half-written chunks.
         assert store.sources() == {"other.txt": "fp-o"}
         assert document_point(store, "big.txt") is None
@@ -210,22 +202,14 @@ def test_writing_a_big_source_to_edge_holds_a_few_batches_not_the_source(tmp_pat
 
     total_mb = n_batches * size * dim * 4 / 2**20
     with EdgeStore(dimension=dim, path=tmp_path / "streamed", lexical=LexicalSettings.for_chunks(192)) as store:
-        tracemalloc.start()
-        try:
-            store.replace_source_batches("big.txt", "fp", batches())
-            streamed_mb = tracemalloc.get_traced_memory()[1] / 2**20
-        finally:
-            tracemalloc.stop()
+        streamed_mb = traced_peak_mb(lambda: store.replace_source_batches("big.txt", "fp", batches()))
         assert store.count() == n_batches * size and store.sources() == {"big.txt": "fp"}
         table = store.document_table(["big.txt"])  # ranking reads the chunks from the chunk collection
         assert table is not None and len(table.keys) == n_batches * size
     with EdgeStore(dimension=dim, path=tmp_path / "listed", lexical=LexicalSettings.for_chunks(192)) as store:
-        tracemalloc.start()
-        try:
-            store.replace_source("big.txt", "fp", [record for batch in batches() for record in batch])
-            listed_mb = tracemalloc.get_traced_memory()[1] / 2**20
-        finally:
-            tracemalloc.stop()
+        listed_mb = traced_peak_mb(
+            lambda: store.replace_source("big.txt", "fp", [record for batch in batches() for record in batch])
+        )
     # Measured: 5.4 MB streamed (a batch's points hold their vectors as Python floats, ~1.6 MB), 284 MB listed.
     assert streamed_mb < total_mb / 2 and listed_mb > 4 * total_mb, (streamed_mb, total_mb, listed_mb)
 
